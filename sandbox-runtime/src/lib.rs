@@ -1,0 +1,1 @@
+//! jobsup-runtime (stub)

@@ -1,5 +1,31 @@
-//! jobsup supervisor (stub).
-pub mod cli {
-    /// Entry point.
-    pub fn main() -> std::process::ExitCode { std::process::ExitCode::from(125) }
-}
+//! jobsup: a supervisor that runs jobs in a pool of reusable, sandboxed worker processes,
+//! with deadlines that hold even when a job does not cooperate.
+//!
+//! # Theory of operation
+//!
+//! `jobsup run` reads jobs lazily from its input ([`source`]), hands each to an idle worker
+//! ([`pool`]), and writes exactly one NDJSON record per job read ([`sink`], [`record`]).
+//!
+//! Each worker is a process owned by one task ([`worker`]), which alone decides its jobs'
+//! outcomes on a monotonic clock: at `ttl` it asks the worker to clean up; at `ttl + cleanup`
+//! it kills the worker's whole process group. Only [`sandbox`] spawns processes (from one
+//! long-lived thread, so that the parent-death signal holds) and only [`reaper`] calls
+//! `waitpid`. A worker that timed out, was killed or crashed is never reused.
+//!
+//! [`exit`] maps the run's end and its worst outcome to the exit code, in one place.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the invariants.
+
+pub mod cli;
+pub mod conn;
+pub mod drain;
+pub mod exit;
+pub mod pool;
+pub mod process;
+pub mod reaper;
+pub mod record;
+pub mod sandbox;
+pub mod sink;
+pub mod source;
+pub mod summary;
+pub mod worker;

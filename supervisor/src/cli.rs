@@ -1,0 +1,245 @@
+//! The command line: parse, run, and map the result to an exit code in one place.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use jobsup_protocol::{Codec, DEFAULT_MAX_FRAME};
+
+use crate::exit::{self, RunEnd};
+use crate::pool::{self, PoolConfig};
+use crate::reaper::{self, Reaper};
+use crate::sandbox::{self, SpawnError, SpawnSpec, Spawner};
+use crate::sink::Sink;
+use crate::source::{Defaults, InputFormat, Source};
+use crate::worker::WorkerSettings;
+
+/// jobsup runs jobs in a pool of reusable, sandboxed worker processes, with deadlines that
+/// hold even when a job does not cooperate.
+#[derive(Debug, Parser)]
+#[command(name = "jobsup", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (only warnings and errors; processor output is not logged).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every job of the input through a pool of workers; one NDJSON record per job.
+    Run(RunArgs),
+}
+
+/// `jobsup run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Time a job may run before its worker is asked to clean up (e.g. 30s, 1m30s, 250ms;
+    /// a bare number is seconds).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Time a worker has to clean up after the ttl before its process group is killed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub cleanup: Duration,
+    /// Workers running at once [default: the number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub jobs: Option<u32>,
+    /// Read jobs from this file instead of stdin.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Write records to this file instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// How input lines are read.
+    #[arg(long, value_enum, default_value = "lines")]
+    pub input_format: InputFormat,
+    /// Write records in input order instead of as jobs finish.
+    #[arg(long)]
+    pub keep_order: bool,
+    /// Replace a worker after it has run this many jobs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs_per_worker: Option<u64>,
+    /// Time a new worker has to complete its handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub start_timeout: Duration,
+    /// Where workers' private working directories are created [default: the temp dir].
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// The processor to run, and its arguments.
+    #[arg(required = true, last = true, value_name = "PROCESSOR")]
+    pub command: Vec<OsString>,
+}
+
+/// Parses a duration: humantime (`30s`, `1m30s`, `250ms`), or a bare number of seconds as
+/// in GNU `timeout` and systemd.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(format!("{s:?} is not a duration"))
+        };
+    }
+    humantime::parse_duration(t).map_err(|e| format!("{s:?} is not a duration ({e}); try 30s, 1m30s or 250ms"))
+}
+
+/// The binary's entry point: parses the command line, runs, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(exit::JOBSUP_ERROR),
+            };
+        }
+    };
+    init_logging(&cli);
+    let code = match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("jobsup: {e:#}");
+                exit::JOBSUP_ERROR
+            }
+        },
+    };
+    ExitCode::from(code)
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// `jobsup run`: returns the exit code, or an error for jobsup's own failures (125).
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let (program, proc_args) = args.command.split_first().expect("clap requires a processor");
+    let program = match sandbox::resolve_program(std::path::Path::new(program)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("jobsup: {e}");
+            return Ok(match e {
+                SpawnError::NotFound { .. } => exit::NOT_FOUND,
+                SpawnError::NotExecutable { .. } => exit::CANNOT_RUN,
+                SpawnError::Other { .. } => exit::JOBSUP_ERROR,
+            });
+        }
+    };
+    let input: Box<dyn Read + Send> = match &args.input {
+        Some(path) => Box::new(
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdin()),
+    };
+    let output: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(
+            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let workers = args.jobs.map(|j| j as usize).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let codec = Codec::new(DEFAULT_MAX_FRAME);
+    let settings = WorkerSettings {
+        spawn: SpawnSpec {
+            program,
+            args: proc_args.to_vec(),
+            worker_id: 0,
+            max_frame: codec.max_frame(),
+            workdir_parent: args.workdir.clone(),
+        },
+        start_timeout: args.start_timeout,
+        max_jobs: args.max_jobs_per_worker,
+        retire_grace: args.cleanup,
+        codec,
+    };
+    let defaults = Defaults {
+        ttl: args.ttl,
+        cleanup: args.cleanup,
+        // A payload must fit in a frame with room for the job's other fields.
+        max_line: codec.max_frame() as usize - 4096,
+    };
+
+    // The reaper and the spawner are threads that live until the process exits.
+    let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
+    let spawner = Spawner::start(reaper).map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let (end, stats) = runtime.block_on(async {
+        let source = Source::start(input, args.input_format, defaults)?;
+        let sink = Sink::new(output, args.keep_order);
+        let cfg = PoolConfig {
+            workers,
+            settings: Arc::new(settings),
+        };
+        anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
+    })?;
+    // Inherited orphans the workers left behind die with the run.
+    reaper::kill_remaining_children();
+    wait_for_no_children(Duration::from_secs(2));
+    if matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0 {
+        eprint!("{}", stats.render(started.elapsed()));
+    }
+    Ok(exit::exit_code(&end, &stats))
+}
+
+/// Waits until the reaper has collected every child, so that jobsup never exits with live
+/// children; bounded, because a process stuck in the kernel cannot be waited for forever.
+fn wait_for_no_children(limit: Duration) {
+    let until = Instant::now() + limit;
+    while !reaper::children_of_self().is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("banana").unwrap_err().contains("banana"));
+        assert!(parse_duration("-1").is_err());
+    }
+}

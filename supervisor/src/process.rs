@@ -1,0 +1,91 @@
+//! A worker process as its owner task sees it: a process group to signal and an exit
+//! status to await. [`Process::end`] is the one kill-wait-reap sequence of jobsup.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::oneshot;
+
+use crate::reaper::Exit;
+use crate::sandbox::signal_group;
+
+/// A spawned worker process, which leads its own process group.
+pub struct Process {
+    pid: i32,
+    exit_rx: Option<oneshot::Receiver<Exit>>,
+    exit: Option<Exit>,
+}
+
+impl Process {
+    /// Wraps a process whose exit status the reaper routes to `exit_rx`.
+    pub fn new(pid: i32, exit_rx: oneshot::Receiver<Exit>) -> Process {
+        Process {
+            pid,
+            exit_rx: Some(exit_rx),
+            exit: None,
+        }
+    }
+
+    /// Its pid (and process group id).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// How it ended, once the reaper has said so.
+    pub fn exit(&mut self) -> Option<Exit> {
+        if self.exit.is_none() {
+            if let Some(rx) = &mut self.exit_rx {
+                if let Ok(exit) = rx.try_recv() {
+                    self.exit = Some(exit);
+                    self.exit_rx = None;
+                }
+            }
+        }
+        self.exit
+    }
+
+    /// Resolves once the process has exited and been reaped. Cancel-safe.
+    pub async fn exited(&mut self) -> Exit {
+        if let Some(exit) = self.exit {
+            return exit;
+        }
+        let exit = match self.exit_rx.as_mut() {
+            // The reaper only drops a sender after sending; a closed channel is unreachable
+            // in practice, and the process is then certainly not ours any more.
+            Some(rx) => rx.await.unwrap_or(Exit::Signal(libc::SIGKILL)),
+            None => Exit::Signal(libc::SIGKILL),
+        };
+        self.exit = Some(exit);
+        self.exit_rx = None;
+        exit
+    }
+
+    /// A polite signal to the whole group, followed by SIGCONT so that a stopped process
+    /// can act on it.
+    pub fn ask(&self, sig: Signal) {
+        signal_group(self.pid, sig);
+        signal_group(self.pid, Signal::SIGCONT);
+    }
+
+    /// SIGKILL to the whole group.
+    pub fn kill(&self) {
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+
+    /// Lets the process exit by itself for up to `grace`, then kills its group, waits for
+    /// it to be reaped, and kills whatever is left of the group. Returns how it ended and
+    /// whether jobsup had to kill it.
+    pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
+        let mut killed = false;
+        if self.exit().is_none()
+            && tokio::time::timeout(grace, self.exited()).await.is_err()
+        {
+            self.kill();
+            killed = true;
+        }
+        let exit = self.exited().await;
+        // Group members the leader left behind die with it.
+        self.kill();
+        (exit, killed)
+    }
+}

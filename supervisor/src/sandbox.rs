@@ -1,0 +1,313 @@
+//! The only place that spawns processes.
+//!
+//! Every worker gets, before it runs a single instruction of the processor:
+//! - its own session and process group (so the hard kill reaches the whole group);
+//! - a parent-death signal (SIGKILL), so it dies with the supervisor. The signal follows the
+//!   *thread* that forked the child, so every spawn happens on one dedicated thread that
+//!   lives as long as the supervisor;
+//! - no core dumps;
+//! - a cleared environment with a short allowlist plus jobsup's own `JOBSUP_*` variables;
+//! - a fresh private working directory (mode 0700), removed when the worker is dropped;
+//! - stdin on `/dev/null`, stdout and stderr on pipes that the worker task drains, and the
+//!   protocol pipes on fds 3 and 4.
+//!
+//! Spawning happens under the reaper's lock (see [`crate::reaper`]), so the new pid is
+//! registered before its exit status can be collected.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use jobsup_protocol::{ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RESULT_FD};
+use tokio::sync::oneshot;
+
+use crate::reaper::{Exit, Reaper};
+
+/// Variables passed through from jobsup's own environment to every worker.
+const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// The processor, already resolved to a path (see [`resolve_program`]).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// The worker's serial number, exported as `JOBSUP_WORKER_ID`.
+    pub worker_id: u64,
+    /// The frame size limit, exported as `JOBSUP_MAX_FRAME`.
+    pub max_frame: u32,
+    /// Where private working directories are created (default: the system temp dir).
+    pub workdir_parent: Option<PathBuf>,
+}
+
+/// A started worker process and the supervisor's ends of its pipes.
+pub struct Spawned {
+    /// Its pid, which is also its process group id.
+    pub pid: i32,
+    /// Resolves when the reaper has collected its exit status.
+    pub exit: oneshot::Receiver<Exit>,
+    /// The write end of its job pipe (its fd 3).
+    pub jobs: File,
+    /// The read end of its result pipe (its fd 4).
+    pub results: File,
+    /// Its stdout.
+    pub stdout: File,
+    /// Its stderr.
+    pub stderr: File,
+    /// Its private working directory, removed on drop.
+    pub workdir: tempfile::TempDir,
+}
+
+/// Why a processor could not be started at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// No such program.
+    #[error("processor not found: {program}")]
+    NotFound {
+        /// What the user named.
+        program: String,
+    },
+    /// It exists but cannot be executed.
+    #[error("processor cannot be run: {program}: {source}")]
+    NotExecutable {
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Anything else (pipes, working directory, fork).
+    #[error("cannot start processor {program}: {source}")]
+    Other {
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    fn from_io(program: &Path, source: io::Error) -> Self {
+        let program = program.display().to_string();
+        match source.raw_os_error() {
+            Some(libc::ENOENT) => SpawnError::NotFound { program },
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
+                SpawnError::NotExecutable { program, source }
+            }
+            _ => SpawnError::Other { program, source },
+        }
+    }
+}
+
+/// Finds the processor the way a shell would, so that a missing or unusable one is reported
+/// before any job is read, and so that a relative path means the same thing in a worker's
+/// private working directory.
+pub fn resolve_program(name: &Path) -> Result<PathBuf, SpawnError> {
+    let candidate = if name.components().count() > 1 || name.is_absolute() {
+        std::path::absolute(name).map_err(|e| SpawnError::from_io(name, e))?
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        let found = std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| is_executable_file(p));
+        match found {
+            Some(p) => p,
+            None => {
+                return Err(SpawnError::NotFound {
+                    program: name.display().to_string(),
+                })
+            }
+        }
+    };
+    let meta = std::fs::metadata(&candidate).map_err(|e| SpawnError::from_io(name, e))?;
+    if meta.is_dir() {
+        return Err(SpawnError::NotExecutable {
+            program: name.display().to_string(),
+            source: io::Error::from_raw_os_error(libc::EISDIR),
+        });
+    }
+    if !is_executable_file(&candidate) {
+        return Err(SpawnError::NotExecutable {
+            program: name.display().to_string(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        });
+    }
+    Ok(candidate)
+}
+
+fn is_executable_file(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(p) {
+        Ok(m) => m.is_file() && m.permissions().mode() & 0o111 != 0 && access_x(p),
+        Err(_) => false,
+    }
+}
+
+fn access_x(p: &Path) -> bool {
+    nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+type Request = (SpawnSpec, oneshot::Sender<Result<Spawned, SpawnError>>);
+
+/// A handle on the spawner thread.
+#[derive(Clone)]
+pub struct Spawner {
+    tx: std::sync::mpsc::Sender<Request>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread. It lives until the process exits, which is what keeps the
+    /// workers' parent-death signal from firing early.
+    pub fn start(reaper: Reaper) -> io::Result<Spawner> {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let supervisor_pid = std::process::id() as i32;
+        std::thread::Builder::new()
+            .name("jobsup-spawner".into())
+            .spawn(move || {
+                for (spec, reply) in rx {
+                    let _ = reply.send(spawn(&reaper, supervisor_pid, &spec));
+                }
+                // All handles dropped: park rather than return, so that children spawned
+                // from this thread keep their parent-death signal armed until exit.
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        Ok(Spawner { tx })
+    }
+
+    /// Starts a worker process.
+    pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+        let program = spec.program.clone();
+        let (reply, rx) = oneshot::channel();
+        let gone = || SpawnError::Other {
+            program: program.display().to_string(),
+            source: io::Error::other("the spawner thread is gone"),
+        };
+        self.tx.send((spec, reply)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    let err = |e: io::Error| SpawnError::from_io(&spec.program, e);
+    let other = |e: io::Error| SpawnError::Other {
+        program: spec.program.display().to_string(),
+        source: e,
+    };
+    // Both ends are close-on-exec; the child's copies are made by dup2 after fork.
+    let (job_r, job_w) = pipe().map_err(other)?;
+    let (res_r, res_w) = pipe().map_err(other)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("jobsup-worker-");
+    let workdir = match &spec.workdir_parent {
+        Some(parent) => builder.tempdir_in(parent),
+        None => builder.tempdir(),
+    }
+    .map_err(other)?;
+
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .current_dir(workdir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if ENV_ALLOWLIST.contains(&k.as_ref()) || k.starts_with("LC_") {
+            cmd.env(&key, value);
+        }
+    }
+    cmd.env(ENV_PROTOCOL, PROTOCOL_VERSION.to_string())
+        .env(ENV_MAX_FRAME, spec.max_frame.to_string())
+        .env("JOBSUP_WORKER_ID", spec.worker_id.to_string())
+        .env("JOBSUP_WORKDIR", workdir.path());
+
+    let child_fds = [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)];
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, _exit).
+    unsafe {
+        cmd.pre_exec(move || child_setup(supervisor_pid, child_fds));
+    }
+
+    let mut registration = reaper.lock();
+    let mut child = cmd.spawn().map_err(err)?;
+    let pid = child.id() as i32;
+    let exit = registration.register(pid);
+    drop(registration);
+
+    let stdout = OwnedFd::from(child.stdout.take().expect("stdout is piped"));
+    let stderr = OwnedFd::from(child.stderr.take().expect("stderr is piped"));
+    // `child` is dropped without waiting: the reaper owns its exit status.
+    drop(child);
+    drop(job_r);
+    drop(res_w);
+    Ok(Spawned {
+        pid,
+        exit,
+        jobs: File::from(job_w),
+        results: File::from(res_r),
+        stdout: File::from(stdout),
+        stderr: File::from(stderr),
+        workdir,
+    })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Runs in the child between fork and exec.
+fn child_setup(supervisor_pid: i32, fds: [(RawFd, RawFd); 2]) -> io::Result<()> {
+    fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+    // SAFETY: plain system calls on integers and fds this child owns.
+    unsafe {
+        check(libc::setsid())?;
+        check(libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ))?;
+        // The supervisor may have died between fork and prctl: then nobody would kill us.
+        if libc::getppid() != supervisor_pid {
+            libc::_exit(1);
+        }
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+        // Move the pipe ends above the target numbers first, so that placing one cannot
+        // overwrite the other (either may currently be fd 3 or 4).
+        let mut high = [0; 2];
+        for (i, (fd, _)) in fds.iter().enumerate() {
+            high[i] = check(libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10))?;
+        }
+        for (i, (_, target)) in fds.iter().enumerate() {
+            // dup2 leaves the new descriptor without close-on-exec: the worker keeps it.
+            check(libc::dup2(high[i], *target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `sig` to a whole process group. A group that is already gone is success.
+pub fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
+    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, "cannot send {sig} to process group {pgid}: {e}"),
+    }
+}

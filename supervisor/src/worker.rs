@@ -95,7 +95,7 @@ pub enum StartError {
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     /// It exited before saying hello.
-    #[error("processor {program} exited during its handshake ({exit}){stderr}; is it a jobsup processor? For other programs use --mode lines or --mode exec")]
+    #[error("processor {program} exited during its handshake ({exit}); is it a jobsup processor? For other programs use --mode lines or --mode exec{stderr}")]
     ExitedEarly {
         /// The program.
         program: String,
@@ -105,7 +105,7 @@ pub enum StartError {
         stderr: String,
     },
     /// It did not say hello in time.
-    #[error("processor {program} did not complete its handshake within {timeout:?}{stderr}; is it a jobsup processor? For other programs use --mode lines or --mode exec")]
+    #[error("processor {program} did not complete its handshake within {timeout:?}; is it a jobsup processor? For other programs use --mode lines or --mode exec{stderr}")]
     NoHello {
         /// The program.
         program: String,
@@ -305,7 +305,7 @@ impl Worker {
         }
         let stderr = match tail.text() {
             t if t.is_empty() => String::new(),
-            t => format!("; its stderr ends with:\n{t}"),
+            t => format!("\nits stderr ends with:\n{t}"),
         };
         Err(if killed {
             StartError::NoHello {

@@ -91,7 +91,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             Err(format!("{s:?} is not a duration"))
         };
     }
-    humantime::parse_duration(t).map_err(|e| format!("{s:?} is not a duration ({e}); try 30s, 1m30s or 250ms"))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); try 30s, 1m30s or 250ms"))
 }
 
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
@@ -101,7 +102,9 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
                 _ => ExitCode::from(exit::JOBSUP_ERROR),
             };
         }
@@ -138,7 +141,10 @@ fn init_logging(cli: &Cli) {
 
 /// `jobsup run`: returns the exit code, or an error for jobsup's own failures (125).
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let (program, proc_args) = args.command.split_first().expect("clap requires a processor");
+    let (program, proc_args) = args
+        .command
+        .split_first()
+        .expect("clap requires a processor");
     let program = match sandbox::resolve_program(std::path::Path::new(program)) {
         Ok(p) => p,
         Err(e) => {
@@ -152,13 +158,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let input: Box<dyn Read + Send> = match &args.input {
         Some(path) => Box::new(
-            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?,
+            std::fs::File::open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?,
         ),
         None => Box::new(std::io::stdin()),
     };
     let output: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
-            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
+            std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
         ),
         None => Box::new(std::io::stdout()),
     };
@@ -190,7 +198,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
-    let spawner = Spawner::start(reaper).map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
+    let spawner =
+        Spawner::start(reaper).map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

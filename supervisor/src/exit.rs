@@ -44,9 +44,14 @@ pub fn exit_code(end: &RunEnd, stats: &Stats) -> u8 {
         KILLED
     } else if stats.count(Outcome::Timeout) > 0 {
         TIMEOUT
-    } else if [Outcome::Failed, Outcome::Crashed, Outcome::Rejected, Outcome::Cancelled]
-        .iter()
-        .any(|o| stats.count(*o) > 0)
+    } else if [
+        Outcome::Failed,
+        Outcome::Crashed,
+        Outcome::Rejected,
+        Outcome::Cancelled,
+    ]
+    .iter()
+    .any(|o| stats.count(*o) > 0)
     {
         FAILED
     } else {

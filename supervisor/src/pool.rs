@@ -95,7 +95,10 @@ struct Pool {
 
 impl Pool {
     async fn run(&mut self) {
-        let (mut sigint, mut sigterm) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        let (mut sigint, mut sigterm) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(i), Ok(t)) => (i, t),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("jobsup: cannot listen for signals: {e}");
@@ -161,7 +164,13 @@ impl Pool {
                 self.spawner.clone(),
                 self.events_tx.clone(),
             );
-            self.workers.insert(id, Slot { handle, busy: false });
+            self.workers.insert(
+                id,
+                Slot {
+                    handle,
+                    busy: false,
+                },
+            );
         }
     }
 
@@ -225,13 +234,16 @@ impl Pool {
         }
         let fatal = match &error {
             StartError::Spawn(SpawnError::NotFound { .. }) => Some(RunEnd::CannotStart(NOT_FOUND)),
-            StartError::Spawn(SpawnError::NotExecutable { .. }) => Some(RunEnd::CannotStart(CANNOT_RUN)),
+            StartError::Spawn(SpawnError::NotExecutable { .. }) => {
+                Some(RunEnd::CannotStart(CANNOT_RUN))
+            }
             StartError::Spawn(SpawnError::Other { .. }) => Some(RunEnd::Failed),
             // A processor that has never started will not start by retrying.
             _ if !self.ever_ready => Some(RunEnd::CannotStart(CANNOT_RUN)),
             _ => {
                 self.start_failures += 1;
-                (self.start_failures >= MAX_START_FAILURES).then_some(RunEnd::CannotStart(CANNOT_RUN))
+                (self.start_failures >= MAX_START_FAILURES)
+                    .then_some(RunEnd::CannotStart(CANNOT_RUN))
             }
         };
         match fatal {
@@ -276,7 +288,9 @@ impl Pool {
         } else {
             eprintln!("jobsup: {name} received again: cancelling the running jobs");
             for slot in self.workers.values().filter(|s| s.busy) {
-                let _ = slot.handle.send(Control::Cancel(format!("cancelled by {name}")));
+                let _ = slot
+                    .handle
+                    .send(Control::Cancel(format!("cancelled by {name}")));
             }
         }
     }

@@ -77,9 +77,7 @@ impl Process {
     /// whether jobsup had to kill it.
     pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
         let mut killed = false;
-        if self.exit().is_none()
-            && tokio::time::timeout(grace, self.exited()).await.is_err()
-        {
+        if self.exit().is_none() && tokio::time::timeout(grace, self.exited()).await.is_err() {
             self.kill();
             killed = true;
         }

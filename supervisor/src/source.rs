@@ -149,10 +149,11 @@ impl<R: Read> Reader<R> {
     fn next_item(&mut self) -> Item {
         loop {
             let mut line = Vec::new();
-            let (n, complete) = match read_line_capped(&mut self.input, &mut line, self.defaults.max_line) {
-                Ok(r) => r,
-                Err(e) => return Item::Failed(format!("cannot read the input: {e}")),
-            };
+            let (n, complete) =
+                match read_line_capped(&mut self.input, &mut line, self.defaults.max_line) {
+                    Ok(r) => r,
+                    Err(e) => return Item::Failed(format!("cannot read the input: {e}")),
+                };
             if n == 0 {
                 return Item::End;
             }
@@ -245,7 +246,9 @@ fn read_line_capped<R: BufRead>(
         input.consume(len);
         consumed += len;
         if done {
-            let body = line.len().saturating_sub(if line.ends_with(b"\r\n") { 2 } else { 1 });
+            let body = line
+                .len()
+                .saturating_sub(if line.ends_with(b"\r\n") { 2 } else { 1 });
             if fits && body > max {
                 fits = false;
             }
@@ -275,9 +278,13 @@ fn parse_ndjson(
     line_no: u64,
     defaults: &Defaults,
 ) -> Result<JobSpec, (Option<String>, String)> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| (None, format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| (None, format!("not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
-        return Err((None, "a job must be a JSON object with a \"payload\"".into()));
+        return Err((
+            None,
+            "a job must be a JSON object with a \"payload\"".into(),
+        ));
     };
     let id = match map.get("id") {
         None => None,
@@ -309,7 +316,9 @@ fn parse_ndjson(
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(Duration::from_secs_f64)
                 .ok_or_else(|| fail(format!("bad \"{key}\": {n} is not a number of seconds"))),
-            Some(_) => Err(fail(format!("bad \"{key}\": expected a duration such as \"30s\""))),
+            Some(_) => Err(fail(format!(
+                "bad \"{key}\": expected a duration such as \"30s\""
+            ))),
         }
     };
     Ok(JobSpec {
@@ -363,14 +372,20 @@ mod tests {
             .collect();
         assert_eq!(
             jobs,
-            vec![(1, 0, b"a".to_vec()), (4, 1, b"b".to_vec()), (5, 2, b"c".to_vec())]
+            vec![
+                (1, 0, b"a".to_vec()),
+                (4, 1, b"b".to_vec()),
+                (5, 2, b"c".to_vec())
+            ]
         );
     }
 
     #[test]
     fn overlong_line_is_rejected_and_the_next_one_read() {
         let got = items("0123456789abcdefXYZ\nok\n", InputFormat::Lines);
-        assert!(matches!(&got[0], Item::Rejected(r) if r.error.as_deref().unwrap().contains("longer than")));
+        assert!(
+            matches!(&got[0], Item::Rejected(r) if r.error.as_deref().unwrap().contains("longer than"))
+        );
         assert!(matches!(&got[1], Item::Job(j) if j.payload == b"ok" && j.seq == 2));
     }
 
@@ -386,7 +401,10 @@ not json
 "#;
         let got = items(input, InputFormat::Ndjson);
         let Item::Job(j) = &got[0] else { panic!() };
-        assert_eq!((j.id.as_str(), j.ttl, j.cleanup), ("7", Duration::from_secs(2), Duration::from_millis(1500)));
+        assert_eq!(
+            (j.id.as_str(), j.ttl, j.cleanup),
+            ("7", Duration::from_secs(2), Duration::from_millis(1500))
+        );
         let Item::Job(j) = &got[1] else { panic!() };
         assert_eq!(j.payload, br#"{"a":1}"#);
         let reasons: Vec<String> = got[2..]

@@ -25,7 +25,9 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             counts: BTreeMap::new(),
-            durations: Histogram::new(3).expect("3 significant figures is valid"),
+            // One microsecond to one day; longer durations are clamped.
+            durations: Histogram::new_with_bounds(1, 86_400_000_000, 3)
+                .expect("valid histogram bounds"),
             slowest: BinaryHeap::new(),
         }
     }
@@ -73,7 +75,15 @@ impl Stats {
             .filter(|o| self.count(**o) > 0)
             .map(|o| format!("{} {}", o.as_str(), self.count(*o)))
             .collect();
-        let _ = writeln!(s, "  outcomes: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+        let _ = writeln!(
+            s,
+            "  outcomes: {}",
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(", ")
+            }
+        );
         if !self.durations.is_empty() {
             let ms = |q: f64| self.durations.value_at_quantile(q) as f64 / 1000.0;
             let _ = writeln!(

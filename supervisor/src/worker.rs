@@ -166,10 +166,20 @@ enum Verdict {
     TimedOut(Option<JobResult>),
     /// The hard deadline passed.
     Killed(Option<JobResult>),
-    /// The worker died or broke the protocol; the text says how, when known before exit.
-    Crashed(Option<String>),
+    /// The worker died, or broke the protocol.
+    Crashed(Crash),
     /// The run was interrupted.
     Cancelled(String),
+}
+
+/// What made a job `crashed`.
+enum Crash {
+    /// The process exited mid-job.
+    Died,
+    /// It closed its result pipe mid-job (it usually exits a moment later).
+    PipeClosed,
+    /// It broke the protocol; the text says how.
+    Protocol(String),
 }
 
 /// Where a job stands on its clock.
@@ -200,6 +210,9 @@ struct Worker {
     events: mpsc::UnboundedSender<Event>,
     current_job: Arc<AtomicU64>,
     jobs_done: u64,
+    /// The job this worker finished last: a late duplicate about it is ignored, not blamed
+    /// on the job that runs now.
+    last_job: Option<u64>,
     // Removed when the worker is dropped, after its process is gone.
     _workdir: tempfile::TempDir,
 }
@@ -274,6 +287,7 @@ impl Worker {
                             events,
                             current_job,
                             jobs_done: 0,
+                            last_job: None,
                             _workdir: spawned.workdir,
                         });
                     }
@@ -336,6 +350,7 @@ impl Worker {
                         }
                         let (record, reusable) = self.run_job(job).await;
                         self.jobs_done += 1;
+                        self.last_job = Some(record.seq);
                         let retiring = !reusable
                             || self.settings.max_jobs.is_some_and(|max| self.jobs_done >= max);
                         let _ = self.events.send(Event::Finished {
@@ -352,6 +367,7 @@ impl Worker {
                 },
                 msg = self.inbox.next(), if !self.inbox.at_eof() => match msg {
                     Ok(Some(FromWorker::Heartbeat { .. } | FromWorker::Progress { .. })) => {}
+                    Ok(Some(msg)) if self.is_stale(&msg) => {}
                     Ok(Some(other)) => {
                         tracing::warn!(worker = self.id, pid = self.process.pid(),
                             "worker sent {} while idle; replacing it", frame_name(&other));
@@ -413,7 +429,7 @@ impl Worker {
             ttl_ms: job.ttl.as_millis() as u64,
         });
         let verdict = match self.outbox.send(&frame) {
-            Err(e) => Verdict::Crashed(Some(format!("cannot send the job: {e}"))),
+            Err(e) => Verdict::Crashed(Crash::Protocol(format!("cannot send the job: {e}"))),
             Ok(()) => self.await_verdict(&job, &mut phase).await,
         };
         self.current_job.store(0, Ordering::Relaxed);
@@ -468,7 +484,7 @@ impl Worker {
                         }
                     }
                     return match phase {
-                        Phase::Running { .. } => Verdict::Crashed(None),
+                        Phase::Running { .. } => Verdict::Crashed(Crash::Died),
                         // Exiting is finishing the cleanup.
                         Phase::CleaningUp { .. } => Verdict::TimedOut(late),
                     };
@@ -491,21 +507,20 @@ impl Worker {
             // The pipe closed: the exit (or the deadline) will say what happened, unless
             // the worker keeps running without it, which is a crash.
             Ok(None) if cleaning => return None,
-            Ok(None) => {
-                return Some(Verdict::Crashed(Some(
-                    "worker closed its result pipe mid-job".into(),
-                )))
-            }
+            Ok(None) => return Some(Verdict::Crashed(Crash::PipeClosed)),
             Err(e) => {
-                return Some(Verdict::Crashed(Some(format!(
+                return Some(Verdict::Crashed(Crash::Protocol(format!(
                     "protocol error from worker {} (pid {}): {e}",
                     self.id,
                     self.process.pid()
                 ))))
             }
         };
+        if self.is_stale(&msg) {
+            return None;
+        }
         let wrong = |what: &str, got: u64| {
-            Some(Verdict::Crashed(Some(format!(
+            Some(Verdict::Crashed(Crash::Protocol(format!(
                 "protocol error from worker {} (pid {}): {what} for job {got}, but job {} is running",
                 self.id,
                 self.process.pid(),
@@ -537,14 +552,14 @@ impl Worker {
                 if cleaning {
                     Some(Verdict::TimedOut(late.take()))
                 } else {
-                    Some(Verdict::Crashed(Some(format!(
+                    Some(Verdict::Crashed(Crash::Protocol(format!(
                         "protocol error from worker {} (pid {}): cleanup acknowledged before any request",
                         self.id,
                         self.process.pid()
                     ))))
                 }
             }
-            FromWorker::Hello { .. } => Some(Verdict::Crashed(Some(format!(
+            FromWorker::Hello { .. } => Some(Verdict::Crashed(Crash::Protocol(format!(
                 "protocol error from worker {} (pid {}): hello in the middle of a job",
                 self.id,
                 self.process.pid()
@@ -552,10 +567,39 @@ impl Worker {
         }
     }
 
+    /// Whether `msg` is about the job this worker finished before (a duplicate result, a
+    /// late heartbeat): logged and ignored.
+    fn is_stale(&self, msg: &FromWorker) -> bool {
+        let about = match msg {
+            FromWorker::Hello { .. } => return false,
+            FromWorker::Heartbeat { job }
+            | FromWorker::Progress { job, .. }
+            | FromWorker::Done { job, .. }
+            | FromWorker::CleanupDone { job } => *job,
+        };
+        let stale = self.last_job == Some(about);
+        if stale {
+            tracing::warn!(
+                worker = self.id,
+                pid = self.process.pid(),
+                job = about,
+                "ignoring {} about a job that already ended",
+                frame_name(msg)
+            );
+        }
+        stale
+    }
+
     /// The soft deadline: ask the worker to clean up.
     fn request_cleanup(&mut self, job: &JobSpec, kill_at: Instant) {
-        let grace_ms = kill_at.saturating_duration_since(Instant::now()).as_millis() as u64;
-        tracing::debug!(worker = self.id, job = job.seq, "ttl reached; cleanup requested");
+        let grace_ms = kill_at
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        tracing::debug!(
+            worker = self.id,
+            job = job.seq,
+            "ttl reached; cleanup requested"
+        );
         let _ = self.outbox.send(&ToWorker::Cleanup {
             job: job.seq,
             grace_ms,
@@ -566,11 +610,17 @@ impl Worker {
 
     /// Turns a verdict into the job's record, ending the process where the verdict says
     /// it cannot be reused.
-    async fn settle(&mut self, job: &JobSpec, started: Instant, verdict: Verdict) -> (Record, bool) {
+    async fn settle(
+        &mut self,
+        job: &JobSpec,
+        started: Instant,
+        verdict: Verdict,
+    ) -> (Record, bool) {
         let mut record = Record::new(job, Outcome::Ok);
         record.worker = Some(self.id);
         record.pid = Some(self.process.pid());
         let decided = started.elapsed();
+        let mut crash_cause = None;
         let (outcome, result, error, reusable) = match verdict {
             Verdict::Returned(result) => {
                 let alive = self.process.exit().is_none();
@@ -599,7 +649,10 @@ impl Worker {
                 )),
                 false,
             ),
-            Verdict::Crashed(why) => (Outcome::Crashed, None, why, false),
+            Verdict::Crashed(crash) => {
+                crash_cause = Some(crash);
+                (Outcome::Crashed, None, None, false)
+            }
             Verdict::Cancelled(reason) => (Outcome::Cancelled, None, Some(reason), false),
         };
         record.outcome = outcome;
@@ -627,12 +680,15 @@ impl Worker {
         // why it is ending.
         let grace = match outcome {
             // A clean-up acknowledged: let it exit, but never past the hard deadline.
-            Outcome::Timeout => (started + job.ttl + job.cleanup)
-                .saturating_duration_since(Instant::now()),
+            Outcome::Timeout => {
+                (started + job.ttl + job.cleanup).saturating_duration_since(Instant::now())
+            }
             // It returned a result but died doing so, or is gone already.
             Outcome::Ok | Outcome::Failed => Duration::ZERO,
             // A pipe closed mid-job: the exit status is a moment away.
-            Outcome::Crashed if self.inbox.at_eof() => self.settings.retire_grace.min(Duration::from_secs(1)),
+            Outcome::Crashed if matches!(crash_cause, Some(Crash::PipeClosed)) => {
+                self.settings.retire_grace.min(Duration::from_secs(1))
+            }
             _ => Duration::ZERO,
         };
         let (exit, killed_now) = self.process.end(grace).await;
@@ -641,16 +697,15 @@ impl Worker {
             Outcome::Killed | Outcome::Crashed => record.set_duration(started.elapsed()),
             _ => record.set_duration(decided),
         }
-        if outcome == Outcome::Crashed {
-            let how = if killed_now {
-                "and was killed".to_string()
-            } else {
-                format!("mid-job: {exit}")
-            };
-            record.error = Some(match record.error.take() {
-                Some(e) if killed_now => format!("{e}, {how}"),
-                Some(e) => e,
-                None => format!("worker exited {how}"),
+        if let Some(crash) = crash_cause {
+            record.error = Some(match crash {
+                Crash::Died => format!("worker exited mid-job: {exit}"),
+                Crash::PipeClosed if killed_now => {
+                    "worker closed its result pipe mid-job and kept running; killed".into()
+                }
+                Crash::PipeClosed => format!("worker exited mid-job: {exit}"),
+                Crash::Protocol(msg) if killed_now => format!("{msg}; worker killed"),
+                Crash::Protocol(msg) => format!("{msg}; worker ended with {exit}"),
             });
         }
         (record, false)

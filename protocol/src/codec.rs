@@ -326,18 +326,18 @@ mod tests {
             result: JobResult::Ok(vec![0; 500]),
         };
         let err = codec.encode(&msg, &mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { max: 100, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::TooLarge { max: 100, .. }),
+            "{err}"
+        );
         assert!(buf.is_empty(), "nothing is written for a refused frame");
     }
 
     #[test]
     fn hostile_inner_length_is_an_error_not_an_allocation() {
         // A Done frame whose Vec claims u64::MAX bytes inside a 16-byte body.
-        let mut body = Vec::new();
-        body.push(3u8); // variant Done
-        body.push(1u8); // job 1
-        body.push(0u8); // JobResult::Ok
-        body.push(0xff); // varint marker: u64 follows
+        // Variant Done, job 1, JobResult::Ok, then the varint marker for a u64 length.
+        let mut body = vec![3u8, 1, 0, 0xff];
         body.extend_from_slice(&u64::MAX.to_le_bytes());
         let mut buf = BytesMut::new();
         buf.put_u32_le(body.len() as u32);

@@ -31,22 +31,50 @@ fn arb_from_worker() -> impl Strategy<Value = FromWorker> {
     prop_oneof![
         (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| FromWorker::Hello { version, pid }),
         any::<u64>().prop_map(|job| FromWorker::Heartbeat { job }),
-        (any::<u64>(), any::<u64>(), any::<Option<u64>>(), any::<Option<String>>()).prop_map(
-            |(job, done, total, message)| FromWorker::Progress { job, done, total, message }
-        ),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(job, out)| FromWorker::Done { job, result: JobResult::Ok(out) }),
-        (any::<u64>(), ".{0,40}")
-            .prop_map(|(job, m)| FromWorker::Done { job, result: JobResult::Failed(m) }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<Option<String>>()
+        )
+            .prop_map(|(job, done, total, message)| FromWorker::Progress {
+                job,
+                done,
+                total,
+                message
+            }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(job, out)| {
+            FromWorker::Done {
+                job,
+                result: JobResult::Ok(out),
+            }
+        }),
+        (any::<u64>(), ".{0,40}").prop_map(|(job, m)| FromWorker::Done {
+            job,
+            result: JobResult::Failed(m)
+        }),
         any::<u64>().prop_map(|job| FromWorker::CleanupDone { job }),
     ]
 }
 
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        (any::<u64>(), ".{0,20}", proptest::collection::vec(any::<u8>(), 0..300), any::<u32>(), any::<u64>())
-            .prop_map(|(id, key, payload, attempt, ttl_ms)| ToWorker::Job(Job { id, key, payload, attempt, ttl_ms })),
-        (any::<u64>(), any::<u64>()).prop_map(|(job, grace_ms)| ToWorker::Cleanup { job, grace_ms }),
+        (
+            any::<u64>(),
+            ".{0,20}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<u32>(),
+            any::<u64>()
+        )
+            .prop_map(|(id, key, payload, attempt, ttl_ms)| ToWorker::Job(Job {
+                id,
+                key,
+                payload,
+                attempt,
+                ttl_ms
+            })),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(job, grace_ms)| ToWorker::Cleanup { job, grace_ms }),
         Just(ToWorker::Shutdown),
     ]
 }

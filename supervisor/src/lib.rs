@@ -25,6 +25,7 @@ pub mod process;
 pub mod reaper;
 pub mod record;
 pub mod sandbox;
+pub mod signals;
 pub mod sink;
 pub mod source;
 pub mod summary;

@@ -9,13 +9,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
 use crate::record::{JobSpec, Outcome, Record};
 use crate::sandbox::{SpawnError, Spawner};
+use crate::signals::Interrupts;
 use crate::sink::Sink;
 use crate::source::{Item, Source};
 use crate::summary::Stats;
@@ -95,12 +95,9 @@ struct Pool {
 
 impl Pool {
     async fn run(&mut self) {
-        let (mut sigint, mut sigterm) = match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(i), Ok(t)) => (i, t),
-            (Err(e), _) | (_, Err(e)) => {
+        let mut interrupts = match Interrupts::listen() {
+            Ok(i) => i,
+            Err(e) => {
                 eprintln!("jobsup: cannot listen for signals: {e}");
                 self.fatal = Some(RunEnd::Failed);
                 return;
@@ -116,8 +113,7 @@ impl Pool {
             }
             tokio::select! {
                 biased;
-                _ = sigint.recv() => self.on_signal(libc::SIGINT),
-                _ = sigterm.recv() => self.on_signal(libc::SIGTERM),
+                (sig, n) = interrupts.recv() => (0..n).for_each(|_| self.on_signal(sig)),
                 Some(event) = self.events.recv() => self.on_event(event),
                 _ = sleep_until(self.respawn_at.unwrap_or_else(Instant::now)), if self.respawn_at.is_some() => {
                     self.respawn_at = None;
@@ -129,7 +125,7 @@ impl Pool {
                 self.flush();
             }
         }
-        self.shut_down(&mut sigint, &mut sigterm).await;
+        self.shut_down(&mut interrupts).await;
     }
 
     /// Whether new jobs may be read.
@@ -367,11 +363,7 @@ impl Pool {
     }
 
     /// Retires every worker and waits until all are gone.
-    async fn shut_down(
-        &mut self,
-        sigint: &mut tokio::signal::unix::Signal,
-        sigterm: &mut tokio::signal::unix::Signal,
-    ) {
+    async fn shut_down(&mut self, interrupts: &mut Interrupts) {
         self.respawn_at = None;
         for slot in self.workers.values() {
             let _ = slot.handle.send(Control::Shutdown);
@@ -379,8 +371,7 @@ impl Pool {
         while !self.workers.is_empty() {
             tokio::select! {
                 biased;
-                _ = sigint.recv() => self.on_signal(libc::SIGINT),
-                _ = sigterm.recv() => self.on_signal(libc::SIGTERM),
+                (sig, n) = interrupts.recv() => (0..n).for_each(|_| self.on_signal(sig)),
                 Some(event) = self.events.recv() => match event {
                     Event::Exited { worker, .. } => {
                         self.workers.remove(&worker);

@@ -339,7 +339,7 @@ mod tests {
         Defaults {
             ttl: Duration::from_secs(30),
             cleanup: Duration::from_secs(5),
-            max_line: 16,
+            max_line: 64,
         }
     }
 
@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn overlong_line_is_rejected_and_the_next_one_read() {
-        let got = items("0123456789abcdefXYZ\nok\n", InputFormat::Lines);
+        let long = "x".repeat(65);
+        let got = items(&format!("{long}\nok\n"), InputFormat::Lines);
         assert!(
             matches!(&got[0], Item::Rejected(r) if r.error.as_deref().unwrap().contains("longer than"))
         );

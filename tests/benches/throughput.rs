@@ -1,1 +1,263 @@
-fn main() {}
+//! Throughput and deadline lateness of jobsup, against a raw-pipe baseline.
+//!
+//! Run with `cargo bench -p jobsup-tests --bench throughput`. It prints numbers and asserts
+//! nothing about speed. `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
+//! (default 20000).
+//!
+//! 1. Baseline: K `echo` processors spawned directly, one thread per processor doing
+//!    sequential round trips (`Job` frame out, `Done` frame back) over the two protocol
+//!    pipes. This is the cost of the processes and the protocol alone.
+//! 2. jobsup: `jobsup run -j K --input FILE --output /dev/null -- echo` on the same number
+//!    of jobs, timed end to end (start-up and shutdown included).
+//! 3. Lateness: how long after the ttl a cleanup request reaches a worker (`fx-latency`
+//!    reports it), and how long after ttl + cleanup a job that ignores it is recorded
+//!    killed (`spin`).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use jobsup_protocol::{Codec, FromWorker, Job, JobResult, ToWorker, ENV_PROTOCOL};
+use jobsup_tests::{bin, jobsup, lines};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `n` round trips through one directly spawned `echo` processor.
+fn baseline_worker(n: usize, first_id: u64) -> Result<(), Error> {
+    let (job_r, job_w) = pipe()?;
+    let (res_r, res_w) = pipe()?;
+    let (job_fd, res_fd) = (job_r.as_raw_fd(), res_w.as_raw_fd());
+    let mut cmd = Command::new(bin!("echo"));
+    cmd.env_clear()
+        .env("PATH", jobsup_tests::PATH)
+        .env(ENV_PROTOCOL, jobsup_protocol::PROTOCOL_VERSION.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move both ends out of the way first: either may itself be fd 3 or 4.
+            let j = libc::fcntl(job_fd, libc::F_DUPFD_CLOEXEC, 10);
+            let r = libc::fcntl(res_fd, libc::F_DUPFD_CLOEXEC, 10);
+            if j < 0 || r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears close-on-exec on the new descriptors.
+            if libc::dup2(j, jobsup_protocol::JOB_FD) < 0
+                || libc::dup2(r, jobsup_protocol::RESULT_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(j);
+            libc::close(r);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    // The child's ends are the child's now.
+    drop(job_r);
+    drop(res_w);
+    let codec = Codec::default();
+    let mut to_worker = BufWriter::new(File::from(job_w));
+    let mut from_worker = BufReader::new(File::from(res_r));
+    let mut decoder = codec.decoder::<FromWorker>();
+    let mut buf = BytesMut::new();
+
+    let outcome = (|| -> Result<(), Error> {
+        match decoder.read_frame(&mut from_worker, &mut buf)? {
+            Some(FromWorker::Hello { .. }) => {}
+            other => return Err(format!("expected a Hello, got {other:?}").into()),
+        }
+        for i in 0..n {
+            let id = first_id + i as u64;
+            let payload = format!("payload {id}").into_bytes();
+            let job = ToWorker::Job(Job {
+                id,
+                key: id.to_string(),
+                payload: payload.clone(),
+                attempt: 1,
+                ttl_ms: 30_000,
+            });
+            codec.write_frame(&mut to_worker, &job)?;
+            match decoder.read_frame(&mut from_worker, &mut buf)? {
+                Some(FromWorker::Done {
+                    job,
+                    result: JobResult::Ok(out),
+                }) if job == id && out == payload => {}
+                other => return Err(format!("job {id}: unexpected answer {other:?}").into()),
+            }
+        }
+        codec.write_frame(&mut to_worker, &ToWorker::Shutdown)?;
+        Ok(())
+    })();
+    drop(to_worker);
+    if outcome.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    outcome
+}
+
+/// Jobs per second through K directly driven processors.
+fn baseline(n: usize, k: usize) -> Result<f64, Error> {
+    let start = Instant::now();
+    let per = n / k;
+    let handles: Vec<_> = (0..k)
+        .map(|w| thread::spawn(move || baseline_worker(per, (w * per) as u64 + 1)))
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "baseline thread panicked")??;
+    }
+    Ok((per * k) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Jobs per second through `jobsup run -j K`.
+fn through_jobsup(n: usize, k: usize) -> Result<f64, Error> {
+    let j = jobsup!().timeout(Duration::from_secs(600));
+    let input = j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")));
+    let j = j
+        .args(["-j", &k.to_string(), "--input"])
+        .arg(&input)
+        .args(["--output", "/dev/null"])
+        .processor(bin!("echo"), [] as [&str; 0]);
+    let start = Instant::now();
+    let run = j.run();
+    let elapsed = start.elapsed();
+    if run.code() != 0 {
+        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Lateness samples (ms) from one jobsup run.
+fn lateness(
+    processor: &str,
+    flags: &[&str],
+    jobs: usize,
+    sample: impl Fn(&jobsup_tests::Record) -> Option<f64>,
+) -> Result<Vec<f64>, Error> {
+    let run = jobsup!()
+        .timeout(Duration::from_secs(600))
+        .args(flags)
+        .processor(processor, [] as [&str; 0])
+        .stdin(lines(jobs, |i| i.to_string()))
+        .run();
+    let recs = run.records();
+    let mut samples: Vec<f64> = recs.iter().filter_map(sample).collect();
+    if samples.len() != jobs {
+        return Err(format!(
+            "{} usable records of {jobs} (exit {}): {}",
+            samples.len(),
+            run.code(),
+            run.stderr.trim()
+        )
+        .into());
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+fn print_percentiles(what: &str, samples: Result<Vec<f64>, Error>) {
+    match samples {
+        Ok(s) => println!(
+            "{what:<28} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms   ({} jobs)",
+            percentile(&s, 50.0),
+            percentile(&s, 99.0),
+            percentile(&s, 100.0),
+            s.len()
+        ),
+        Err(e) => println!("{what:<28} unavailable: {e}"),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
+    let n: usize = std::env::var("JOBSUP_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+
+    println!("throughput: {n} echo jobs");
+    println!(
+        "{:>3}  {:>16}  {:>16}  {:>16}",
+        "K", "baseline jobs/s", "jobsup jobs/s", "jobsup/baseline"
+    );
+    for k in [1, 2] {
+        let base = baseline(n, k);
+        let sup = through_jobsup(n, k);
+        let show = |r: &Result<f64, Error>| match r {
+            Ok(v) => format!("{v:.0}"),
+            Err(_) => "error".to_string(),
+        };
+        let ratio = match (&base, &sup) {
+            (Ok(b), Ok(s)) => format!("{:.3}", s / b),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{k:>3}  {:>16}  {:>16}  {:>16}",
+            show(&base),
+            show(&sup),
+            ratio
+        );
+        if let Err(e) = &base {
+            println!("     baseline error: {e}");
+        }
+        if let Err(e) = &sup {
+            println!("     jobsup error: {e}");
+        }
+    }
+
+    println!();
+    println!("deadline lateness (60 jobs each, -j 2)");
+    let ttl_ms = 100.0;
+    print_percentiles(
+        "cleanup request after ttl",
+        lateness(
+            bin!("fx-latency"),
+            &["-j", "2", "--ttl", "100ms", "--cleanup", "1s"],
+            60,
+            |r| {
+                let us: f64 = r.output()?.trim().parse().ok()?;
+                Some(us / 1000.0 - ttl_ms)
+            },
+        ),
+    );
+    print_percentiles(
+        "kill after ttl + cleanup",
+        lateness(
+            bin!("spin"),
+            &["-j", "2", "--ttl", "100ms", "--cleanup", "100ms"],
+            60,
+            |r| {
+                if r.outcome() != "killed" {
+                    return None;
+                }
+                Some(r.duration_ms()? - 200.0)
+            },
+        ),
+    );
+}

@@ -1,0 +1,121 @@
+//! SIGINT / SIGTERM: the first drains (no new jobs, running ones run to their deadlines),
+//! the second cancels what is running. Every job read gets a record; no worker survives.
+
+use std::collections::BTreeSet;
+
+use jobsup_tests::{
+    bin, catches_signal, jobsup, pid_alive, pids, signal_pending, wait_until, Background, WAIT,
+};
+use nix::sys::signal::Signal;
+
+/// Waits until jobsup has installed its handler for `sig`, so that the signal cannot hit
+/// the default action (which would kill jobsup instead of testing it).
+fn wait_for_handler(bg: &Background, sig: Signal) {
+    let pid = bg.pid();
+    wait_until(WAIT, &format!("jobsup (pid {pid}) catches {sig}"), || {
+        catches_signal(pid, sig)
+    });
+}
+
+/// Sends `sig` and waits until the kernel has delivered it, so that a second one sent after
+/// this is not merged with it into a single pending signal.
+fn signal_delivered(bg: &Background, sig: Signal) {
+    let pid = bg.pid();
+    bg.signal(sig);
+    wait_until(WAIT, &format!("{sig} is delivered to jobsup"), || {
+        bg.has_exited() || !signal_pending(pid, sig)
+    });
+}
+
+fn interrupt_twice(sig: Signal, expected_code: i32) {
+    let bg = jobsup!()
+        .args(["-j", "2", "--ttl", "60s", "--cleanup", "1s"])
+        .processor(bin!("sleepy"), [] as [&str; 0])
+        .stdin("200\n60000\n60000\n60000\n60000\n60000\n")
+        .spawn();
+    wait_for_handler(&bg, sig);
+    // Job 1 (200 ms) finishing means both workers have been up and busy for a while: job 2
+    // runs on the other worker, and job 3 follows job 1.
+    wait_until(WAIT, "the first job has its record", || {
+        !bg.records_so_far().is_empty()
+    });
+    wait_until(WAIT, "jobsup has two workers", || bg.children().len() >= 2);
+    let workers: BTreeSet<i32> = bg.children().into_iter().collect();
+
+    // jobsup counts signals exactly, so two in quick succession are two, not one.
+    signal_delivered(&bg, sig);
+    signal_delivered(&bg, sig);
+    let run = bg.wait();
+    assert_eq!(run.code(), expected_code, "{run}");
+
+    let recs = run.by_seq();
+    assert_eq!(recs[&1].outcome(), "ok", "{run}");
+    assert!(
+        recs.contains_key(&2),
+        "the job running when the signals came has a record\n{run}"
+    );
+    for (seq, r) in recs.iter().filter(|(&seq, _)| seq != 1) {
+        assert_eq!(r.outcome(), "cancelled", "job {seq} did not finish: {r}");
+        assert!(*seq <= 6, "{run}");
+    }
+
+    let all_workers: BTreeSet<i32> = workers.into_iter().chain(pids(&run.records())).collect();
+    let alive: Vec<i32> = all_workers.into_iter().filter(|&p| pid_alive(p)).collect();
+    assert!(
+        alive.is_empty(),
+        "workers outlived jobsup: {alive:?}\n{run}"
+    );
+}
+
+#[test]
+fn second_sigterm_cancels_running_jobs_and_exits_143() {
+    interrupt_twice(Signal::SIGTERM, 143);
+}
+
+#[test]
+fn second_sigint_cancels_running_jobs_and_exits_130() {
+    interrupt_twice(Signal::SIGINT, 130);
+}
+
+#[test]
+fn first_sigterm_lets_the_running_job_finish_and_reads_no_more_input() {
+    let mut bg = jobsup!()
+        .args(["-j", "1", "--ttl", "60s", "--cleanup", "1s"])
+        .processor(bin!("sleepy"), [] as [&str; 0])
+        .stdin("50\n1000\n")
+        .keep_stdin_open()
+        .spawn();
+    wait_for_handler(&bg, Signal::SIGTERM);
+    // With one worker, job 2 is handed over as soon as job 1 is done.
+    wait_until(WAIT, "the first job has its record", || {
+        !bg.records_so_far().is_empty()
+    });
+    signal_delivered(&bg, Signal::SIGTERM);
+    // Input that arrives after the signal is not read: no record, or at most a cancelled
+    // one if a read was already under way. stdin stays open: jobsup must not wait for it.
+    bg.write_stdin("5\n");
+    let run = bg.wait();
+    assert_eq!(run.code(), 143, "{run}");
+    let recs = run.by_seq();
+    assert_eq!(recs[&1].outcome(), "ok", "{run}");
+    assert_eq!(
+        recs.get(&2).map(|r| r.outcome()),
+        Some("ok"),
+        "the running job is drained, not cancelled\n{run}"
+    );
+    if let Some(r) = recs.get(&3) {
+        assert_eq!(
+            r.outcome(),
+            "cancelled",
+            "input read after the signal ran: {r}"
+        );
+    }
+    let alive: Vec<i32> = pids(&run.records())
+        .into_iter()
+        .filter(|&p| pid_alive(p))
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "workers outlived jobsup: {alive:?}\n{run}"
+    );
+}

@@ -13,11 +13,11 @@
 //! 2. It takes over fd 3 (requests) and fd 4 (replies), marks them close-on-exec so that
 //!    programs the handler starts do not inherit them, and sends `Hello` with the protocol
 //!    version and its pid.
-//! 3. A *control thread* owns the worker's state. A reader thread turns fd 3 into events
-//!    for it, so a cleanup request is seen at once even while a CPU-bound handler keeps
-//!    the main thread busy; SIGTERM arrives the same way. Jobs go to the thread that
-//!    called `serve`, which runs the handler, one job at a time, and reports each result
-//!    back to the control thread.
+//! 3. One state machine, behind a lock, owns the worker's state. A reader thread feeds it
+//!    what arrives on fd 3, so a cleanup request is seen at once even while a CPU-bound
+//!    handler keeps the main thread busy; a signal thread feeds it SIGTERM. Jobs go to the
+//!    thread that called `serve`, which runs the handler, one job at a time, and reports
+//!    each result to the state machine itself (one thread wake-up per job, not three).
 //!
 //! # Cleanup
 //!
@@ -25,7 +25,8 @@
 //! counts as one too. The runtime sets the flag that
 //! [`Context::cleanup_requested`] reads, then:
 //!
-//! - with a hook ([`Runtime::on_cleanup`]): runs it on the control thread, acknowledges the
+//! - with a hook ([`Runtime::on_cleanup`]): runs it at once on the thread that heard the
+//!   request (not the handler's), acknowledges the
 //!   cleanup and exits with code 124, without waiting for the handler;
 //! - without one: waits for the handler to return, sends its result (jobsup keeps it in
 //!   the job's record), acknowledges the cleanup and exits with code 124.

@@ -7,7 +7,7 @@ use jobsup_protocol::{Codec, FrameError, FromWorker, JobResult};
 
 use crate::exit::Ending;
 
-/// fd 4, shared by the handler's thread (heartbeats, progress) and the control thread
+/// fd 4, shared by the handler's thread (heartbeats, progress, results) and the reader thread
 /// (everything else). The lock keeps frames whole; it is also held across the final
 /// `exit`, so nothing can follow the last frame.
 #[derive(Debug)]

@@ -2,13 +2,13 @@
 
 use std::fmt::Display;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread;
 
 use jobsup_protocol::{FromWorker, JobResult, PROTOCOL_VERSION};
 
-use crate::control::{Assignment, Control, Event, Hook};
+use crate::control::{Assignment, Control, Controller, Event, Hook};
 use crate::exit::Ending;
 use crate::outbox::Outbox;
 use crate::panic::panic_message;
@@ -29,7 +29,8 @@ impl Runtime {
         Runtime::default()
     }
 
-    /// Hook run on the control thread as soon as a cleanup request arrives.
+    /// Hook run on the reader thread as soon as a cleanup request arrives (or on the signal
+    /// thread, for SIGTERM), while the handler may still be running.
     ///
     /// The hook runs while the handler may still be running on the main thread, so it can
     /// release what the handler holds (kill a child process, remove a temporary file)
@@ -62,12 +63,15 @@ impl Runtime {
             Err(e) => Ending::NotStarted(e).exit(),
         };
         let outbox = Arc::new(Outbox::new(link.replies, link.codec));
-        let (events_tx, events) = mpsc::channel();
+        // The job channel lives as long as the process: the handler's thread takes a closed
+        // channel for a broken state machine.
         let (jobs_tx, jobs) = mpsc::channel();
+        let control = Control::new(self.hook, Arc::clone(&outbox), jobs_tx);
+        let controller = Controller::new(control, Arc::clone(&outbox));
 
         // Before the hello: from then on jobsup may send SIGTERM, and it must not kill the
         // worker outright.
-        if let Err(e) = signals::forward_sigterm(events_tx.clone()) {
+        if let Err(e) = signals::forward_sigterm(controller.clone()) {
             outbox.finish(Ending::Failed(format!("cannot watch for SIGTERM: {e}")));
         }
         let hello = FromWorker::Hello {
@@ -78,22 +82,15 @@ impl Runtime {
             outbox.finish(Ending::LinkLost);
         }
 
-        let reader_events = events_tx.clone();
+        let reader = controller.clone();
         let spawned = thread::Builder::new()
             .name("jobsup-reader".into())
-            .spawn(move || inbox::pump(link.requests, link.codec, reader_events))
-            .and_then(|_| {
-                let outbox = Arc::clone(&outbox);
-                let hook = self.hook;
-                thread::Builder::new()
-                    .name("jobsup-control".into())
-                    .spawn(move || control_thread(hook, outbox, jobs_tx, events))
-            });
+            .spawn(move || inbox::pump(link.requests, link.codec, reader));
         if let Err(e) = spawned {
             outbox.finish(Ending::Failed(format!("cannot start a thread: {e}")));
         }
 
-        serve_jobs(handler, &jobs, &events_tx, &outbox)
+        serve_jobs(handler, &jobs, &controller, &outbox)
     }
 }
 
@@ -105,28 +102,12 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-fn control_thread(
-    hook: Option<Hook>,
-    outbox: Arc<Outbox>,
-    jobs: Sender<Assignment>,
-    events: Receiver<Event>,
-) -> ! {
-    let mut control = Control::new(hook, Arc::clone(&outbox), jobs);
-    let ending = catch_unwind(AssertUnwindSafe(|| control.run(&events))).unwrap_or_else(|p| {
-        Ending::Failed(format!(
-            "internal error: the control thread panicked: {}",
-            panic_message(&*p)
-        ))
-    });
-    outbox.finish(ending)
-}
-
-/// The handler's thread: runs each job it is handed and reports back. The control thread
-/// decides when the process ends, so this loop only stops if that thread is gone.
+/// The handler's thread: runs each job it is handed and reports the result to the state
+/// machine, which decides when the process ends.
 fn serve_jobs<F, E>(
     mut handler: F,
     jobs: &Receiver<Assignment>,
-    events: &Sender<Event>,
+    events: &Controller,
     outbox: &Arc<Outbox>,
 ) -> !
 where
@@ -145,11 +126,9 @@ where
             job: job.id(),
             result,
         };
-        if events.send(finished).is_err() {
-            break;
-        }
+        events.send(finished);
     }
-    outbox.finish(Ending::Failed("the control thread is gone".into()))
+    outbox.finish(Ending::Failed("the job channel closed".into()))
 }
 
 fn run_handler<F, E>(handler: &mut F, job: &Job, ctx: &Context) -> JobResult

@@ -3,19 +3,18 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::ptr;
-use std::sync::mpsc::Sender;
 use std::thread;
 
 use signal_hook::consts::SIGTERM;
 use signal_hook::iterator::Signals;
 
-use crate::control::Event;
+use crate::control::{Controller, Event};
 
-/// Forwards every SIGTERM to the control thread, from a thread of its own.
+/// Reports every SIGTERM to the state machine, from a thread of its own.
 ///
 /// A SIGTERM that the program (or whoever started it) already ignores stays ignored: that
 /// was a deliberate choice, and installing a handler would undo it.
-pub(crate) fn forward_sigterm(events: Sender<Event>) -> io::Result<()> {
+pub(crate) fn forward_sigterm(events: Controller) -> io::Result<()> {
     if sigterm_is_ignored() {
         return Ok(());
     }
@@ -24,9 +23,7 @@ pub(crate) fn forward_sigterm(events: Sender<Event>) -> io::Result<()> {
         .name("jobsup-signals".into())
         .spawn(move || {
             for _ in signals.forever() {
-                if events.send(Event::Terminate).is_err() {
-                    return;
-                }
+                events.send(Event::Terminate);
             }
         })?;
     Ok(())

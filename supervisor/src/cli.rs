@@ -109,20 +109,28 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging(&cli);
-    let code = match cli.command {
+    let logs = init_logging(&cli);
+    let (code, summary) = match cli.command {
         Command::Run(args) => match run(args) {
-            Ok(code) => code,
+            Ok(done) => done,
             Err(e) => {
                 eprintln!("jobsup: {e:#}");
-                exit::JOBSUP_ERROR
+                (exit::JOBSUP_ERROR, None)
             }
         },
     };
+    // Flushes the log lines still queued, so that the summary comes after them.
+    drop(logs);
+    if let Some(summary) = summary {
+        eprint!("{summary}");
+    }
     ExitCode::from(code)
 }
 
-fn init_logging(cli: &Cli) {
+/// Logs go to stderr through a thread of their own: a processor that floods its stderr, or
+/// a terminal that stops reading, must not stall the supervisor's single async thread. When
+/// the queue is full, lines are dropped rather than deadlines missed.
+fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -131,16 +139,22 @@ fn init_logging(cli: &Cli) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("jobsup-log")
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+    guard
 }
 
-/// `jobsup run`: returns the exit code, or an error for jobsup's own failures (125).
-pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+/// `jobsup run`: returns the exit code and the summary for stderr, or an error for jobsup's
+/// own failures (125).
+pub fn run(args: RunArgs) -> anyhow::Result<(u8, Option<String>)> {
     let (program, proc_args) = args
         .command
         .split_first()
@@ -149,11 +163,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("jobsup: {e}");
-            return Ok(match e {
+            let code = match e {
                 SpawnError::NotFound { .. } => exit::NOT_FOUND,
                 SpawnError::NotExecutable { .. } => exit::CANNOT_RUN,
                 SpawnError::Other { .. } => exit::JOBSUP_ERROR,
-            });
+            };
+            return Ok((code, None));
         }
     };
     let input: Box<dyn Read + Send> = match &args.input {
@@ -200,14 +215,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     let spawner =
         Spawner::start(reaper).map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let started = Instant::now();
     let (end, stats) = runtime.block_on(async {
         let source = Source::start(input, args.input_format, defaults)?;
-        let sink = Sink::new(output, args.keep_order);
+        let sink = Sink::new(output, args.keep_order)?;
         let cfg = PoolConfig {
             workers,
             settings: Arc::new(settings),
@@ -217,10 +231,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     // Inherited orphans the workers left behind die with the run.
     reaper::kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
-    if matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0 {
-        eprint!("{}", stats.render(started.elapsed()));
-    }
-    Ok(exit::exit_code(&end, &stats))
+    let summary = (matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0)
+        .then(|| stats.render(started.elapsed()));
+    Ok((exit::exit_code(&end, &stats), summary))
 }
 
 /// Waits until the reaper has collected every child, so that jobsup never exits with live

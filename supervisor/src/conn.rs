@@ -43,28 +43,42 @@ impl Inbox {
     /// The next frame; `Ok(None)` at end of stream.
     pub async fn next(&mut self) -> Result<Option<FromWorker>, FrameError> {
         loop {
-            if let Some(msg) = self.try_next()? {
+            if let Some(msg) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(msg));
             }
             if self.eof {
-                return Ok(None);
+                return self.decoder.decode_eof(&mut self.buf);
             }
             self.rx.readable().await?;
+            self.buf.reserve(READ_CHUNK);
+            // Moves bytes into the buffer synchronously: nothing is lost if the caller's
+            // select drops this future at the await above.
+            match self.rx.try_read_buf(&mut self.buf) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
-    /// A frame that is already readable without waiting, if any.
+    /// A frame that is already in the pipe, without waiting.
+    ///
+    /// Reads the pipe directly rather than through the reactor, whose notion of readiness
+    /// can lag behind: when the reaper reports a worker's exit, or a deadline fires, the
+    /// frames it wrote just before are in the kernel's buffer even if the reactor has not
+    /// polled yet, and they must count.
     pub fn try_next(&mut self) -> Result<Option<FromWorker>, FrameError> {
         if let Some(msg) = self.decoder.decode(&mut self.buf)? {
             return Ok(Some(msg));
         }
         if !self.eof {
-            self.buf.reserve(READ_CHUNK);
-            match self.rx.try_read_buf(&mut self.buf) {
+            let mut chunk = [0u8; 16 * 1024];
+            match nix::unistd::read(&self.rx, &mut chunk) {
                 Ok(0) => self.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e.into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
         if self.eof {

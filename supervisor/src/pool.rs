@@ -21,6 +21,9 @@ use crate::source::{Item, Source};
 use crate::summary::Stats;
 use crate::worker::{Control, Event, StartError, WorkerHandle, WorkerSettings};
 
+/// Jobs read ahead of the free workers.
+const LOOKAHEAD: usize = 32;
+
 /// Start failures in a row, after the first success, that end the run.
 const MAX_START_FAILURES: u32 = 5;
 
@@ -106,10 +109,13 @@ impl Pool {
         self.spawn_missing();
         while !self.stopped() {
             if self.accepting() {
-                // One line per free worker, plus one per worker of look-ahead so that a
-                // finishing worker finds its next job already read.
-                let want = (self.idle.len() + self.size).saturating_sub(self.pending.len());
-                self.source.request(want);
+                // Read ahead so that a finishing worker finds its next job already read, and
+                // ask in batches so that the reader thread is not woken once per line.
+                let target = self.idle.len() + self.size + LOOKAHEAD;
+                if self.source.outstanding() + self.pending.len() <= target / 2 {
+                    self.source
+                        .request(target.saturating_sub(self.pending.len()));
+                }
             }
             tokio::select! {
                 biased;
@@ -120,9 +126,6 @@ impl Pool {
                     self.spawn_missing();
                 }
                 item = self.source.next(), if self.accepting() && self.source.waiting() => self.on_item(item),
-            }
-            if self.events.is_empty() {
-                self.flush();
             }
         }
         self.shut_down(&mut interrupts).await;
@@ -344,12 +347,6 @@ impl Pool {
     fn record(&mut self, record: Record) {
         self.stats.observe(&record);
         if let Err(e) = self.sink.push(record) {
-            self.output_failed(e);
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Err(e) = self.sink.flush() {
             self.output_failed(e);
         }
     }

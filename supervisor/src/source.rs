@@ -100,6 +100,11 @@ impl Source {
         }
     }
 
+    /// Items requested and not yet received.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
     /// Whether an item has been requested and not yet received.
     pub fn waiting(&self) -> bool {
         !self.done && self.outstanding > 0

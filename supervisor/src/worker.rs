@@ -29,6 +29,9 @@ use crate::reaper::Exit;
 use crate::record::{JobSpec, Outcome, Record};
 use crate::sandbox::{SpawnError, SpawnSpec, Spawner};
 
+/// Frames taken from the pipe at once when a deadline passes or the worker exits.
+const READY_BUDGET: usize = 1024;
+
 /// What every worker of a pool is started with.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -440,13 +443,9 @@ impl Worker {
         let mut late = None;
         loop {
             if Instant::now() >= phase.deadline() {
-                // A result already sitting in the pipe at the deadline was sent in time.
-                if let Phase::Running { .. } = phase {
-                    while let Ok(Some(msg)) = self.inbox.try_next() {
-                        if let Some(v) = self.on_message(Ok(Some(msg)), job, *phase, &mut late) {
-                            return v;
-                        }
-                    }
+                // A frame already sitting in the pipe at the deadline was sent in time.
+                if let Some(v) = self.take_ready(job, *phase, &mut late) {
+                    return v;
                 }
                 match *phase {
                     Phase::Running { kill_at, .. } => {
@@ -478,10 +477,8 @@ impl Worker {
                 }
                 _ = self.process.exited() => {
                     // Frames it wrote before dying are still in the pipe.
-                    while let Ok(Some(msg)) = self.inbox.try_next() {
-                        if let Some(v) = self.on_message(Ok(Some(msg)), job, *phase, &mut late) {
-                            return v;
-                        }
+                    if let Some(v) = self.take_ready(job, *phase, &mut late) {
+                        return v;
                     }
                     return match phase {
                         Phase::Running { .. } => Verdict::Crashed(Crash::Died),
@@ -491,6 +488,27 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Acts on the frames already in the pipe, a bounded number of them so that a worker
+    /// flooding the pipe cannot hold the task.
+    fn take_ready(
+        &mut self,
+        job: &JobSpec,
+        phase: Phase,
+        late: &mut Option<JobResult>,
+    ) -> Option<Verdict> {
+        for _ in 0..READY_BUDGET {
+            match self.inbox.try_next() {
+                Ok(None) => return None,
+                msg => {
+                    if let Some(v) = self.on_message(msg, job, phase, late) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// One frame (or the end of the stream) while a job runs.

@@ -2,7 +2,7 @@
 //!
 //! Run with `cargo bench -p jobsup-tests --bench throughput`. It prints numbers and asserts
 //! nothing about speed. `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
-//! (default 20000).
+//! (default 20000), `JOBSUP_BENCH_ROUNDS` the rounds per configuration (default 5).
 //!
 //! 1. Baseline: K `echo` processors spawned directly, one thread per processor doing
 //!    sequential round trips (`Job` frame out, `Done` frame back) over the two protocol
@@ -201,34 +201,48 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
 
-    println!("throughput: {n} echo jobs");
+    let rounds: usize = std::env::var("JOBSUP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+
+    // The machine is shared and noisy: baseline and jobsup alternate, round after round,
+    // and each column is the median of its rounds; the ratio is the median of the ratios
+    // of rounds run back to back.
+    println!("throughput: {n} echo jobs, median of {rounds} alternating rounds");
     println!(
         "{:>3}  {:>16}  {:>16}  {:>16}",
         "K", "baseline jobs/s", "jobsup jobs/s", "jobsup/baseline"
     );
     for k in [1, 2] {
-        let base = baseline(n, k);
-        let sup = through_jobsup(n, k);
-        let show = |r: &Result<f64, Error>| match r {
-            Ok(v) => format!("{v:.0}"),
-            Err(_) => "error".to_string(),
-        };
-        let ratio = match (&base, &sup) {
-            (Ok(b), Ok(s)) => format!("{:.3}", s / b),
-            _ => "-".to_string(),
-        };
+        let mut base = Vec::new();
+        let mut sup = Vec::new();
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let b = baseline(n, k);
+            let s = through_jobsup(n, k);
+            match (b, s) {
+                (Ok(b), Ok(s)) => {
+                    base.push(b);
+                    sup.push(s);
+                    ratios.push(s / b);
+                }
+                (b, s) => {
+                    for e in [b.err(), s.err()].into_iter().flatten() {
+                        println!("     error: {e}");
+                    }
+                }
+            }
+        }
+        for v in [&mut base, &mut sup, &mut ratios] {
+            v.sort_by(f64::total_cmp);
+        }
         println!(
-            "{k:>3}  {:>16}  {:>16}  {:>16}",
-            show(&base),
-            show(&sup),
-            ratio
+            "{k:>3}  {:>16.0}  {:>16.0}  {:>16.3}",
+            percentile(&base, 50.0),
+            percentile(&sup, 50.0),
+            percentile(&ratios, 50.0)
         );
-        if let Err(e) = &base {
-            println!("     baseline error: {e}");
-        }
-        if let Err(e) = &sup {
-            println!("     jobsup error: {e}");
-        }
     }
 
     println!();

@@ -8,18 +8,23 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::record::Record;
 
-/// How many out-of-order records `--keep-order` holds before the pool stops reading input.
-pub const REORDER_LIMIT: usize = 10_000;
+/// How many records may wait (out of order under `--keep-order`, or queued for a slow
+/// output) before the pool stops reading input: memory stays bounded even when whoever
+/// reads the results stops reading.
+pub const BACKLOG_LIMIT: usize = 10_000;
 
 /// Where records go.
 pub struct Sink {
     writer: Option<(mpsc::Sender<Record>, JoinHandle<io::Result<()>>)>,
+    /// Records sent to the writer thread and not yet written.
+    queued: Arc<AtomicUsize>,
     keep_order: bool,
     next: u64,
     held: BTreeMap<u64, Record>,
@@ -29,11 +34,14 @@ impl Sink {
     /// Writes NDJSON records to `out`, from a thread of its own.
     pub fn new(out: Box<dyn Write + Send>, keep_order: bool) -> io::Result<Sink> {
         let (tx, rx) = mpsc::channel::<Record>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("jobsup-output".into())
-            .spawn(move || write_all(out, rx))?;
+            .spawn(move || write_all(out, rx, &written))?;
         Ok(Sink {
             writer: Some((tx, thread)),
+            queued,
             keep_order,
             next: 0,
             held: BTreeMap::new(),
@@ -54,9 +62,9 @@ impl Sink {
         Ok(())
     }
 
-    /// Whether the pool may read more input (bounded memory under `--keep-order`).
+    /// Whether the pool may read more input.
     pub fn has_room(&self) -> bool {
-        self.held.len() < REORDER_LIMIT
+        self.held.len() + self.queued.load(Ordering::Relaxed) < BACKLOG_LIMIT
     }
 
     /// Writes records still held, in order (an interrupted run leaves gaps), and waits
@@ -78,6 +86,7 @@ impl Sink {
         let Some((tx, _)) = &self.writer else {
             return Err(io::Error::other("the output is closed"));
         };
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if tx.send(record).is_ok() {
             return Ok(());
         }
@@ -101,13 +110,18 @@ fn join(thread: JoinHandle<io::Result<()>>) -> io::Result<()> {
 /// a batch; a record waits at most this long to appear.
 const COALESCE: Duration = Duration::from_millis(1);
 
-fn write_all(out: Box<dyn Write + Send>, records: mpsc::Receiver<Record>) -> io::Result<()> {
+fn write_all(
+    out: Box<dyn Write + Send>,
+    records: mpsc::Receiver<Record>,
+    queued: &AtomicUsize,
+) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
         while let Some(record) = next {
             serde_json::to_writer(&mut out, &record)?;
             out.write_all(b"\n")?;
+            queued.fetch_sub(1, Ordering::Relaxed);
             next = records.try_recv().ok();
         }
         out.flush()?;

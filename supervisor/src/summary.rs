@@ -37,7 +37,8 @@ impl Stats {
     /// Counts one record.
     pub fn observe(&mut self, record: &Record) {
         *self.counts.entry(record.outcome).or_default() += 1;
-        if record.outcome == Outcome::Rejected {
+        // Jobs that never ran have no duration to speak of.
+        if record.attempts == 0 {
             return;
         }
         let micros = (record.duration_ms * 1000.0).max(0.0) as u64;

@@ -13,6 +13,7 @@
 //! | `sleep:MS` | sleeps MS milliseconds, ignoring any cleanup request, then succeeds |
 //! | `spin` | burns CPU forever, ignoring any cleanup request |
 //! | `segv` | dies of SIGSEGV |
+//! | `log:TEXT` | writes TEXT on stdout and on stderr (jobsup logs both), then succeeds |
 //! | anything else | succeeds with the payload itself |
 //!
 //! ```text
@@ -52,6 +53,11 @@ fn act(job: &Job, _ctx: &Context) -> Result<Vec<u8>, String> {
         }
         ("spin", None) => spin(),
         ("segv", None) => segfault(),
+        ("log", Some(text)) => {
+            println!("{text} (stdout)");
+            eprintln!("{text} (stderr)");
+            Ok(b"logged".to_vec())
+        }
         _ => Ok(job.payload().to_vec()),
     }
 }

@@ -125,10 +125,21 @@ pub struct Record {
 impl Record {
     /// A record for `job` with the given outcome and nothing else yet.
     pub fn new(job: &JobSpec, outcome: Outcome) -> Record {
+        Record::blank(job.ordinal, job.seq, job.id.clone(), outcome, 1)
+    }
+
+    /// A record for a line that never became a job.
+    pub fn rejected(ordinal: u64, seq: u64, id: String, reason: String) -> Record {
+        let mut record = Record::blank(ordinal, seq, id, Outcome::Rejected, 0);
+        record.error = Some(reason);
+        record
+    }
+
+    fn blank(ordinal: u64, seq: u64, id: String, outcome: Outcome, attempts: u32) -> Record {
         Record {
-            ordinal: job.ordinal,
-            seq: job.seq,
-            id: job.id.clone(),
+            ordinal,
+            seq,
+            id,
             outcome,
             output: None,
             output_base64: None,
@@ -136,26 +147,7 @@ impl Record {
             exit_code: None,
             signal: None,
             duration_ms: 0.0,
-            attempts: 1,
-            worker: None,
-            pid: None,
-        }
-    }
-
-    /// A record for a line that never became a job.
-    pub fn rejected(ordinal: u64, seq: u64, id: String, reason: String) -> Record {
-        Record {
-            ordinal,
-            seq,
-            id,
-            outcome: Outcome::Rejected,
-            output: None,
-            output_base64: None,
-            error: Some(reason),
-            exit_code: None,
-            signal: None,
-            duration_ms: 0.0,
-            attempts: 0,
+            attempts,
             worker: None,
             pid: None,
         }

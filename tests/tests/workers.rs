@@ -4,29 +4,29 @@ use std::collections::BTreeSet;
 
 use jobsup_tests::{bin, jobsup, lines, pids};
 
-#[test]
-fn one_worker_serves_every_job_by_default() {
+/// Six echo jobs on one worker slot, with extra flags; checks they all ran.
+fn six_echo_jobs(flags: &[&str]) -> (jobsup_tests::Run, Vec<jobsup_tests::Record>) {
     let run = jobsup!()
         .args(["-j", "1"])
+        .args(flags)
         .processor(bin!("echo"), [] as [&str; 0])
         .stdin(lines(6, |i| format!("job {i}")))
         .run();
     assert_eq!(run.code(), 0, "{run}");
     let recs = run.records();
     assert_eq!(recs.len(), 6, "{run}");
+    (run, recs)
+}
+
+#[test]
+fn one_worker_serves_every_job_by_default() {
+    let (run, recs) = six_echo_jobs(&[]);
     assert_eq!(pids(&recs).len(), 1, "one reused process\n{run}");
 }
 
 #[test]
 fn max_jobs_per_worker_replaces_the_process() {
-    let run = jobsup!()
-        .args(["-j", "1", "--max-jobs-per-worker", "2"])
-        .processor(bin!("echo"), [] as [&str; 0])
-        .stdin(lines(6, |i| format!("job {i}")))
-        .run();
-    assert_eq!(run.code(), 0, "{run}");
-    let recs = run.records();
-    assert_eq!(recs.len(), 6, "{run}");
+    let (run, recs) = six_echo_jobs(&["--max-jobs-per-worker", "2"]);
     assert!(pids(&recs).len() >= 3, "a new process every 2 jobs\n{run}");
     let serials: BTreeSet<i64> = recs.iter().filter_map(|r| r.worker()).collect();
     assert!(

@@ -91,6 +91,10 @@ async fn drain(mut rx: pipe::Receiver, stream: &'static str, origin: Origin, tai
 fn emit(buf: &mut Vec<u8>, stream: &'static str, origin: &Origin, tail: Option<&Tail>) {
     let line = String::from_utf8_lossy(buf).into_owned();
     buf.clear();
+    // Blank lines carry nothing but noise in a log.
+    if line.trim().is_empty() {
+        return;
+    }
     let job = origin.job.load(Ordering::Relaxed);
     tracing::info!(
         target: "jobsup::processor",

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use jobsup_protocol::{Codec, DEFAULT_MAX_FRAME};
+use nix::sys::signal::Signal;
 
 use crate::exit::{self, RunEnd};
+use crate::link::Mode;
 use crate::pool::{self, PoolConfig};
 use crate::reaper::{self, Reaper};
 use crate::sandbox::{self, SpawnError, SpawnSpec, Spawner};
@@ -69,6 +71,19 @@ pub struct RunArgs {
     /// Replace a worker after it has run this many jobs.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_jobs_per_worker: Option<u64>,
+    /// How jobs reach the processor: native (a jobsup processor: frames on fds 3 and 4),
+    /// lines (one line in on stdin, one line out on stdout, reused), exec (a fresh process
+    /// per job: payload on stdin and in `{}` arguments, result on stdout).
+    #[arg(long, value_enum, default_value = "native")]
+    pub mode: Mode,
+    /// The cleanup request in lines and exec modes: this signal to the worker's process
+    /// group at the ttl (followed by SIGCONT). A name (TERM, SIGINT) or a number.
+    #[arg(long, default_value = "TERM", value_parser = parse_signal)]
+    pub cleanup_signal: Signal,
+    /// The most output a job may return: a result line (lines mode) or all of stdout (exec
+    /// mode). Past it the job fails. Sizes like 64KiB, 10MB, 1GiB, or bytes.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub max_output: usize,
     /// Time a new worker has to complete its handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub start_timeout: Duration,
@@ -93,6 +108,50 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("{s:?} is not a duration ({e}); try 30s, 1m30s or 250ms"))
+}
+
+/// Parses a signal: `TERM`, `SIGTERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("{s:?} is not a signal; try TERM, INT, HUP, USR1 or a number"))
+}
+
+/// Parses a size: bytes, or a number with a unit (`KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`;
+/// case does not matter).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; try 4096, 64KiB or 10MB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?}; try KiB, MB or GiB")),
+    };
+    let bytes = number * scale;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as usize)
 }
 
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
@@ -192,12 +251,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<(u8, Option<String>)> {
     });
     let codec = Codec::new(DEFAULT_MAX_FRAME);
     let settings = WorkerSettings {
+        mode: args.mode,
+        cleanup_signal: args.cleanup_signal,
+        max_output: args.max_output,
         spawn: SpawnSpec {
             program,
             args: proc_args.to_vec(),
             worker_id: 0,
             max_frame: codec.max_frame(),
             workdir_parent: args.workdir.clone(),
+            protocol_fds: args.mode == Mode::Native,
+            stdin_pipe: args.mode != Mode::Native,
         },
         start_timeout: args.start_timeout,
         max_jobs: args.max_jobs_per_worker,
@@ -264,5 +328,19 @@ mod tests {
         assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("banana").unwrap_err().contains("banana"));
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn signals_and_sizes() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("1"), Ok(Signal::SIGHUP));
+        assert!(parse_signal("NOPE").unwrap_err().contains("NOPE"));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1.5 kb"), Ok(1500));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
     }
 }

@@ -1,10 +1,11 @@
-//! The supervisor's side of a native worker's protocol pipes.
+//! The supervisor's ends of a worker's pipes: what it reads (frames, lines, or a whole
+//! output) and what it writes.
 //!
-//! Reading is cancel-safe (bytes are moved into the buffer synchronously after readiness),
-//! so [`Inbox::next`] can sit in a `select!`. Writing never blocks the worker task: frames
-//! are queued and written as far as the pipe takes them; the rest is flushed when the pipe
-//! becomes writable again. A worker that stops reading can therefore never stall the
-//! supervisor's deadlines.
+//! Reading is cancel-safe (bytes move into a buffer synchronously once the pipe is
+//! readable), so every reader can sit in a `select!`. Writing never blocks the worker task:
+//! bytes are queued and written as far as the pipe takes them, and the rest is flushed when
+//! the pipe becomes writable again. A worker that stops reading can therefore never stall
+//! the supervisor's deadlines.
 
 use std::fs::File;
 use std::io;
@@ -13,104 +14,297 @@ use bytes::{Buf, BytesMut};
 use jobsup_protocol::{Codec, Decoder, FrameError, FromWorker, ToWorker};
 use tokio::net::unix::pipe;
 
-/// How much to read from the result pipe at once.
+/// How much to read from a pipe at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Frames from the worker (its fd 4).
-pub struct Inbox {
+/// A pipe read into a buffer.
+struct PipeReader {
     rx: pipe::Receiver,
     buf: BytesMut,
-    decoder: Decoder<FromWorker>,
     eof: bool,
+}
+
+impl PipeReader {
+    fn new(file: File) -> io::Result<PipeReader> {
+        Ok(PipeReader {
+            rx: pipe::Receiver::from_file(file)?,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            eof: false,
+        })
+    }
+
+    /// Waits until the pipe is readable and moves what it holds into the buffer.
+    async fn fill(&mut self) -> io::Result<()> {
+        self.rx.readable().await?;
+        self.buf.reserve(READ_CHUNK);
+        // Synchronous after the await: nothing is lost if the caller's select drops this
+        // future while it waits.
+        match self.rx.try_read_buf(&mut self.buf) {
+            Ok(0) => self.eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Moves what the pipe holds now into the buffer, without waiting; returns whether
+    /// anything (or the end of the stream) came.
+    ///
+    /// Reads the pipe directly rather than through the reactor, whose notion of readiness
+    /// can lag behind: when the reaper reports a worker's exit, or a deadline fires, what
+    /// the worker wrote just before is in the kernel's buffer even if the reactor has not
+    /// polled yet, and it must count.
+    fn fill_now(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match nix::unistd::read(&self.rx, &mut chunk) {
+            Ok(0) => {
+                self.eof = true;
+                Ok(true)
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Err(nix::errno::Errno::EAGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Frames from a native worker (its fd 4).
+pub struct Inbox {
+    pipe: PipeReader,
+    decoder: Decoder<FromWorker>,
 }
 
 impl Inbox {
     /// Wraps the read end of a result pipe. Must be called inside the runtime.
     pub fn new(file: File, codec: Codec) -> io::Result<Inbox> {
         Ok(Inbox {
-            rx: pipe::Receiver::from_file(file)?,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            pipe: PipeReader::new(file)?,
             decoder: codec.decoder(),
-            eof: false,
         })
     }
 
     /// Whether the worker's end is closed and every frame has been taken.
     pub fn at_eof(&self) -> bool {
-        self.eof && self.buf.is_empty()
+        self.pipe.eof && self.pipe.buf.is_empty()
     }
 
-    /// The next frame; `Ok(None)` at end of stream.
+    /// The next frame; `Ok(None)` at end of stream. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<FromWorker>, FrameError> {
         loop {
-            if let Some(msg) = self.decoder.decode(&mut self.buf)? {
+            if let Some(msg) = self.decoder.decode(&mut self.pipe.buf)? {
                 return Ok(Some(msg));
             }
-            if self.eof {
-                return self.decoder.decode_eof(&mut self.buf);
+            if self.pipe.eof {
+                return self.decoder.decode_eof(&mut self.pipe.buf);
             }
-            self.rx.readable().await?;
-            self.buf.reserve(READ_CHUNK);
-            // Moves bytes into the buffer synchronously: nothing is lost if the caller's
-            // select drops this future at the await above.
-            match self.rx.try_read_buf(&mut self.buf) {
-                Ok(0) => self.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.pipe.fill().await?;
         }
     }
 
     /// A frame that is already in the pipe, without waiting.
-    ///
-    /// Reads the pipe directly rather than through the reactor, whose notion of readiness
-    /// can lag behind: when the reaper reports a worker's exit, or a deadline fires, the
-    /// frames it wrote just before are in the kernel's buffer even if the reactor has not
-    /// polled yet, and they must count.
     pub fn try_next(&mut self) -> Result<Option<FromWorker>, FrameError> {
-        if let Some(msg) = self.decoder.decode(&mut self.buf)? {
-            return Ok(Some(msg));
-        }
-        if !self.eof {
-            let mut chunk = [0u8; 16 * 1024];
-            match nix::unistd::read(&self.rx, &mut chunk) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-                Err(e) => return Err(io::Error::from(e).into()),
+        loop {
+            if let Some(msg) = self.decoder.decode(&mut self.pipe.buf)? {
+                return Ok(Some(msg));
             }
-        }
-        if self.eof {
-            self.decoder.decode_eof(&mut self.buf)
-        } else {
-            self.decoder.decode(&mut self.buf)
+            if self.pipe.eof {
+                return self.decoder.decode_eof(&mut self.pipe.buf);
+            }
+            if !self.pipe.fill_now()? {
+                return Ok(None);
+            }
         }
     }
 }
 
-/// Frames to the worker (its fd 3).
-pub struct Outbox {
-    tx: Option<pipe::Sender>,
-    pending: BytesMut,
-    codec: Codec,
+/// A line longer than the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("a result line longer than {max} bytes")]
+pub struct LineTooLong {
+    /// The limit.
+    pub max: usize,
 }
 
-impl Outbox {
-    /// Wraps the write end of a job pipe. Must be called inside the runtime.
-    pub fn new(file: File, codec: Codec) -> io::Result<Outbox> {
-        Ok(Outbox {
+/// Lines from a line worker's stdout.
+pub struct LineReader {
+    pipe: PipeReader,
+    max: usize,
+}
+
+impl LineReader {
+    /// Wraps the read end of a worker's stdout. Must be called inside the runtime.
+    pub fn new(file: File, max: usize) -> io::Result<LineReader> {
+        Ok(LineReader {
+            pipe: PipeReader::new(file)?,
+            max,
+        })
+    }
+
+    /// Whether the stream has ended and every line has been taken.
+    pub fn at_eof(&self) -> bool {
+        self.pipe.eof && self.pipe.buf.is_empty()
+    }
+
+    /// Whether a whole line is already in the pipe, without taking it.
+    pub fn line_waiting(&mut self) -> bool {
+        let _ = self.pipe.fill_now();
+        self.pipe.buf.contains(&b'\n') || (self.pipe.eof && !self.pipe.buf.is_empty())
+    }
+
+    /// The next line, without its newline; `Ok(None)` at end of stream. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, LineTooLong> {
+        loop {
+            if let Some(line) = self.take_line()? {
+                return Ok(Some(line));
+            }
+            if self.pipe.eof {
+                return Ok(None);
+            }
+            if self.pipe.fill().await.is_err() {
+                self.pipe.eof = true;
+            }
+        }
+    }
+
+    /// A line that is already in the pipe, without waiting.
+    pub fn try_next(&mut self) -> Result<Option<Vec<u8>>, LineTooLong> {
+        loop {
+            if let Some(line) = self.take_line()? {
+                return Ok(Some(line));
+            }
+            match self.pipe.fill_now() {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(_) => self.pipe.eof = true,
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> Result<Option<Vec<u8>>, LineTooLong> {
+        let buf = &mut self.pipe.buf;
+        let line = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let mut line = buf.split_to(i + 1);
+                line.truncate(i);
+                line
+            }
+            // A last line without a newline still counts.
+            None if self.pipe.eof && !buf.is_empty() => buf.split(),
+            None if buf.len() > self.max => return Err(LineTooLong { max: self.max }),
+            None => return Ok(None),
+        };
+        let mut line = line.to_vec();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.len() > self.max {
+            return Err(LineTooLong { max: self.max });
+        }
+        Ok(Some(line))
+    }
+}
+
+/// The whole stdout of a one-job process, up to a limit.
+pub struct Capture {
+    pipe: PipeReader,
+    max: usize,
+}
+
+/// Output past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the output exceeds the limit of {max} bytes (--max-output)")]
+pub struct TooMuchOutput {
+    /// The limit.
+    pub max: usize,
+}
+
+impl Capture {
+    /// Wraps the read end of a process's stdout. Must be called inside the runtime.
+    pub fn new(file: File, max: usize) -> io::Result<Capture> {
+        Ok(Capture {
+            pipe: PipeReader::new(file)?,
+            max,
+        })
+    }
+
+    /// Whether the stream has ended.
+    pub fn at_eof(&self) -> bool {
+        self.pipe.eof
+    }
+
+    /// Reads until the end of the stream. Cancel-safe.
+    pub async fn read_to_end(&mut self) -> Result<(), TooMuchOutput> {
+        while !self.pipe.eof {
+            if self.pipe.fill().await.is_err() {
+                self.pipe.eof = true;
+            }
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    /// Takes what is in the pipe now, without waiting.
+    pub fn read_now(&mut self) -> Result<(), TooMuchOutput> {
+        while let Ok(true) = self.pipe.fill_now() {
+            self.check()?;
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), TooMuchOutput> {
+        if self.pipe.buf.len() > self.max {
+            Err(TooMuchOutput { max: self.max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The output so far.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.pipe.buf.split().to_vec()
+    }
+}
+
+/// Bytes to a worker: frames on its fd 3, or lines and payloads on its stdin.
+pub struct Writer {
+    tx: Option<pipe::Sender>,
+    pending: BytesMut,
+    close_when_flushed: bool,
+}
+
+impl Writer {
+    /// Wraps the write end of a pipe. Must be called inside the runtime.
+    pub fn new(file: File) -> io::Result<Writer> {
+        Ok(Writer {
             tx: Some(pipe::Sender::from_file(file)?),
             pending: BytesMut::new(),
-            codec,
+            close_when_flushed: false,
         })
     }
 
     /// Queues a frame and writes as much as the pipe takes now.
-    pub fn send(&mut self, msg: &ToWorker) -> Result<(), FrameError> {
-        self.codec.encode(msg, &mut self.pending)?;
+    pub fn send_frame(&mut self, codec: &Codec, msg: &ToWorker) -> Result<(), FrameError> {
+        codec.encode(msg, &mut self.pending)?;
         self.write_some();
         Ok(())
+    }
+
+    /// Queues bytes and writes as much as the pipe takes now.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        self.write_some();
+    }
+
+    /// Whether the reading end has gone away (a write failed with a broken pipe).
+    pub fn is_broken(&self) -> bool {
+        self.tx.is_none() && !self.close_when_flushed
     }
 
     /// Whether queued bytes are waiting for the pipe.
@@ -118,7 +312,7 @@ impl Outbox {
         self.tx.is_some() && !self.pending.is_empty()
     }
 
-    /// Resolves when the pipe can take more; then call [`Outbox::write_some`].
+    /// Resolves when the pipe can take more; then call [`Writer::write_some`].
     pub async fn writable(&self) {
         match &self.tx {
             Some(tx) => {
@@ -146,10 +340,21 @@ impl Outbox {
                 }
             }
         }
+        if self.close_when_flushed {
+            self.tx = None;
+        }
     }
 
-    /// Closes the pipe: the worker reads end of file.
+    /// Closes the pipe once everything queued is written: the worker then reads end of
+    /// file.
+    pub fn close_when_flushed(&mut self) {
+        self.close_when_flushed = true;
+        self.write_some();
+    }
+
+    /// Closes the pipe now, dropping anything queued.
     pub fn close(&mut self) {
+        self.close_when_flushed = true;
         self.tx = None;
         self.pending.clear();
     }

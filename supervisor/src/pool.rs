@@ -13,13 +13,15 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
+use crate::link::Mode;
+use crate::live::StartError;
 use crate::record::{JobSpec, Outcome, Record};
 use crate::sandbox::{SpawnError, Spawner};
 use crate::signals::Interrupts;
 use crate::sink::Sink;
 use crate::source::{Item, Source};
 use crate::summary::Stats;
-use crate::worker::{Control, Event, StartError, WorkerHandle, WorkerSettings};
+use crate::worker::{Control, Event, WorkerHandle, WorkerSettings};
 
 /// Jobs read ahead of the free workers.
 const LOOKAHEAD: usize = 32;
@@ -261,6 +263,18 @@ impl Pool {
 
     fn on_item(&mut self, item: Item) {
         match item {
+            // One line per job: a newline inside a payload would become two jobs.
+            Item::Job(job) if self.settings.mode == Mode::Lines && job.payload.contains(&b'\n') => {
+                self.record(Record::rejected(
+                    job.ordinal,
+                    job.seq,
+                    job.id,
+                    format!(
+                        "line {}: the payload contains a newline, and in --mode lines each job is exactly one line",
+                        job.seq
+                    ),
+                ));
+            }
             Item::Job(job) => {
                 self.pending.push_back(*job);
                 self.dispatch();

@@ -60,10 +60,12 @@ impl Process {
         exit
     }
 
-    /// A polite signal to the whole group, followed by SIGCONT so that a stopped process
-    /// can act on it.
-    pub fn ask(&self, sig: Signal) {
-        signal_group(self.pid, sig);
+    /// A polite signal (if any) to the whole group, followed by SIGCONT so that a stopped
+    /// process can act on it.
+    pub fn ask(&self, sig: Option<Signal>) {
+        if let Some(sig) = sig {
+            signal_group(self.pid, sig);
+        }
         signal_group(self.pid, Signal::SIGCONT);
     }
 

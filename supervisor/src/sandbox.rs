@@ -43,6 +43,10 @@ pub struct SpawnSpec {
     pub max_frame: u32,
     /// Where private working directories are created (default: the system temp dir).
     pub workdir_parent: Option<PathBuf>,
+    /// Give the process the protocol pipes on fds 3 and 4 (native mode).
+    pub protocol_fds: bool,
+    /// Give the process a pipe on stdin (lines and exec modes) instead of `/dev/null`.
+    pub stdin_pipe: bool,
 }
 
 /// A started worker process and the supervisor's ends of its pipes.
@@ -51,16 +55,24 @@ pub struct Spawned {
     pub pid: i32,
     /// Resolves when the reaper has collected its exit status.
     pub exit: oneshot::Receiver<Exit>,
-    /// The write end of its job pipe (its fd 3).
-    pub jobs: File,
-    /// The read end of its result pipe (its fd 4).
-    pub results: File,
-    /// Its stdout.
-    pub stdout: File,
+    /// The pipes a mode may take for its link.
+    pub pipes: Pipes,
     /// Its stderr.
     pub stderr: File,
     /// Its private working directory, removed on drop.
     pub workdir: tempfile::TempDir,
+}
+
+/// The supervisor's ends of a worker's pipes, for the mode's link to take.
+pub struct Pipes {
+    /// The write end of its job pipe (its fd 3), in native mode.
+    pub jobs: Option<File>,
+    /// The read end of its result pipe (its fd 4), in native mode.
+    pub results: Option<File>,
+    /// Its stdin, when piped.
+    pub stdin: Option<File>,
+    /// Its stdout (taken by the link when it carries results).
+    pub stdout: Option<File>,
 }
 
 /// Why a processor could not be started at all.
@@ -200,8 +212,11 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
         source: e,
     };
     // Both ends are close-on-exec; the child's copies are made by dup2 after fork.
-    let (job_r, job_w) = pipe().map_err(other)?;
-    let (res_r, res_w) = pipe().map_err(other)?;
+    let protocol = if spec.protocol_fds {
+        Some((pipe().map_err(other)?, pipe().map_err(other)?))
+    } else {
+        None
+    };
     let mut builder = tempfile::Builder::new();
     builder.prefix("jobsup-worker-");
     let workdir = match &spec.workdir_parent {
@@ -214,7 +229,11 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
     cmd.args(&spec.args)
         .env_clear()
         .current_dir(workdir.path())
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin_pipe {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, value) in std::env::vars_os() {
@@ -223,12 +242,18 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
             cmd.env(&key, value);
         }
     }
-    cmd.env(ENV_PROTOCOL, PROTOCOL_VERSION.to_string())
-        .env(ENV_MAX_FRAME, spec.max_frame.to_string())
-        .env("JOBSUP_WORKER_ID", spec.worker_id.to_string())
+    cmd.env("JOBSUP_WORKER_ID", spec.worker_id.to_string())
         .env("JOBSUP_WORKDIR", workdir.path());
+    if spec.protocol_fds {
+        // Only a native worker is told it speaks the protocol: the runtime takes the
+        // variable as proof that fds 3 and 4 are there.
+        cmd.env(ENV_PROTOCOL, PROTOCOL_VERSION.to_string())
+            .env(ENV_MAX_FRAME, spec.max_frame.to_string());
+    }
 
-    let child_fds = [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)];
+    let child_fds = protocol.as_ref().map(|((job_r, _), (_, res_w))| {
+        [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)]
+    });
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, _exit).
     unsafe {
@@ -243,16 +268,26 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
 
     let stdout = OwnedFd::from(child.stdout.take().expect("stdout is piped"));
     let stderr = OwnedFd::from(child.stderr.take().expect("stderr is piped"));
+    let stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
     // `child` is dropped without waiting: the reaper owns its exit status.
     drop(child);
-    drop(job_r);
-    drop(res_w);
+    // The child's ends are the child's now.
+    let (jobs, results) = match protocol {
+        Some(((job_r, job_w), (res_r, res_w))) => {
+            drop((job_r, res_w));
+            (Some(File::from(job_w)), Some(File::from(res_r)))
+        }
+        None => (None, None),
+    };
     Ok(Spawned {
         pid,
         exit,
-        jobs: File::from(job_w),
-        results: File::from(res_r),
-        stdout: File::from(stdout),
+        pipes: Pipes {
+            jobs,
+            results,
+            stdin,
+            stdout: Some(File::from(stdout)),
+        },
         stderr: File::from(stderr),
         workdir,
     })
@@ -263,7 +298,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Runs in the child between fork and exec.
-fn child_setup(supervisor_pid: i32, fds: [(RawFd, RawFd); 2]) -> io::Result<()> {
+fn child_setup(supervisor_pid: i32, fds: Option<[(RawFd, RawFd); 2]>) -> io::Result<()> {
     fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
         if rc < 0 {
             Err(io::Error::last_os_error())
@@ -290,6 +325,9 @@ fn child_setup(supervisor_pid: i32, fds: [(RawFd, RawFd); 2]) -> io::Result<()> 
             rlim_max: 0,
         };
         check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+        let Some(fds) = fds else {
+            return Ok(());
+        };
         // Move the pipe ends above the target numbers first, so that placing one cannot
         // overwrite the other (either may currently be fd 3 or 4).
         let mut high = [0; 2];

@@ -1,0 +1,479 @@
+//! Running one job to its outcome: the deadline rules of DESIGN.md, in one place.
+//!
+//! - a result read before `ttl` → `ok` or `failed` (in exec mode: the process exiting, with
+//!   code 0 → `ok`, another code → `failed`, a signal jobsup did not send → `crashed`);
+//! - at `ttl` the cleanup request goes out and the outcome can only be `timeout` (the worker
+//!   acknowledged, or exited, before `ttl + cleanup`) or `killed` (it did not; its group
+//!   gets SIGKILL at `ttl + cleanup`); a result that arrives in between is kept but changes
+//!   nothing;
+//! - the worker dying or breaking the protocol mid-job → `crashed`; output past
+//!   `--max-output` → `failed`.
+//!
+//! A passed deadline is handled before anything else the task could do, so a worker that
+//! floods its pipe cannot postpone its own kill.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use jobsup_protocol::{FromWorker, JobResult};
+use tokio::time::{sleep_until, Instant};
+
+use crate::link::{substitute, LinkError, Mode};
+use crate::live::{frame_name, Live};
+use crate::reaper::{signal_name, Exit};
+use crate::record::{JobSpec, Outcome, Record};
+use crate::worker::{Control, Event, Worker};
+
+/// Messages taken from the pipe at once when a deadline passes or the worker exits.
+const READY_BUDGET: usize = 1024;
+
+/// How a job's run ended, before the worker process has been dealt with.
+enum Verdict {
+    /// A result before `ttl`.
+    Returned(JobResult),
+    /// An exec job's process exited before `ttl`.
+    Exited(Exit),
+    /// Cleaned up in time (acknowledged or exited); maybe with a late result.
+    TimedOut(Option<JobResult>),
+    /// The hard deadline passed.
+    Killed(Option<JobResult>),
+    /// The worker died, or broke the protocol.
+    Crashed(Crash),
+    /// The output went past `--max-output`.
+    Overflow(String),
+    /// The run was interrupted.
+    Cancelled(String),
+}
+
+/// What made a job `crashed`.
+enum Crash {
+    /// The process exited mid-job.
+    Died,
+    /// It closed its result pipe mid-job (it usually exits a moment later).
+    PipeClosed,
+    /// It broke the protocol; the text says how.
+    Protocol(String),
+}
+
+/// Where a job stands on its clock.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Before `ttl`.
+    Running { ttl_at: Instant, kill_at: Instant },
+    /// The cleanup request went out.
+    CleaningUp { kill_at: Instant },
+}
+
+impl Phase {
+    fn deadline(&self) -> Instant {
+        match *self {
+            Phase::Running { ttl_at, .. } => ttl_at,
+            Phase::CleaningUp { kill_at } => kill_at,
+        }
+    }
+}
+
+impl Worker {
+    fn live(&mut self) -> &mut Live {
+        self.live
+            .as_mut()
+            .expect("a job runs only on a live process")
+    }
+
+    fn pid(&self) -> Option<i32> {
+        self.live.as_ref().map(|l| l.process.pid())
+    }
+
+    /// Runs one job to its verdict, then settles the process. Returns the record and
+    /// whether the worker can take another job, or the job itself when the worker never
+    /// saw it (it had closed its input).
+    pub(crate) async fn run_job(&mut self, job: JobSpec) -> Result<(Record, bool), Box<JobSpec>> {
+        if self.live.is_none() {
+            // Exec mode: this job's own process, with its arguments.
+            let args = substitute(&self.settings.spawn.args, &job);
+            match Live::start(
+                self.id,
+                &self.settings,
+                &self.spawner,
+                args,
+                &self.current_job,
+            )
+            .await
+            {
+                Ok(live) => self.live = Some(live),
+                Err(e) => {
+                    let mut record = Record::new(&job, Outcome::Failed);
+                    record.worker = Some(self.id);
+                    record.error = Some(format!("cannot start the job's process: {e}"));
+                    return Ok((record, true));
+                }
+            }
+        }
+        let started = Instant::now();
+        self.current_job.store(job.seq, Ordering::Relaxed);
+        let ttl_at = started + job.ttl;
+        let mut phase = Phase::Running {
+            ttl_at,
+            kill_at: ttl_at + job.cleanup,
+        };
+        let sent = self.live().link.send_job(&job);
+        let verdict = match sent {
+            Err(LinkError::Protocol(e)) => Verdict::Crashed(Crash::Protocol(e)),
+            Err(LinkError::Overflow(e)) => Verdict::Overflow(e),
+            Ok(()) if self.live().link.refused_job() => {
+                self.current_job.store(0, Ordering::Relaxed);
+                return Err(Box::new(job));
+            }
+            Ok(()) => self.await_verdict(&job, &mut phase).await,
+        };
+        self.current_job.store(0, Ordering::Relaxed);
+        self.live().link.job_ended();
+        Ok(self.settle(&job, started, verdict).await)
+    }
+
+    async fn await_verdict(&mut self, job: &JobSpec, phase: &mut Phase) -> Verdict {
+        let mut late = None;
+        loop {
+            if Instant::now() >= phase.deadline() {
+                // Whatever was already in the pipe at the deadline was sent in time.
+                if let Some(v) = self.take_ready(job, *phase, &mut late) {
+                    return v;
+                }
+                match *phase {
+                    Phase::Running { kill_at, .. } => {
+                        self.request_cleanup(job, kill_at);
+                        *phase = Phase::CleaningUp { kill_at };
+                    }
+                    Phase::CleaningUp { .. } => return Verdict::Killed(late),
+                }
+                continue;
+            }
+            enum Heard {
+                Control(Option<Control>),
+                Deadline,
+                Writable,
+                Said(Result<Option<FromWorker>, LinkError>),
+                Exited,
+            }
+            let heard = {
+                let control = &mut self.control;
+                let live = self
+                    .live
+                    .as_mut()
+                    .expect("a job runs only on a live process");
+                let writing = live.link.tx.has_pending();
+                let open = !live.link.at_eof();
+                let Live { link, process, .. } = live;
+                tokio::select! {
+                    biased;
+                    ctl = control.recv() => Heard::Control(ctl),
+                    _ = sleep_until(phase.deadline()) => Heard::Deadline,
+                    _ = link.tx.writable(), if writing => Heard::Writable,
+                    msg = link.rx.next(), if open => Heard::Said(msg),
+                    _ = process.exited() => Heard::Exited,
+                }
+            };
+            match heard {
+                Heard::Control(Some(Control::Cancel(reason))) => {
+                    if let Phase::Running { kill_at, .. } = *phase {
+                        self.request_cleanup(job, kill_at);
+                    }
+                    return Verdict::Cancelled(reason);
+                }
+                Heard::Control(Some(Control::Run(other))) => {
+                    // The pool only hands jobs to idle workers; never lose one anyway.
+                    tracing::error!(worker = self.id, "job handed to a busy worker; bouncing it");
+                    let _ = self.events.send(Event::Bounced {
+                        worker: self.id,
+                        job: Box::new(other),
+                    });
+                }
+                // Shutdown waits for the job; a closed channel means the pool is gone.
+                Heard::Control(Some(Control::Shutdown) | None) => {}
+                Heard::Deadline => {}
+                Heard::Writable => self.live().link.tx.write_some(),
+                Heard::Said(msg) => {
+                    if let Some(v) = self.on_message(msg, job, *phase, &mut late) {
+                        return v;
+                    }
+                }
+                Heard::Exited => {
+                    // What it wrote before dying is still in the pipe.
+                    if let Some(v) = self.take_ready(job, *phase, &mut late) {
+                        return v;
+                    }
+                    let exit = self
+                        .live()
+                        .process
+                        .exit()
+                        .unwrap_or(Exit::Signal(libc::SIGKILL));
+                    return match phase {
+                        // An exec job ends by exiting: its status is its result.
+                        Phase::Running { .. } if self.settings.mode == Mode::Exec => {
+                            Verdict::Exited(exit)
+                        }
+                        Phase::Running { .. } => Verdict::Crashed(Crash::Died),
+                        // Exiting is finishing the cleanup.
+                        Phase::CleaningUp { .. } => Verdict::TimedOut(late),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Acts on the messages already in the pipe, a bounded number of them so that a worker
+    /// flooding the pipe cannot hold the task.
+    fn take_ready(
+        &mut self,
+        job: &JobSpec,
+        phase: Phase,
+        late: &mut Option<JobResult>,
+    ) -> Option<Verdict> {
+        for _ in 0..READY_BUDGET {
+            match self.live().link.try_next() {
+                Ok(None) => return None,
+                msg => {
+                    if let Some(v) = self.on_message(msg, job, phase, late) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// One message (or the end of the stream) while a job runs.
+    fn on_message(
+        &mut self,
+        msg: Result<Option<FromWorker>, LinkError>,
+        job: &JobSpec,
+        phase: Phase,
+        late: &mut Option<JobResult>,
+    ) -> Option<Verdict> {
+        let cleaning = matches!(phase, Phase::CleaningUp { .. });
+        let pid = self.pid().unwrap_or(0);
+        let protocol = |what: String| {
+            Some(Verdict::Crashed(Crash::Protocol(format!(
+                "protocol error from worker {} (pid {pid}): {what}",
+                self.id
+            ))))
+        };
+        let msg = match msg {
+            Ok(Some(msg)) => msg,
+            // The output closed: the exit (or the deadline) will say what happened. Only a
+            // worker that goes on running without its result pipe has crashed.
+            Ok(None) if cleaning || self.settings.mode == Mode::Exec => return None,
+            Ok(None) => return Some(Verdict::Crashed(Crash::PipeClosed)),
+            Err(LinkError::Protocol(e)) => return protocol(e),
+            Err(LinkError::Overflow(e)) => return Some(Verdict::Overflow(e)),
+        };
+        if self.is_stale(&msg) {
+            return None;
+        }
+        let wrong = |what: &str, got: u64| {
+            protocol(format!(
+                "{what} for job {got}, but job {} is running",
+                job.seq
+            ))
+        };
+        match msg {
+            FromWorker::Heartbeat { job: j } | FromWorker::Progress { job: j, .. } => {
+                (j != job.seq).then(|| wrong("heartbeat", j)).flatten()
+            }
+            FromWorker::Done { job: j, result } => {
+                if j != job.seq {
+                    return wrong("result", j);
+                }
+                if cleaning {
+                    *late = Some(result);
+                    None
+                } else {
+                    Some(Verdict::Returned(result))
+                }
+            }
+            FromWorker::CleanupDone { job: j } => {
+                if j != job.seq {
+                    return wrong("cleanup acknowledgement", j);
+                }
+                if cleaning {
+                    Some(Verdict::TimedOut(late.take()))
+                } else {
+                    protocol("cleanup acknowledged before any request".into())
+                }
+            }
+            FromWorker::Hello { .. } => protocol("hello in the middle of a job".into()),
+        }
+    }
+
+    /// Whether `msg` is about the job this worker finished before (a duplicate result, a
+    /// late heartbeat): logged and ignored.
+    pub(crate) fn is_stale(&self, msg: &FromWorker) -> bool {
+        let about = match msg {
+            FromWorker::Hello { .. } => return false,
+            FromWorker::Heartbeat { job }
+            | FromWorker::Progress { job, .. }
+            | FromWorker::Done { job, .. }
+            | FromWorker::CleanupDone { job } => *job,
+        };
+        let stale = self.last_job == Some(about);
+        if stale {
+            tracing::warn!(
+                worker = self.id,
+                pid = self.pid(),
+                job = about,
+                "ignoring {} about a job that already ended",
+                frame_name(msg)
+            );
+        }
+        stale
+    }
+
+    /// The soft deadline: ask the worker to clean up.
+    fn request_cleanup(&mut self, job: &JobSpec, kill_at: Instant) {
+        let grace_ms = kill_at
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        tracing::debug!(
+            worker = self.id,
+            job = job.seq,
+            "ttl reached; cleanup requested"
+        );
+        let signal = self.settings.cleanup_signal;
+        let live = self.live();
+        live.link
+            .request_cleanup(job.seq, grace_ms, &live.process, signal);
+    }
+
+    /// Turns a verdict into the job's record, ending the process unless it can serve
+    /// again. The one place a job's worker process is ended.
+    async fn settle(
+        &mut self,
+        job: &JobSpec,
+        started: Instant,
+        verdict: Verdict,
+    ) -> (Record, bool) {
+        let mode = self.settings.mode;
+        let mut record = Record::new(job, Outcome::Ok);
+        record.worker = Some(self.id);
+        record.pid = self.pid();
+        let decided = started.elapsed();
+        let mut crash = None;
+        let mut exited = None;
+        let (outcome, result, error, process_reusable) = match verdict {
+            Verdict::Returned(result) => {
+                let outcome = match result {
+                    JobResult::Ok(_) => Outcome::Ok,
+                    JobResult::Failed(_) => Outcome::Failed,
+                };
+                let live = self.live();
+                let alive = live.process.exit().is_none();
+                let in_step = !live.link.has_leftovers();
+                if !in_step {
+                    tracing::warn!(
+                        worker = self.id,
+                        pid = record.pid,
+                        job = job.seq,
+                        "the worker wrote more than one line for the job; replacing it"
+                    );
+                }
+                (outcome, Some(result), None, alive && in_step)
+            }
+            Verdict::Exited(exit) => {
+                exited = Some(exit);
+                let outcome = match exit {
+                    Exit::Code(0) => Outcome::Ok,
+                    Exit::Code(_) => Outcome::Failed,
+                    Exit::Signal(_) => Outcome::Crashed,
+                };
+                (outcome, None, None, false)
+            }
+            Verdict::TimedOut(late) => (
+                Outcome::Timeout,
+                late,
+                Some(format!(
+                    "ttl of {} reached; the worker cleaned up in time",
+                    humantime::format_duration(job.ttl)
+                )),
+                false,
+            ),
+            Verdict::Killed(late) => (
+                Outcome::Killed,
+                late,
+                Some(format!(
+                    "ttl of {} and cleanup of {} passed; process group killed",
+                    humantime::format_duration(job.ttl),
+                    humantime::format_duration(job.cleanup)
+                )),
+                false,
+            ),
+            Verdict::Crashed(c) => {
+                crash = Some(c);
+                (Outcome::Crashed, None, None, false)
+            }
+            Verdict::Overflow(e) => (Outcome::Failed, None, Some(e), false),
+            Verdict::Cancelled(reason) => (Outcome::Cancelled, None, Some(reason), false),
+        };
+        record.outcome = outcome;
+        match result {
+            Some(JobResult::Ok(out)) => record.set_output(out),
+            Some(JobResult::Failed(msg)) => record.error = Some(msg),
+            None => {}
+        }
+        if let Some(e) = error {
+            record.error = Some(match record.error.take() {
+                None => e,
+                Some(said) => format!("{e}; the job said: {said}"),
+            });
+        }
+        if process_reusable && mode.reuses_processes() {
+            record.set_duration(decided);
+            return (record, true);
+        }
+        let mut live = self.live.take().expect("a job runs only on a live process");
+        // How long the process may still take to go depends on why it is going.
+        let grace = match outcome {
+            // A clean-up acknowledged: let it exit, but never past the hard deadline.
+            Outcome::Timeout => {
+                (started + job.ttl + job.cleanup).saturating_duration_since(Instant::now())
+            }
+            // A pipe closed mid-job: the exit status is a moment away.
+            Outcome::Crashed if matches!(crash, Some(Crash::PipeClosed)) => {
+                self.settings.retire_grace.min(Duration::from_secs(1))
+            }
+            // Done, or beyond saving.
+            _ => Duration::ZERO,
+        };
+        let (exit, killed_now) = live.process.end(grace).await;
+        record.set_exit(exit);
+        if mode == Mode::Exec && record.output.is_none() {
+            let out = live.link.take_output();
+            if !out.is_empty() {
+                record.set_output(out);
+            }
+        }
+        match outcome {
+            Outcome::Killed | Outcome::Crashed => record.set_duration(started.elapsed()),
+            _ => record.set_duration(decided),
+        }
+        if let Some(exit) = exited {
+            record.error = match exit {
+                Exit::Code(0) => None,
+                Exit::Code(c) => Some(format!("exited with code {c}")),
+                Exit::Signal(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
+            };
+        }
+        if let Some(crash) = crash {
+            record.error = Some(match crash {
+                Crash::Died => format!("worker exited mid-job: {exit}"),
+                Crash::PipeClosed if killed_now => {
+                    "worker closed its result pipe mid-job and kept running; killed".into()
+                }
+                Crash::PipeClosed => format!("worker exited mid-job: {exit}"),
+                Crash::Protocol(msg) if killed_now => format!("{msg}; worker killed"),
+                Crash::Protocol(msg) => format!("{msg}; worker ended with {exit}"),
+            });
+        }
+        // An exec worker slot goes on with a new process for its next job.
+        (record, mode == Mode::Exec)
+    }
+}

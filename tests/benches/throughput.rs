@@ -12,9 +12,16 @@
 //! 3. Lateness: how long after the ttl a cleanup request reaches a worker (`fx-latency`
 //!    reports it), and how long after ttl + cleanup a job that ignores it is recorded
 //!    killed (`spin`).
+//! 4. `--mode exec`: `jobsup run --mode exec -j K -- cat` on `JOBSUP_BENCH_EXEC_JOBS` jobs
+//!    (default 2000), against K threads that each spawn `cat`, write the payload to its
+//!    stdin, read its stdout and wait for it (the cost of the processes alone); and, where
+//!    installed, `xargs -P K -n 1 true` and GNU `parallel -j K true` on as many jobs.
+//! 5. `--mode lines`: `jobsup run --mode lines -j K -- stdbuf -oL cat` (or a `python3 -u`
+//!    echo loop without stdbuf) on the same number of jobs as 1 and 2, against K threads
+//!    that each drive the same program directly with write-line/read-line round trips.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -194,6 +201,272 @@ fn print_percentiles(what: &str, samples: Result<Vec<f64>, Error>) {
     }
 }
 
+/// A program's command line, as the benchmark runs it (first element: the program).
+type Argv = Vec<String>;
+
+/// A command for `argv` with the same scrubbed environment jobsup gives its workers.
+fn command(argv: &[String]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", jobsup_tests::PATH);
+    cmd
+}
+
+/// Whether `program` is on the benchmark's `PATH`.
+fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .env_clear()
+        .env("PATH", jobsup_tests::PATH)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Writes `n` payload lines to a file in `j`'s directory and returns its path.
+fn job_file(j: &jobsup_tests::Jobsup, n: usize) -> std::path::PathBuf {
+    j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")))
+}
+
+/// Jobs per second through `jobsup run --mode MODE -j K -- ARGV` on `n` jobs.
+fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Result<f64, Error> {
+    let j = jobsup!().timeout(Duration::from_secs(600));
+    let input = job_file(&j, n);
+    let j = j
+        .args(["--mode", mode, "-q", "-j", &k.to_string(), "--input"])
+        .arg(&input)
+        .args(["--output", "/dev/null"])
+        .processor(&argv[0], &argv[1..]);
+    let start = Instant::now();
+    let run = j.run();
+    let elapsed = start.elapsed();
+    if run.code() != 0 {
+        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Exec baseline: `n` sequential spawn / write stdin / read stdout / wait of `argv`.
+fn spawn_and_wait_worker(argv: &[String], n: usize, first_id: usize) -> Result<(), Error> {
+    for i in 0..n {
+        let payload = format!("payload {}\n", first_id + i);
+        let mut child = command(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        // Small enough for the pipe buffer: written whole before the output is read.
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin.write_all(payload.as_bytes())?;
+        drop(stdin);
+        let mut out = Vec::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout is piped")
+            .read_to_end(&mut out)?;
+        let status = child.wait()?;
+        if !status.success() || out != payload.as_bytes() {
+            return Err(format!("{argv:?} on {payload:?}: {status}, output {out:?}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Lines baseline: one process of `argv`, `n` write-line/read-line round trips.
+fn line_round_trips(argv: &[String], n: usize, first_id: usize) -> Result<(), Error> {
+    let mut child = command(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let outcome = (|| -> Result<(), Error> {
+        let mut answer = String::new();
+        for i in 0..n {
+            let line = format!("payload {}\n", first_id + i);
+            stdin.write_all(line.as_bytes())?;
+            answer.clear();
+            stdout.read_line(&mut answer)?;
+            if answer != line {
+                return Err(format!("{argv:?} answered {answer:?} to {line:?}").into());
+            }
+        }
+        Ok(())
+    })();
+    drop(stdin);
+    if outcome.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    outcome
+}
+
+/// Jobs per second of `worker` run on K threads, `n / K` jobs each.
+fn on_threads(
+    n: usize,
+    k: usize,
+    worker: fn(&[String], usize, usize) -> Result<(), Error>,
+    argv: &[String],
+) -> Result<f64, Error> {
+    let per = n / k;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..k)
+        .map(|w| {
+            let argv = argv.to_vec();
+            thread::spawn(move || worker(&argv, per, w * per + 1))
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "baseline thread panicked")??;
+    }
+    Ok((per * k) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Jobs per second of a general-purpose runner (`xargs`, `parallel`) given `n` input lines
+/// on stdin.
+fn through_runner(argv: &[String], n: usize) -> Result<f64, Error> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("jobs.txt");
+    std::fs::write(&input, lines(n, |i| format!("payload{i}")))?;
+    let start = Instant::now();
+    let status = command(argv)
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .stdin(File::open(&input)?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let elapsed = start.elapsed();
+    if !status.success() {
+        return Err(format!("{argv:?}: {status}").into());
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// A contender of a throughput table: its column title and a run at K workers.
+struct Contender<'a> {
+    name: String,
+    run: Box<dyn Fn(usize) -> Result<f64, Error> + 'a>,
+}
+
+impl<'a> Contender<'a> {
+    fn new(name: impl Into<String>, run: impl Fn(usize) -> Result<f64, Error> + 'a) -> Self {
+        Contender {
+            name: name.into(),
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Prints one row per K: the median jobs/s of each contender over `rounds` rounds in which
+/// they take turns, and the median of the per-round ratios of the second (jobsup) to the
+/// first (the baseline).
+fn compare(rounds: usize, contenders: &[Contender<'_>]) {
+    let mut header = format!("{:>3}", "K");
+    for c in contenders {
+        header.push_str(&format!("  {:>22}", format!("{} jobs/s", c.name)));
+    }
+    header.push_str(&format!("  {:>16}", "jobsup/baseline"));
+    println!("{header}");
+    for k in [1, 2] {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let results: Vec<Result<f64, Error>> = contenders.iter().map(|c| (c.run)(k)).collect();
+            if let (Some(Ok(b)), Some(Ok(s))) = (results.first(), results.get(1)) {
+                ratios.push(s / b);
+            }
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(v) => samples[i].push(v),
+                    Err(e) => println!("     error ({}): {e}", contenders[i].name),
+                }
+            }
+        }
+        let mut row = format!("{k:>3}");
+        for s in samples.iter_mut().chain([&mut ratios]) {
+            s.sort_by(f64::total_cmp);
+        }
+        for s in &samples {
+            row.push_str(&format!("  {:>22.0}", percentile(s, 50.0)));
+        }
+        row.push_str(&format!("  {:>16.3}", percentile(&ratios, 50.0)));
+        println!("{row}");
+    }
+}
+
+/// `--mode exec` against spawn-and-wait, and `xargs` / `parallel` where installed.
+fn exec_mode_table(n: usize, rounds: usize) {
+    let cat: Argv = vec!["cat".into()];
+    println!(
+        "exec mode: {n} jobs, one `cat` process each (xargs, parallel: one `true` each), median of {rounds} alternating rounds"
+    );
+    let mut contenders = vec![
+        Contender::new("spawn+wait", |k| {
+            on_threads(n, k, spawn_and_wait_worker, &cat)
+        }),
+        Contender::new("jobsup", |k| through_jobsup_mode("exec", &cat, n, k)),
+    ];
+    let mut missing = Vec::new();
+    if installed("xargs") {
+        contenders.push(Contender::new("xargs -P K", move |k| {
+            through_runner(
+                &["xargs", "-P", &k.to_string(), "-n", "1", "true"].map(String::from),
+                n,
+            )
+        }));
+    } else {
+        missing.push("xargs");
+    }
+    if installed("parallel") {
+        contenders.push(Contender::new("parallel -j K", move |k| {
+            through_runner(
+                &["parallel", "--will-cite", "-j", &k.to_string(), "true"].map(String::from),
+                n,
+            )
+        }));
+    } else {
+        missing.push("GNU parallel");
+    }
+    compare(rounds, &contenders);
+    for m in missing {
+        println!("     {m}: not installed");
+    }
+}
+
+/// `--mode lines` against direct write-line/read-line round trips.
+fn lines_mode_table(n: usize, rounds: usize) {
+    // GNU cat writes what it reads at once, but stdbuf makes that explicit; without it, a
+    // Python loop that flushes every line does the same.
+    let echo: Argv = if installed("stdbuf") {
+        ["stdbuf", "-oL", "cat"].map(String::from).to_vec()
+    } else {
+        [
+            "python3",
+            "-u",
+            "-c",
+            "import sys\nfor l in sys.stdin: sys.stdout.write(l)",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    println!(
+        "lines mode: {n} jobs through `{}`, median of {rounds} alternating rounds",
+        echo.join(" ")
+    );
+    compare(
+        rounds,
+        &[
+            Contender::new("raw pipe", |k| on_threads(n, k, line_round_trips, &echo)),
+            Contender::new("jobsup", |k| through_jobsup_mode("lines", &echo, n, k)),
+        ],
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
     let n: usize = std::env::var("JOBSUP_BENCH_JOBS")
@@ -205,6 +478,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+
+    let exec_jobs: usize = std::env::var("JOBSUP_BENCH_EXEC_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
 
     // The machine is shared and noisy: baseline and jobsup alternate, round after round,
     // and each column is the median of its rounds; the ratio is the median of the ratios
@@ -274,4 +552,10 @@ fn main() {
             },
         ),
     );
+
+    println!();
+    exec_mode_table(exec_jobs, rounds);
+
+    println!();
+    lines_mode_table(n, rounds);
 }

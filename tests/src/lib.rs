@@ -790,6 +790,23 @@ pub fn lines(n: usize, mut line: impl FnMut(usize) -> String) -> String {
     s
 }
 
+/// The absolute path of a file in the repository's `examples/` folder (workers run in a
+/// private working directory, so processors' script arguments must be absolute).
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// The pids a processor wrote to `path`, one per line (none if the file does not exist).
+pub fn read_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! The helpers themselves, against ordinary programs (no jobsup needed).

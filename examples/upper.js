@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A line processor for `jobsup run --mode lines`: upper-cases each job.
 //
-//     jobsup run --mode lines -- node examples/upper.js < jobs.txt
+//     jobsup run --mode lines -- node "$PWD"/examples/upper.js < jobs.txt
 //
 // One job is one line on stdin; its result is the next line on stdout. Node writes to a
 // pipe asynchronously but in order, so one `write` per result is enough; do not print

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A line processor for `jobsup run --mode lines`: upper-cases each job.
 
-    jobsup run --mode lines -- python3 -u examples/upper.py < jobs.txt
+    jobsup run --mode lines -- python3 -u "$PWD"/examples/upper.py < jobs.txt
 
 One job is one line on stdin; its result is the next line on stdout. Flush after every
 line (or run python3 -u): a result sitting in a buffer never reaches jobsup, and the job

@@ -1,7 +1,7 @@
 #!/bin/sh
 # A line processor for `jobsup run --mode lines`: upper-cases each job.
 #
-#     jobsup run --mode lines -- sh examples/upper.sh < jobs.txt
+#     jobsup run --mode lines -- sh "$PWD"/examples/upper.sh < jobs.txt
 #
 # One job is one line on stdin; its result is the next line on stdout. Each command that
 # writes a result must finish (or flush) before the next line is read: `printf` and a

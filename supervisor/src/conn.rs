@@ -126,7 +126,7 @@ impl Inbox {
 
 /// A line longer than the limit.
 #[derive(Debug, thiserror::Error)]
-#[error("a result line longer than {max} bytes")]
+#[error("a result line longer than {max} bytes (--max-output)")]
 pub struct LineTooLong {
     /// The limit.
     pub max: usize,
@@ -266,9 +266,11 @@ impl Capture {
         }
     }
 
-    /// The output so far.
+    /// The output so far, at most the limit of it.
     pub fn take(&mut self) -> Vec<u8> {
-        self.pipe.buf.split().to_vec()
+        let mut out = self.pipe.buf.split().to_vec();
+        out.truncate(self.max);
+        out
     }
 }
 
@@ -289,11 +291,13 @@ impl Writer {
         })
     }
 
-    /// Queues a frame and writes as much as the pipe takes now.
-    pub fn send_frame(&mut self, codec: &Codec, msg: &ToWorker) -> Result<(), FrameError> {
+    /// Queues a frame and writes as much as the pipe takes now; returns the frame's size.
+    pub fn send_frame(&mut self, codec: &Codec, msg: &ToWorker) -> Result<usize, FrameError> {
+        let before = self.pending.len();
         codec.encode(msg, &mut self.pending)?;
+        let len = self.pending.len() - before;
         self.write_some();
-        Ok(())
+        Ok(len)
     }
 
     /// Queues bytes and writes as much as the pipe takes now.
@@ -302,9 +306,40 @@ impl Writer {
         self.write_some();
     }
 
+    /// Queues several pieces as one message and writes as much as the pipe takes now.
+    pub fn send_all(&mut self, pieces: &[&[u8]]) -> usize {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        for piece in pieces {
+            self.pending.extend_from_slice(piece);
+        }
+        self.write_some();
+        len
+    }
+
     /// Whether the reading end has gone away (a write failed with a broken pipe).
     pub fn is_broken(&self) -> bool {
         self.tx.is_none() && !self.close_when_flushed
+    }
+
+    /// Bytes written and not yet read by the other side, plus bytes still queued here:
+    /// what the worker has not taken. `None` when it cannot be known.
+    pub fn untaken(&self) -> Option<usize> {
+        let queued = self.pending.len();
+        let Some(tx) = &self.tx else {
+            // The reader went away (a broken pipe): it takes nothing more.
+            return (!self.close_when_flushed).then_some(usize::MAX);
+        };
+        let mut in_pipe: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer; the fd is open (owned by
+        // `tx`). On a pipe it counts the unread bytes, from either end.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(tx),
+                libc::FIONREAD,
+                &mut in_pipe,
+            )
+        };
+        (rc == 0).then(|| queued + in_pipe.max(0) as usize)
     }
 
     /// Whether queued bytes are waiting for the pipe.

@@ -57,6 +57,8 @@ pub struct Link {
     /// What comes back.
     pub rx: Reader,
     codec: Codec,
+    /// The size of the running job's message, to tell whether the worker ever took it.
+    job_bytes: usize,
 }
 
 /// The reading half of a [`Link`].
@@ -113,6 +115,7 @@ impl Link {
             tx: Writer::new(tx)?,
             rx,
             codec,
+            job_bytes: 0,
         })
     }
 
@@ -158,14 +161,15 @@ impl Link {
                     attempt: 1,
                     ttl_ms: spec.ttl.as_millis() as u64,
                 });
-                self.tx
+                self.job_bytes = self
+                    .tx
                     .send_frame(&self.codec, &frame)
-                    .map_err(|e| LinkError::Protocol(format!("cannot send the job: {e}")))
+                    .map_err(|e| LinkError::Protocol(format!("cannot send the job: {e}")))?;
+                Ok(())
             }
             Reader::Lines { job, .. } => {
                 *job = Some(spec.seq);
-                self.tx.send(&spec.payload);
-                self.tx.send(b"\n");
+                self.job_bytes = self.tx.send_all(&[&spec.payload, b"\n"]);
                 Ok(())
             }
             Reader::Output(_) => {
@@ -183,6 +187,15 @@ impl Link {
     /// input: it never saw the job, which can then run elsewhere.
     pub fn refused_job(&self) -> bool {
         !matches!(self.rx, Reader::Output(_)) && self.tx.is_broken()
+    }
+
+    /// Whether a reused worker that stopped mid-job never took the job's message off its
+    /// pipe: it died before reading it (typically, exiting right after its previous job),
+    /// so the job can run elsewhere instead of being blamed on it.
+    pub fn job_unseen(&self) -> bool {
+        !matches!(self.rx, Reader::Output(_))
+            && self.job_bytes > 0
+            && self.tx.untaken().is_some_and(|n| n >= self.job_bytes)
     }
 
     /// The job ended: what the worker says now is about no job.

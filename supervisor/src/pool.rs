@@ -179,7 +179,11 @@ impl Pool {
         match event {
             Event::Ready { worker } => {
                 self.ever_ready = true;
-                self.start_failures = 0;
+                // A native worker that said hello has proved the processor starts; a line
+                // or exec worker proves it only by finishing a job (below).
+                if self.settings.mode == Mode::Native {
+                    self.start_failures = 0;
+                }
                 self.idle.push_back(worker);
                 self.dispatch();
             }
@@ -188,6 +192,9 @@ impl Pool {
                 record,
                 retiring,
             } => {
+                if record.worker.is_some() && record.outcome != Outcome::Cancelled {
+                    self.start_failures = 0;
+                }
                 self.record(*record);
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     slot.busy = false;

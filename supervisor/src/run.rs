@@ -43,6 +43,8 @@ enum Verdict {
     Overflow(String),
     /// The run was interrupted.
     Cancelled(String),
+    /// The worker died without ever taking the job: it can run elsewhere.
+    Unseen,
 }
 
 /// What made a job `crashed`.
@@ -127,6 +129,9 @@ impl Worker {
             Ok(()) => self.await_verdict(&job, &mut phase).await,
         };
         self.current_job.store(0, Ordering::Relaxed);
+        if let Verdict::Unseen = verdict {
+            return Err(Box::new(job));
+        }
         self.live().link.job_ended();
         Ok(self.settle(&job, started, verdict).await)
     }
@@ -212,6 +217,7 @@ impl Worker {
                         Phase::Running { .. } if self.settings.mode == Mode::Exec => {
                             Verdict::Exited(exit)
                         }
+                        Phase::Running { .. } if self.live().link.job_unseen() => Verdict::Unseen,
                         Phase::Running { .. } => Verdict::Crashed(Crash::Died),
                         // Exiting is finishing the cleanup.
                         Phase::CleaningUp { .. } => Verdict::TimedOut(late),
@@ -263,6 +269,10 @@ impl Worker {
             // The output closed: the exit (or the deadline) will say what happened. Only a
             // worker that goes on running without its result pipe has crashed.
             Ok(None) if cleaning || self.settings.mode == Mode::Exec => return None,
+            // Going away without having taken the job: it can run elsewhere.
+            Ok(None) if self.live.as_ref().is_some_and(|l| l.link.job_unseen()) => {
+                return Some(Verdict::Unseen)
+            }
             Ok(None) => return Some(Verdict::Crashed(Crash::PipeClosed)),
             Err(LinkError::Protocol(e)) => return protocol(e),
             Err(LinkError::Overflow(e)) => return Some(Verdict::Overflow(e)),
@@ -412,6 +422,7 @@ impl Worker {
             }
             Verdict::Overflow(e) => (Outcome::Failed, None, Some(e), false),
             Verdict::Cancelled(reason) => (Outcome::Cancelled, None, Some(reason), false),
+            Verdict::Unseen => unreachable!("run_job hands an unseen job back"),
         };
         record.outcome = outcome;
         match result {
@@ -444,7 +455,11 @@ impl Worker {
             _ => Duration::ZERO,
         };
         let (exit, killed_now) = live.process.end(grace).await;
-        record.set_exit(exit);
+        // A worker retired after a good answer (it wrote too much, say) was killed by
+        // jobsup's choice, not the job's doing: its signal would only confuse the record.
+        if !(killed_now && matches!(outcome, Outcome::Ok | Outcome::Failed)) {
+            record.set_exit(exit);
+        }
         if mode == Mode::Exec && record.output.is_none() {
             let out = live.link.take_output();
             if !out.is_empty() {

@@ -12,8 +12,10 @@ use jobsup_protocol::{Codec, DEFAULT_MAX_FRAME};
 use nix::sys::signal::Signal;
 
 use crate::exit::{self, RunEnd};
+use crate::joblog::{JobLog, JobLogPath};
 use crate::link::Mode;
 use crate::pool::{self, PoolConfig};
+use crate::progress::Progress;
 use crate::reaper::{self, Reaper};
 use crate::sandbox::{self, SpawnError, SpawnSpec, Spawner};
 use crate::sink::Sink;
@@ -31,6 +33,9 @@ pub struct Cli {
     /// Less log output (only warnings and errors; processor output is not logged).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// How log lines are written on stderr: text, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +46,39 @@ pub struct Cli {
 pub enum Command {
     /// Run every job of the input through a pool of workers; one NDJSON record per job.
     Run(RunArgs),
+    /// Summarize a job log (--joblog) or a results file afterwards: per kind, most total
+    /// time first.
+    Report(ReportArgs),
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the event's fields at the top level.
+    Json,
+}
+
+/// The format of the end-of-run summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    /// A table for people.
+    Text,
+    /// One JSON object, for scripts.
+    Json,
+    /// No summary.
+    None,
+}
+
+/// `jobsup report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A job log written by --joblog, or a results file written by jobsup run.
+    pub file: PathBuf,
+    /// text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub summary: SummaryFormat,
 }
 
 /// `jobsup run`.
@@ -84,6 +122,16 @@ pub struct RunArgs {
     /// mode). Past it the job fails. Sizes like 64KiB, 10MB, 1GiB, or bytes.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub max_output: usize,
+    /// Write one row per finished job to this file, with GNU parallel's columns plus the
+    /// outcome, attempts, id and kind; +FILE appends.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<JobLogPath>,
+    /// The end-of-run summary on stderr: text, json or none.
+    #[arg(long, value_enum, default_value = "text")]
+    pub summary: SummaryFormat,
+    /// Log a warning for a job still running after this long, while it runs.
+    #[arg(long, value_parser = parse_duration)]
+    pub slow: Option<Duration>,
     /// Time a new worker has to complete its handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub start_timeout: Duration,
@@ -170,10 +218,20 @@ pub fn main() -> ExitCode {
     };
     let logs = init_logging(&cli);
     let (code, summary) = match cli.command {
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(args, cli.quiet) {
             Ok(done) => done,
             Err(e) => {
                 eprintln!("jobsup: {e:#}");
+                (exit::JOBSUP_ERROR, None)
+            }
+        },
+        Command::Report(args) => match report(&args) {
+            Ok(text) => {
+                print!("{text}");
+                (exit::OK, None)
+            }
+            Err(e) => {
+                eprintln!("jobsup: {e}");
                 (exit::JOBSUP_ERROR, None)
             }
         },
@@ -202,18 +260,40 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(true)
         .thread_name("jobsup-log")
         .finish(std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
     guard
+}
+
+/// `jobsup report`: the per-kind summary of a job log or results file.
+pub fn report(args: &ReportArgs) -> Result<String, String> {
+    let records = crate::joblog::read_records(&args.file)?;
+    let mut stats = crate::summary::Stats::default();
+    for r in &records {
+        stats.observe(r);
+    }
+    Ok(match args.summary {
+        SummaryFormat::Json => format!("{}\n", stats.to_json(None)),
+        SummaryFormat::Text => stats.render(None),
+        SummaryFormat::None => String::new(),
+    })
 }
 
 /// `jobsup run`: returns the exit code and the summary for stderr, or an error for jobsup's
 /// own failures (125).
-pub fn run(args: RunArgs) -> anyhow::Result<(u8, Option<String>)> {
+pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     let (program, proc_args) = args
         .command
         .split_first()
@@ -230,13 +310,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<(u8, Option<String>)> {
             return Ok((code, None));
         }
     };
-    let input: Box<dyn Read + Send> = match &args.input {
-        Some(path) => Box::new(
-            std::fs::File::open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdin()),
+    // The input's size, when it is a regular file, gives the progress bar an ETA.
+    let (input, input_size): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?;
+            let size = regular_file_size(&file);
+            (Box::new(file), size)
+        }
+        None => {
+            let stdin = std::io::stdin();
+            let size = std::os::fd::AsFd::as_fd(&stdin)
+                .try_clone_to_owned()
+                .ok()
+                .and_then(|fd| regular_file_size(&std::fs::File::from(fd)));
+            (Box::new(stdin), size)
+        }
     };
+    let command_line = std::iter::once(program.as_os_str())
+        .chain(proc_args.iter().map(|a| a.as_os_str()))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let joblog =
+        match &args.joblog {
+            Some(at) => Some(JobLog::open(at, command_line).map_err(|e| {
+                anyhow::anyhow!("cannot open the job log {}: {e}", at.path.display())
+            })?),
+            None => None,
+        };
     let output: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -251,6 +353,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<(u8, Option<String>)> {
     });
     let codec = Codec::new(DEFAULT_MAX_FRAME);
     let settings = WorkerSettings {
+        pool: Arc::from("default"),
+        slow: args.slow,
         mode: args.mode,
         cleanup_signal: args.cleanup_signal,
         max_output: args.max_output,
@@ -285,19 +389,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<(u8, Option<String>)> {
     let started = Instant::now();
     let (end, stats) = runtime.block_on(async {
         let source = Source::start(input, args.input_format, defaults)?;
-        let sink = Sink::new(output, args.keep_order)?;
+        let sink = Sink::new(output, joblog, args.keep_order)?;
+        let show_progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let cfg = PoolConfig {
             workers,
             settings: Arc::new(settings),
+            progress: Progress::new(show_progress, input_size, source.bytes_read()),
         };
         anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
     })?;
     // Inherited orphans the workers left behind die with the run.
     reaper::kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
-    let summary = (matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0)
-        .then(|| stats.render(started.elapsed()));
+    let ran = matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0;
+    let elapsed = Some(started.elapsed());
+    let summary = match args.summary {
+        _ if !ran => None,
+        SummaryFormat::Text => Some(stats.render(elapsed)),
+        SummaryFormat::Json => Some(format!("{}\n", stats.to_json(elapsed))),
+        SummaryFormat::None => None,
+    };
     Ok((exit::exit_code(&end, &stats), summary))
+}
+
+fn regular_file_size(file: &std::fs::File) -> Option<u64> {
+    file.metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// Waits until the reaper has collected every child, so that jobsup never exits with live

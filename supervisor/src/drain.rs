@@ -44,6 +44,8 @@ impl Tail {
 /// Who a stream belongs to, for the log fields.
 #[derive(Clone)]
 pub struct Origin {
+    /// The pool's name.
+    pub pool: Arc<str>,
     /// The worker's serial number.
     pub worker: u64,
     /// Its pid.
@@ -98,6 +100,7 @@ fn emit(buf: &mut Vec<u8>, stream: &'static str, origin: &Origin, tail: Option<&
     let job = origin.job.load(Ordering::Relaxed);
     tracing::info!(
         target: "jobsup::processor",
+        pool = %origin.pool,
         worker = origin.worker,
         pid = origin.pid,
         job = (job != 0).then_some(job),

@@ -73,6 +73,7 @@ mod tests {
             payload: vec![],
             ttl: Duration::ZERO,
             cleanup: Duration::ZERO,
+            kind: None,
         };
         let mut s = Stats::default();
         for o in outcomes {

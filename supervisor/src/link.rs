@@ -320,6 +320,7 @@ mod tests {
             payload: b"a b; rm -rf /".to_vec(),
             ttl: Duration::ZERO,
             cleanup: Duration::ZERO,
+            kind: None,
         };
         let args: Vec<OsString> = ["-o", "out-{#}-{id}.png", "{}", "{x}", "{}{}"]
             .iter()

@@ -95,6 +95,7 @@ impl Live {
         let pid = spawned.pid;
         let mut process = Process::new(pid, spawned.exit);
         let origin = Origin {
+            pool: Arc::clone(&settings.pool),
             worker: id,
             pid,
             job: Arc::clone(current_job),

@@ -15,6 +15,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
 use crate::link::Mode;
 use crate::live::StartError;
+use crate::progress::Progress;
 use crate::record::{JobSpec, Outcome, Record};
 use crate::sandbox::{SpawnError, Spawner};
 use crate::signals::Interrupts;
@@ -35,6 +36,8 @@ pub struct PoolConfig {
     pub workers: usize,
     /// How each is started.
     pub settings: Arc<WorkerSettings>,
+    /// The progress bar (drawn only on a terminal).
+    pub progress: Progress,
 }
 
 struct Slot {
@@ -55,6 +58,7 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
         source,
         sink,
         stats: Stats::default(),
+        progress: cfg.progress,
         workers: HashMap::new(),
         idle: VecDeque::new(),
         pending: VecDeque::new(),
@@ -84,6 +88,7 @@ struct Pool {
     source: Source,
     sink: Sink,
     stats: Stats,
+    progress: Progress,
     workers: HashMap<u64, Slot>,
     idle: VecDeque<u64>,
     /// Jobs read (or bounced) and not yet handed to a worker.
@@ -367,6 +372,7 @@ impl Pool {
 
     fn record(&mut self, record: Record) {
         self.stats.observe(&record);
+        self.progress.update(&self.stats);
         if let Err(e) = self.sink.push(record) {
             self.output_failed(e);
         }
@@ -411,5 +417,6 @@ impl Pool {
         if let Err(e) = self.sink.finish() {
             self.output_failed(e);
         }
+        self.progress.finish();
     }
 }

@@ -22,6 +22,8 @@ pub struct JobSpec {
     pub ttl: Duration,
     /// How long cleaning up may take before the hard kill.
     pub cleanup: Duration,
+    /// What sort of job it is (ndjson `kind`), for per-kind statistics.
+    pub kind: Option<String>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -33,6 +35,7 @@ impl std::fmt::Debug for JobSpec {
             .field("payload_len", &self.payload.len())
             .field("ttl", &self.ttl)
             .field("cleanup", &self.cleanup)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -93,6 +96,9 @@ pub struct Record {
     pub seq: u64,
     /// The job's id.
     pub id: String,
+    /// The job's kind, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// How it ended.
     pub outcome: Outcome,
     /// Its output, when UTF-8.
@@ -120,12 +126,21 @@ pub struct Record {
     /// The worker's pid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// When the job was handed to its worker (wall clock), for the job log.
+    #[serde(skip)]
+    pub started_at: Option<std::time::SystemTime>,
+    /// Payload bytes sent, for the job log.
+    #[serde(skip)]
+    pub sent: u64,
 }
 
 impl Record {
     /// A record for `job` with the given outcome and nothing else yet.
     pub fn new(job: &JobSpec, outcome: Outcome) -> Record {
-        Record::blank(job.ordinal, job.seq, job.id.clone(), outcome, 1)
+        let mut record = Record::blank(job.ordinal, job.seq, job.id.clone(), outcome, 1);
+        record.kind = job.kind.clone();
+        record.sent = job.payload.len() as u64;
+        record
     }
 
     /// A record for a line that never became a job.
@@ -140,6 +155,7 @@ impl Record {
             ordinal,
             seq,
             id,
+            kind: None,
             outcome,
             output: None,
             output_base64: None,
@@ -150,6 +166,20 @@ impl Record {
             attempts,
             worker: None,
             pid: None,
+            started_at: None,
+            sent: 0,
+        }
+    }
+
+    /// Output bytes received, for the job log.
+    pub fn received(&self) -> u64 {
+        match (&self.output, &self.output_base64) {
+            (Some(s), _) => s.len() as u64,
+            // Four base64 characters carry three bytes.
+            (None, Some(b)) => {
+                (b.len() / 4 * 3) as u64 - b.bytes().rev().take_while(|&c| c == b'=').count() as u64
+            }
+            (None, None) => 0,
         }
     }
 
@@ -190,6 +220,7 @@ mod tests {
             payload: vec![],
             ttl: Duration::from_secs(1),
             cleanup: Duration::from_secs(1),
+            kind: None,
         }
     }
 

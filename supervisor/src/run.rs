@@ -138,6 +138,9 @@ impl Worker {
 
     async fn await_verdict(&mut self, job: &JobSpec, phase: &mut Phase) -> Verdict {
         let mut late = None;
+        // A slow job is reported while it runs, not only in the summary afterwards.
+        let started = Instant::now();
+        let mut slow_at = self.settings.slow.map(|d| started + d);
         loop {
             if Instant::now() >= phase.deadline() {
                 // Whatever was already in the pipe at the deadline was sent in time.
@@ -156,6 +159,7 @@ impl Worker {
             enum Heard {
                 Control(Option<Control>),
                 Deadline,
+                Slow,
                 Writable,
                 Said(Result<Option<FromWorker>, LinkError>),
                 Exited,
@@ -173,6 +177,7 @@ impl Worker {
                     biased;
                     ctl = control.recv() => Heard::Control(ctl),
                     _ = sleep_until(phase.deadline()) => Heard::Deadline,
+                    _ = sleep_until(slow_at.unwrap_or(started)), if slow_at.is_some() => Heard::Slow,
                     _ = link.tx.writable(), if writing => Heard::Writable,
                     msg = link.rx.next(), if open => Heard::Said(msg),
                     _ = process.exited() => Heard::Exited,
@@ -187,7 +192,8 @@ impl Worker {
                 }
                 Heard::Control(Some(Control::Run(other))) => {
                     // The pool only hands jobs to idle workers; never lose one anyway.
-                    tracing::error!(worker = self.id, "job handed to a busy worker; bouncing it");
+                    tracing::error!(pool = %self.settings.pool,
+                worker = self.id, "job handed to a busy worker; bouncing it");
                     let _ = self.events.send(Event::Bounced {
                         worker: self.id,
                         job: Box::new(other),
@@ -196,6 +202,20 @@ impl Worker {
                 // Shutdown waits for the job; a closed channel means the pool is gone.
                 Heard::Control(Some(Control::Shutdown) | None) => {}
                 Heard::Deadline => {}
+                Heard::Slow => {
+                    slow_at = None;
+                    tracing::warn!(
+                        pool = %self.settings.pool,
+                        worker = self.id,
+                        pid = self.pid(),
+                        job = job.seq,
+                        id = %job.id,
+                        kind = job.kind.as_deref(),
+                        "slow job: {} still running after {}",
+                        job.id,
+                        humantime::format_duration(self.settings.slow.unwrap_or_default())
+                    );
+                }
                 Heard::Writable => self.live().link.tx.write_some(),
                 Heard::Said(msg) => {
                     if let Some(v) = self.on_message(msg, job, *phase, &mut late) {
@@ -328,6 +348,7 @@ impl Worker {
         let stale = self.last_job == Some(about);
         if stale {
             tracing::warn!(
+                pool = %self.settings.pool,
                 worker = self.id,
                 pid = self.pid(),
                 job = about,
@@ -344,7 +365,8 @@ impl Worker {
             .saturating_duration_since(Instant::now())
             .as_millis() as u64;
         tracing::debug!(
-            worker = self.id,
+            pool = %self.settings.pool,
+                worker = self.id,
             job = job.seq,
             "ttl reached; cleanup requested"
         );
@@ -367,6 +389,7 @@ impl Worker {
         record.worker = Some(self.id);
         record.pid = self.pid();
         let decided = started.elapsed();
+        record.started_at = std::time::SystemTime::now().checked_sub(decided);
         let mut crash = None;
         let mut exited = None;
         let (outcome, result, error, process_reusable) = match verdict {
@@ -380,11 +403,12 @@ impl Worker {
                 let in_step = !live.link.has_leftovers();
                 if !in_step {
                     tracing::warn!(
-                        worker = self.id,
-                        pid = record.pid,
-                        job = job.seq,
-                        "the worker wrote more than one line for the job; replacing it"
-                    );
+                            pool = %self.settings.pool,
+                    worker = self.id,
+                            pid = record.pid,
+                            job = job.seq,
+                            "the worker wrote more than one line for the job; replacing it"
+                        );
                 }
                 (outcome, Some(result), None, alive && in_step)
             }

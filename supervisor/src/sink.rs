@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::joblog::JobLog;
 use crate::record::Record;
 
 /// How many records may wait (out of order under `--keep-order`, or queued for a slow
@@ -31,14 +32,19 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Writes NDJSON records to `out`, from a thread of its own.
-    pub fn new(out: Box<dyn Write + Send>, keep_order: bool) -> io::Result<Sink> {
+    /// Writes NDJSON records to `out` (and rows to the job log, if any), from a thread of
+    /// its own.
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        joblog: Option<JobLog>,
+        keep_order: bool,
+    ) -> io::Result<Sink> {
         let (tx, rx) = mpsc::channel::<Record>();
         let queued = Arc::new(AtomicUsize::new(0));
         let written = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("jobsup-output".into())
-            .spawn(move || write_all(out, rx, &written))?;
+            .spawn(move || write_all(out, joblog, rx, &written))?;
         Ok(Sink {
             writer: Some((tx, thread)),
             queued,
@@ -112,20 +118,32 @@ const COALESCE: Duration = Duration::from_millis(1);
 
 fn write_all(
     out: Box<dyn Write + Send>,
+    mut joblog: Option<JobLog>,
     records: mpsc::Receiver<Record>,
     queued: &AtomicUsize,
 ) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let joblog_failed = |e: io::Error| io::Error::new(e.kind(), format!("job log: {e}"));
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
         while let Some(record) = next {
             serde_json::to_writer(&mut out, &record)?;
             out.write_all(b"\n")?;
+            if let Some(log) = &mut joblog {
+                log.write(&record).map_err(joblog_failed)?;
+            }
             queued.fetch_sub(1, Ordering::Relaxed);
             next = records.try_recv().ok();
         }
         out.flush()?;
+        if let Some(log) = &mut joblog {
+            log.flush().map_err(joblog_failed)?;
+        }
         std::thread::sleep(COALESCE);
     }
-    out.flush()
+    out.flush()?;
+    match &mut joblog {
+        Some(log) => log.flush().map_err(joblog_failed),
+        None => Ok(()),
+    }
 }

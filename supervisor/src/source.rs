@@ -5,7 +5,9 @@
 //! ready for it: on an interrupted run, jobs not yet read stay unread.
 
 use std::io::{BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -49,6 +51,7 @@ pub struct Defaults {
 /// The pool's handle on the reader thread.
 pub struct Source {
     want: std_mpsc::Sender<()>,
+    bytes_read: Arc<AtomicU64>,
     items: mpsc::UnboundedReceiver<Item>,
     /// Tokens sent whose item has not been received.
     outstanding: usize,
@@ -64,6 +67,8 @@ impl Source {
     ) -> std::io::Result<Source> {
         let (want_tx, want_rx) = std_mpsc::channel::<()>();
         let (item_tx, item_rx) = mpsc::unbounded_channel();
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&bytes_read);
         std::thread::Builder::new()
             .name("jobsup-input".into())
             .spawn(move || {
@@ -73,6 +78,7 @@ impl Source {
                     defaults,
                     line_no: 0,
                     ordinal: 0,
+                    bytes_read: counter,
                 };
                 for () in want_rx {
                     let item = reader.next_item();
@@ -84,6 +90,7 @@ impl Source {
             })?;
         Ok(Source {
             want: want_tx,
+            bytes_read,
             items: item_rx,
             outstanding: 0,
             done: false,
@@ -98,6 +105,11 @@ impl Source {
             }
             self.outstanding += 1;
         }
+    }
+
+    /// Bytes of input read so far (for the progress bar).
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.bytes_read)
     }
 
     /// Items requested and not yet received.
@@ -148,6 +160,7 @@ struct Reader<R> {
     defaults: Defaults,
     line_no: u64,
     ordinal: u64,
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl<R: Read> Reader<R> {
@@ -162,6 +175,7 @@ impl<R: Read> Reader<R> {
             if n == 0 {
                 return Item::End;
             }
+            self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
             self.line_no += 1;
             if !complete {
                 let ordinal = self.next_ordinal();
@@ -189,6 +203,7 @@ impl<R: Read> Reader<R> {
                         payload: line,
                         ttl: self.defaults.ttl,
                         cleanup: self.defaults.cleanup,
+                        kind: None,
                     };
                     Item::Job(Box::new(job))
                 }
@@ -326,10 +341,16 @@ fn parse_ndjson(
             ))),
         }
     };
+    let kind = match map.get("kind") {
+        None => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => return Err(fail("\"kind\" must be a non-empty string".into())),
+    };
     Ok(JobSpec {
         ordinal: 0,
         seq: line_no,
         id: id.clone().unwrap_or_else(|| line_no.to_string()),
+        kind,
         payload,
         ttl: duration("ttl", defaults.ttl)?,
         cleanup: duration("cleanup", defaults.cleanup)?,
@@ -355,6 +376,7 @@ mod tests {
             defaults: defaults(),
             line_no: 0,
             ordinal: 0,
+            bytes_read: Arc::default(),
         };
         let mut out = Vec::new();
         loop {

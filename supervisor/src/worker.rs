@@ -21,8 +21,12 @@ use crate::sandbox::{SpawnSpec, Spawner};
 /// What every worker of a pool is started with.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// The pool's name, on every log event of its workers.
+    pub pool: Arc<str>,
     /// How jobs reach the processor.
     pub mode: Mode,
+    /// Warn about a job still running after this long.
+    pub slow: Option<Duration>,
     /// The processor and its arguments (the worker id is filled in per worker).
     pub spawn: SpawnSpec,
     /// How long a new native worker may take to say hello.

@@ -221,7 +221,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => match run(args, cli.quiet) {
             Ok(done) => done,
             Err(e) => {
-                eprintln!("jobsup: {e:#}");
+                tracing::error!("{e:#}");
                 (exit::JOBSUP_ERROR, None)
             }
         },
@@ -231,7 +231,7 @@ pub fn main() -> ExitCode {
                 (exit::OK, None)
             }
             Err(e) => {
-                eprintln!("jobsup: {e}");
+                tracing::error!("{e}");
                 (exit::JOBSUP_ERROR, None)
             }
         },
@@ -259,7 +259,7 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("jobsup-log")
-        .finish(std::io::stderr());
+        .finish(crate::progress::StderrBelowBar);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -301,7 +301,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     let program = match sandbox::resolve_program(std::path::Path::new(program)) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("jobsup: {e}");
+            tracing::error!("{e}");
             let code = match e {
                 SpawnError::NotFound { .. } => exit::NOT_FOUND,
                 SpawnError::NotExecutable { .. } => exit::CANNOT_RUN,

@@ -91,7 +91,8 @@ impl JobLog {
             r.seq,
             start,
             r.duration_ms / 1000.0,
-            r.sent,
+            // A job that never started sent nothing.
+            if r.attempts == 0 { 0 } else { r.sent },
             r.received(),
             r.exit_code.unwrap_or(0),
             r.signal.unwrap_or(0),

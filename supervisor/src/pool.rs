@@ -108,7 +108,7 @@ impl Pool {
         let mut interrupts = match Interrupts::listen() {
             Ok(i) => i,
             Err(e) => {
-                eprintln!("jobsup: cannot listen for signals: {e}");
+                tracing::error!("cannot listen for signals: {e}");
                 self.fatal = Some(RunEnd::Failed);
                 return;
             }
@@ -261,7 +261,7 @@ impl Pool {
         };
         match fatal {
             Some(end) => {
-                eprintln!("jobsup: {error}");
+                tracing::error!(pool = %self.settings.pool, "{error}");
                 self.stop_reading();
                 self.fatal = Some(end);
             }
@@ -294,7 +294,7 @@ impl Pool {
             Item::Rejected(record) => self.record(*record),
             Item::End => {}
             Item::Failed(e) => {
-                eprintln!("jobsup: {e}");
+                tracing::error!("{e}");
                 self.stop_reading();
                 self.fatal = Some(RunEnd::Failed);
             }
@@ -306,12 +306,12 @@ impl Pool {
         if self.interrupted.is_none() {
             self.interrupted = Some(sig);
             let running = self.workers.values().filter(|s| s.busy).count();
-            eprintln!(
-                "jobsup: {name} received: reading no more jobs; {running} running job(s) may finish by their deadlines (send it again to cancel them now)"
+            tracing::warn!(
+                "{name} received: reading no more jobs; {running} running job(s) may finish by their deadlines (send it again to cancel them now)"
             );
             self.stop_reading();
         } else {
-            eprintln!("jobsup: {name} received again: cancelling the running jobs");
+            tracing::warn!("{name} received again: cancelling the running jobs");
             for slot in self.workers.values().filter(|s| s.busy) {
                 let _ = slot
                     .handle
@@ -380,7 +380,7 @@ impl Pool {
 
     fn output_failed(&mut self, e: std::io::Error) {
         if self.fatal.is_none() {
-            eprintln!("jobsup: cannot write results: {e}");
+            tracing::error!("cannot write results: {e}");
             self.stop_reading();
             self.fatal = Some(RunEnd::Failed);
         }

@@ -2,14 +2,36 @@
 //! outcome, jobs/s, and an ETA when the input's size is known (a file, or stdin redirected
 //! from one), measured by how much of it has been read.
 
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::record::Outcome;
 use crate::summary::Stats;
+
+/// The bar on screen, if any: log lines are written around it.
+static ON_SCREEN: OnceLock<ProgressBar> = OnceLock::new();
+
+/// Stderr for log lines: while a progress bar is drawn, each line is written with the bar
+/// lifted off the screen and redrawn below it, instead of landing on the bar's line.
+pub struct StderrBelowBar;
+
+impl Write for StderrBelowBar {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match ON_SCREEN.get() {
+            Some(bar) => bar.suspend(|| io::stderr().write_all(buf))?,
+            None => io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
 
 /// A progress bar, or nothing when stderr is not a terminal.
 pub struct Progress {
@@ -37,6 +59,7 @@ impl Progress {
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
+            let _ = ON_SCREEN.set(bar.clone());
             bar
         });
         Progress {

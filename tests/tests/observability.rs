@@ -859,7 +859,14 @@ sys.exit(child.wait())
 
 /// Jobs slow enough for the bar to draw: about a second on two workers.
 fn slow_jobs() -> String {
-    lines(20, |_| "sleep:100".to_string())
+    // Every fifth job also logs a line, which must not land on the bar's line.
+    lines(20, |i| {
+        if i % 5 == 0 {
+            format!("log:hello {i}")
+        } else {
+            "sleep:100".to_string()
+        }
+    })
 }
 
 /// Runs the slow jobs with stderr on a terminal; records go to a file. Returns the run
@@ -889,6 +896,14 @@ fn progress_bar_is_drawn_on_a_terminal_only() {
     assert_eq!(recs.len(), 20, "{run}");
     let screen = run.stdout_str();
     assert!(screen.contains("jobs done"), "no progress bar\n{run}");
+    // Log lines are written around the bar, never onto its line.
+    assert!(screen.contains("hello"), "{run}");
+    for line in screen.split(['\r', '\n']) {
+        assert!(
+            !(line.contains("jobs done") && line.contains("hello")),
+            "a log line glued to the bar: {line:?}"
+        );
+    }
     // The summary still follows.
     assert!(screen.contains("20 jobs in"), "{run}");
 

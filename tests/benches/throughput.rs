@@ -114,6 +114,12 @@ fn baseline_worker(n: usize, first_id: u64) -> Result<(), Error> {
         Ok(())
     })();
     drop(to_worker);
+    end_child(child, outcome)
+}
+
+/// Waits for a benchmark child once its input is closed; kills it first if the round trips
+/// failed, so that a broken run cannot hang the benchmark.
+fn end_child(mut child: std::process::Child, outcome: Result<(), Error>) -> Result<(), Error> {
     if outcome.is_err() {
         let _ = child.kill();
     }
@@ -298,11 +304,7 @@ fn line_round_trips(argv: &[String], n: usize, first_id: usize) -> Result<(), Er
         Ok(())
     })();
     drop(stdin);
-    if outcome.is_err() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    outcome
+    end_child(child, outcome)
 }
 
 /// Jobs per second of `worker` run on K threads, `n / K` jobs each.

@@ -44,31 +44,30 @@ fn assert_upper_cased_by_one_worker(run: &Run) {
     );
 }
 
-#[test]
-fn python_line_processor_upper_cases_each_job_on_one_reused_worker() {
+/// Runs two jobs through an example line processor started by `interpreter`.
+fn upper_case_with(interpreter: &str, flags: &[&str], example_file: &str) {
+    let mut args: Vec<std::ffi::OsString> = flags.iter().map(Into::into).collect();
+    args.push(example(example_file).into());
     let run = lines_mode(&[])
-        .processor("python3", ["-u".as_ref(), example("upper.py").as_os_str()])
+        .processor(interpreter, args)
         .stdin("hello\nworld\n")
         .run();
     assert_upper_cased_by_one_worker(&run);
+}
+
+#[test]
+fn python_line_processor_upper_cases_each_job_on_one_reused_worker() {
+    upper_case_with("python3", &["-u"], "upper.py");
 }
 
 #[test]
 fn node_line_processor_upper_cases_each_job() {
-    let run = lines_mode(&[])
-        .processor("node", [example("upper.js")])
-        .stdin("hello\nworld\n")
-        .run();
-    assert_upper_cased_by_one_worker(&run);
+    upper_case_with("node", &[], "upper.js");
 }
 
 #[test]
 fn shell_line_processor_upper_cases_each_job() {
-    let run = lines_mode(&[])
-        .processor("sh", [example("upper.sh")])
-        .stdin("hello\nworld\n")
-        .run();
-    assert_upper_cased_by_one_worker(&run);
+    upper_case_with("sh", &[], "upper.sh");
 }
 
 #[test]

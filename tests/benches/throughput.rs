@@ -76,7 +76,7 @@ fn baseline_worker(n: usize, first_id: u64) -> Result<(), Error> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    let child = cmd.spawn()?;
     // The child's ends are the child's now.
     drop(job_r);
     drop(res_w);

@@ -14,6 +14,9 @@
 //! | `spin` | burns CPU forever, ignoring any cleanup request |
 //! | `segv` | dies of SIGSEGV |
 //! | `log:TEXT` | writes TEXT on stdout and on stderr (jobsup logs both), then succeeds |
+//! | `ok-on:N` | fails until its Nth attempt (with `--retries`), then succeeds |
+//! | `beat:MS` | works MS milliseconds, sending a heartbeat every 50 ms, then succeeds |
+//! | `silent:MS` | works MS milliseconds without a heartbeat, then succeeds |
 //! | anything else | succeeds with the payload itself |
 //!
 //! ```text
@@ -33,7 +36,7 @@ fn main() {
     jobsup_runtime::serve(act)
 }
 
-fn act(job: &Job, _ctx: &Context) -> Result<Vec<u8>, String> {
+fn act(job: &Job, ctx: &Context) -> Result<Vec<u8>, String> {
     let payload = String::from_utf8_lossy(job.payload());
     let payload = payload.trim_end_matches(['\r', '\n']);
     let (command, arg) = match payload.split_once(':') {
@@ -53,6 +56,28 @@ fn act(job: &Job, _ctx: &Context) -> Result<Vec<u8>, String> {
         }
         ("spin", None) => spin(),
         ("segv", None) => segfault(),
+        ("ok-on", Some(n)) => {
+            let n: u32 = number(n)?;
+            if job.attempt() >= n {
+                Ok(format!("ok on attempt {}", job.attempt()).into_bytes())
+            } else {
+                Err(format!("not yet: attempt {} of {n}", job.attempt()))
+            }
+        }
+        ("beat", Some(ms)) => {
+            let ms: u64 = number(ms)?;
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            while std::time::Instant::now() < until && !ctx.cleanup_requested() {
+                ctx.heartbeat();
+                thread::sleep(Duration::from_millis(50));
+            }
+            Ok(format!("worked {ms} ms with heartbeats").into_bytes())
+        }
+        ("silent", Some(ms)) => {
+            let ms: u64 = number(ms)?;
+            thread::sleep(Duration::from_millis(ms));
+            Ok(format!("worked {ms} ms in silence").into_bytes())
+        }
         ("log", Some(text)) => {
             println!("{text} (stdout)");
             eprintln!("{text} (stderr)");

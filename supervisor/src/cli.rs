@@ -11,10 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use jobsup_protocol::{Codec, DEFAULT_MAX_FRAME};
 use nix::sys::signal::Signal;
 
+use crate::config::PoolSpec;
 use crate::exit::{self, RunEnd};
 use crate::joblog::{JobLog, JobLogPath};
 use crate::link::Mode;
-use crate::pool::{self, PoolConfig};
+use crate::pool::{self, PoolConfig, RetryPolicy};
 use crate::progress::Progress;
 use crate::reaper::{self, Reaper};
 use crate::sandbox::{self, SpawnError, SpawnSpec, Spawner};
@@ -49,6 +50,8 @@ pub enum Command {
     /// Summarize a job log (--joblog) or a results file afterwards: per kind, most total
     /// time first.
     Report(ReportArgs),
+    /// Validate a config file without running anything, and print the resolved pools.
+    Check(CheckArgs),
 }
 
 /// The format of log lines.
@@ -84,16 +87,15 @@ pub struct ReportArgs {
 /// `jobsup run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Time a job may run before its worker is asked to clean up (e.g. 30s, 1m30s, 250ms;
-    /// a bare number is seconds).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub ttl: Duration,
-    /// Time a worker has to clean up after the ttl before its process group is killed.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub cleanup: Duration,
-    /// Workers running at once [default: the number of CPUs].
-    #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub jobs: Option<u32>,
+    /// Read pools from this TOML file (flags given here override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The pool of the config file to run (may be left out when it has one pool).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub pool: Option<String>,
+    /// The pool's settings.
+    #[command(flatten)]
+    pub spec: PoolSpec,
     /// Read jobs from this file instead of stdin.
     #[arg(long)]
     pub input: Option<PathBuf>,
@@ -106,22 +108,6 @@ pub struct RunArgs {
     /// Write records in input order instead of as jobs finish.
     #[arg(long)]
     pub keep_order: bool,
-    /// Replace a worker after it has run this many jobs.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_jobs_per_worker: Option<u64>,
-    /// How jobs reach the processor: native (a jobsup processor: frames on fds 3 and 4),
-    /// lines (one line in on stdin, one line out on stdout, reused), exec (a fresh process
-    /// per job: payload on stdin and in `{}` arguments, result on stdout).
-    #[arg(long, value_enum, default_value = "native")]
-    pub mode: Mode,
-    /// The cleanup request in lines and exec modes: this signal to the worker's process
-    /// group at the ttl (followed by SIGCONT). A name (TERM, SIGINT) or a number.
-    #[arg(long, default_value = "TERM", value_parser = parse_signal)]
-    pub cleanup_signal: Signal,
-    /// The most output a job may return: a result line (lines mode) or all of stdout (exec
-    /// mode). Past it the job fails. Sizes like 64KiB, 10MB, 1GiB, or bytes.
-    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
-    pub max_output: usize,
     /// Write one row per finished job to this file, with GNU parallel's columns plus the
     /// outcome, attempts, id and kind; +FILE appends.
     #[arg(long, value_name = "FILE")]
@@ -129,18 +115,24 @@ pub struct RunArgs {
     /// The end-of-run summary on stderr: text, json or none.
     #[arg(long, value_enum, default_value = "text")]
     pub summary: SummaryFormat,
-    /// Log a warning for a job still running after this long, while it runs.
+    /// After a first SIGINT/SIGTERM, running jobs may finish for this long before they are
+    /// asked to clean up and then killed [default: their own deadlines].
     #[arg(long, value_parser = parse_duration)]
-    pub slow: Option<Duration>,
-    /// Time a new worker has to complete its handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub start_timeout: Duration,
+    pub shutdown_timeout: Option<Duration>,
     /// Where workers' private working directories are created [default: the temp dir].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
-    /// The processor to run, and its arguments.
-    #[arg(required = true, last = true, value_name = "PROCESSOR")]
+    /// The processor to run, and its arguments (or `command` in the config file).
+    #[arg(last = true, value_name = "PROCESSOR")]
     pub command: Vec<OsString>,
+}
+
+/// `jobsup check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The config file to validate.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// Parses a duration: humantime (`30s`, `1m30s`, `250ms`), or a bare number of seconds as
@@ -225,6 +217,16 @@ pub fn main() -> ExitCode {
                 (exit::JOBSUP_ERROR, None)
             }
         },
+        Command::Check(args) => match crate::config::check(&args.config) {
+            Ok(text) => {
+                print!("{text}");
+                (exit::OK, None)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                (exit::JOBSUP_ERROR, None)
+            }
+        },
         Command::Report(args) => match report(&args) {
             Ok(text) => {
                 print!("{text}");
@@ -294,10 +296,18 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
 /// `jobsup run`: returns the exit code and the summary for stderr, or an error for jobsup's
 /// own failures (125).
 pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
-    let (program, proc_args) = args
+    let pool = crate::config::resolve_run(
+        args.spec.clone(),
+        args.config
+            .as_deref()
+            .map(|path| (path, args.pool.as_deref())),
+        args.command.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let (program, proc_args) = pool
         .command
         .split_first()
-        .expect("clap requires a processor");
+        .expect("a resolved pool has a command");
     let program = match sandbox::resolve_program(std::path::Path::new(program)) {
         Ok(p) => p,
         Err(e) => {
@@ -346,35 +356,44 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         ),
         None => Box::new(std::io::stdout()),
     };
-    let workers = args.jobs.map(|j| j as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let workers = pool.concurrency;
+    // Variables for the workers: what the pool sets, then what it passes through.
+    let mut extra_env: Vec<(OsString, OsString)> = pool
+        .env
+        .iter()
+        .map(|crate::config::EnvVar(k, v)| (k.into(), v.into()))
+        .collect();
+    for key in &pool.pass_env {
+        if let Some(value) = std::env::var_os(key) {
+            extra_env.push((key.into(), value));
+        }
+    }
     let codec = Codec::new(DEFAULT_MAX_FRAME);
     let settings = WorkerSettings {
-        pool: Arc::from("default"),
-        slow: args.slow,
-        mode: args.mode,
-        cleanup_signal: args.cleanup_signal,
-        max_output: args.max_output,
+        pool: Arc::from(pool.name.as_str()),
+        slow: pool.slow,
+        idle_timeout: pool.idle_timeout,
+        mode: pool.mode,
+        cleanup_signal: pool.cleanup_signal,
+        max_output: pool.max_output,
         spawn: SpawnSpec {
             program,
             args: proc_args.to_vec(),
             worker_id: 0,
             max_frame: codec.max_frame(),
             workdir_parent: args.workdir.clone(),
-            protocol_fds: args.mode == Mode::Native,
-            stdin_pipe: args.mode != Mode::Native,
+            protocol_fds: pool.mode == Mode::Native,
+            stdin_pipe: pool.mode != Mode::Native,
+            env: extra_env,
         },
-        start_timeout: args.start_timeout,
-        max_jobs: args.max_jobs_per_worker,
-        retire_grace: args.cleanup,
+        start_timeout: pool.start_timeout,
+        max_jobs: pool.max_jobs_per_worker,
+        retire_grace: pool.cleanup,
         codec,
     };
     let defaults = Defaults {
-        ttl: args.ttl,
-        cleanup: args.cleanup,
+        ttl: pool.ttl,
+        cleanup: pool.cleanup,
         // A payload must fit in a frame with room for the job's other fields.
         max_line: codec.max_frame() as usize - 4096,
     };
@@ -393,6 +412,12 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         let show_progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let cfg = PoolConfig {
             workers,
+            retry: RetryPolicy {
+                retries: pool.retries,
+                on: pool.retry_on.clone(),
+                delay: pool.retry_delay,
+            },
+            shutdown_timeout: args.shutdown_timeout,
             settings: Arc::new(settings),
             progress: Progress::new(show_progress, input_size, source.bytes_read()),
         };

@@ -74,6 +74,9 @@ mod tests {
             ttl: Duration::ZERO,
             cleanup: Duration::ZERO,
             kind: None,
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
         };
         let mut s = Stats::default();
         for o in outcomes {

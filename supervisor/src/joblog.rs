@@ -242,6 +242,9 @@ mod tests {
             ttl: Duration::ZERO,
             cleanup: Duration::ZERO,
             kind: Some("send_mail".into()),
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
         };
         let mut r = Record::new(&job, Outcome::Timeout);
         r.set_duration(Duration::from_millis(1500));

@@ -17,6 +17,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the invariants.
 
 pub mod cli;
+pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod exit;

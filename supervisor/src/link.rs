@@ -21,7 +21,10 @@ use crate::record::JobSpec;
 use crate::sandbox::Pipes;
 
 /// How jobs reach a processor and how its results come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A jobsup processor (built on `jobsup-runtime`): frames on fds 3 and 4.
     Native,
@@ -155,10 +158,10 @@ impl Link {
         match &mut self.rx {
             Reader::Frames(_) => {
                 let frame = ToWorker::Job(Job {
-                    id: spec.seq,
+                    id: spec.run_id,
                     key: spec.id.clone(),
                     payload: spec.payload.clone(),
-                    attempt: 1,
+                    attempt: spec.attempt,
                     ttl_ms: spec.ttl.as_millis() as u64,
                 });
                 self.job_bytes = self
@@ -168,7 +171,7 @@ impl Link {
                 Ok(())
             }
             Reader::Lines { job, .. } => {
-                *job = Some(spec.seq);
+                *job = Some(spec.run_id);
                 self.job_bytes = self.tx.send_all(&[&spec.payload, b"\n"]);
                 Ok(())
             }
@@ -321,6 +324,9 @@ mod tests {
             ttl: Duration::ZERO,
             cleanup: Duration::ZERO,
             kind: None,
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
         };
         let args: Vec<OsString> = ["-o", "out-{#}-{id}.png", "{}", "{x}", "{}{}"]
             .iter()

@@ -5,13 +5,14 @@
 //! line only when a worker will be free to take it, which keeps memory bounded and means
 //! that on an interrupted run, lines not yet read stay in the input.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
+use crate::config::RetryOn;
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
 use crate::link::Mode;
 use crate::live::StartError;
@@ -30,10 +31,37 @@ const LOOKAHEAD: usize = 32;
 /// Start failures in a row, after the first success, that end the run.
 const MAX_START_FAILURES: u32 = 5;
 
+/// When a job is run again.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Extra attempts allowed.
+    pub retries: u32,
+    /// The outcomes that are retried.
+    pub on: Vec<RetryOn>,
+    /// The first retry's delay; it doubles with each attempt, with jitter.
+    pub delay: Duration,
+}
+
+impl RetryPolicy {
+    /// How long to wait before attempt `next` (2, 3, ...): exponential, with jitter of
+    /// ±50% so that jobs that failed together do not all come back together.
+    fn backoff(&self, next: u32) -> Duration {
+        let exp = self
+            .delay
+            .saturating_mul(1 << (next.saturating_sub(2)).min(16));
+        exp.mul_f64(0.5 + fastrand::f64())
+            .min(Duration::from_secs(600))
+    }
+}
+
 /// What a pool needs.
 pub struct PoolConfig {
     /// How many workers run at once.
     pub workers: usize,
+    /// When failed jobs are run again.
+    pub retry: RetryPolicy,
+    /// After a first interrupt, how long running jobs may go on before they are stopped.
+    pub shutdown_timeout: Option<Duration>,
     /// How each is started.
     pub settings: Arc<WorkerSettings>,
     /// The progress bar (drawn only on a terminal).
@@ -59,6 +87,11 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
         sink,
         stats: Stats::default(),
         progress: cfg.progress,
+        retry: cfg.retry,
+        shutdown_timeout: cfg.shutdown_timeout,
+        delayed: BTreeMap::new(),
+        stop_at: None,
+        next_run_id: 0,
         workers: HashMap::new(),
         idle: VecDeque::new(),
         pending: VecDeque::new(),
@@ -89,6 +122,14 @@ struct Pool {
     sink: Sink,
     stats: Stats,
     progress: Progress,
+    retry: RetryPolicy,
+    shutdown_timeout: Option<Duration>,
+    /// Jobs waiting for their next attempt, by when it is due.
+    delayed: BTreeMap<(Instant, u64), JobSpec>,
+    /// When running jobs are stopped after a first interrupt.
+    stop_at: Option<Instant>,
+    /// The last hand-off number given out.
+    next_run_id: u64,
     workers: HashMap<u64, Slot>,
     idle: VecDeque<u64>,
     /// Jobs read (or bounced) and not yet handed to a worker.
@@ -124,6 +165,7 @@ impl Pool {
                         .request(target.saturating_sub(self.pending.len()));
                 }
             }
+            let (next_retry, stop_at) = (self.next_retry(), self.stop_at);
             tokio::select! {
                 biased;
                 (sig, n) = interrupts.recv() => (0..n).for_each(|_| self.on_signal(sig)),
@@ -131,6 +173,18 @@ impl Pool {
                 _ = sleep_until(self.respawn_at.unwrap_or_else(Instant::now)), if self.respawn_at.is_some() => {
                     self.respawn_at = None;
                     self.spawn_missing();
+                }
+                _ = sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
+                    self.release_due_retries();
+                }
+                _ = sleep_until(stop_at.unwrap_or_else(Instant::now)), if stop_at.is_some() => {
+                    self.stop_at = None;
+                    let sig = crate::reaper::signal_name(self.interrupted.unwrap_or(libc::SIGTERM));
+                    let reason = format!(
+                        "the run was interrupted by {sig} and the shutdown timeout passed"
+                    );
+                    tracing::warn!("{reason}: asking the running jobs to clean up");
+                    self.stop_running(reason, self.settings.retire_grace);
                 }
                 item = self.source.next(), if self.accepting() && self.source.waiting() => self.on_item(item),
             }
@@ -152,7 +206,7 @@ impl Pool {
         let busy = self.workers.values().any(|s| s.busy);
         let no_more = self.interrupted.is_some()
             || self.fatal.is_some()
-            || (self.source.is_done() && self.pending.is_empty());
+            || (self.source.is_done() && self.pending.is_empty() && self.delayed.is_empty());
         no_more && !busy
     }
 
@@ -195,12 +249,13 @@ impl Pool {
             Event::Finished {
                 worker,
                 record,
+                job,
                 retiring,
             } => {
                 if record.worker.is_some() && record.outcome != Outcome::Cancelled {
                     self.start_failures = 0;
                 }
-                self.record(*record);
+                self.record_or_retry(*record, *job);
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     slot.busy = false;
                     if !retiring {
@@ -237,6 +292,67 @@ impl Pool {
                     }
                 }
             }
+        }
+    }
+
+    /// Records a finished job, or schedules its next attempt when the policy says so. A
+    /// retried job still yields one record: its final outcome, with the earlier errors.
+    fn record_or_retry(&mut self, record: Record, mut job: JobSpec) {
+        let retry = self.interrupted.is_none()
+            && self.fatal.is_none()
+            && job.attempt <= self.retry.retries
+            && self.retry.on.iter().any(|r| r.matches(record.outcome));
+        if !retry {
+            return self.record(record);
+        }
+        job.previous_errors.push(format!(
+            "attempt {}: {}{}",
+            job.attempt,
+            record.outcome.as_str(),
+            record
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+        job.attempt += 1;
+        let due = Instant::now() + self.retry.backoff(job.attempt);
+        tracing::info!(
+            pool = %self.settings.pool,
+            job = job.seq,
+            id = %job.id,
+            "job {} {}; attempt {} in {:?}",
+            job.id,
+            record.outcome.as_str(),
+            job.attempt,
+            due - Instant::now()
+        );
+        self.delayed.insert((due, job.ordinal), job);
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.delayed.keys().next().map(|(due, _)| *due)
+    }
+
+    fn release_due_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let job = entry.remove();
+            self.pending.push_back(job);
+        }
+        self.dispatch();
+    }
+
+    /// Asks every busy worker to stop its job: cleanup request now, kill after `grace`.
+    fn stop_running(&mut self, reason: String, grace: Duration) {
+        for slot in self.workers.values().filter(|s| s.busy) {
+            let _ = slot.handle.send(Control::Stop {
+                reason: reason.clone(),
+                grace,
+            });
         }
     }
 
@@ -310,13 +426,11 @@ impl Pool {
                 "{name} received: reading no more jobs; {running} running job(s) may finish by their deadlines (send it again to cancel them now)"
             );
             self.stop_reading();
+            self.stop_at = self.shutdown_timeout.map(|d| Instant::now() + d);
         } else {
             tracing::warn!("{name} received again: cancelling the running jobs");
-            for slot in self.workers.values().filter(|s| s.busy) {
-                let _ = slot
-                    .handle
-                    .send(Control::Cancel(format!("cancelled by {name}")));
-            }
+            self.stop_at = None;
+            self.stop_running(format!("cancelled by {name}"), Duration::ZERO);
         }
     }
 
@@ -328,6 +442,9 @@ impl Pool {
         }
         while let Some(item) = self.source.try_next() {
             self.on_read_after_stop(item);
+        }
+        for (_, job) in std::mem::take(&mut self.delayed) {
+            self.cancel(job);
         }
     }
 
@@ -341,7 +458,7 @@ impl Pool {
 
     fn cancel(&mut self, job: JobSpec) {
         let mut record = Record::new(&job, Outcome::Cancelled);
-        record.attempts = 0;
+        record.attempts = job.attempt - 1;
         record.error = Some(match self.interrupted {
             Some(sig) => format!(
                 "not started: the run was interrupted by {}",
@@ -360,7 +477,9 @@ impl Pool {
             let Some(slot) = self.workers.get_mut(&worker) else {
                 continue;
             };
-            let job = self.pending.pop_front().expect("checked non-empty");
+            let mut job = self.pending.pop_front().expect("checked non-empty");
+            self.next_run_id += 1;
+            job.run_id = self.next_run_id;
             match slot.handle.send(Control::Run(job)) {
                 Ok(()) => slot.busy = true,
                 // The worker task is gone; its Exited event is on its way.

@@ -24,6 +24,13 @@ pub struct JobSpec {
     pub cleanup: Duration,
     /// What sort of job it is (ndjson `kind`), for per-kind statistics.
     pub kind: Option<String>,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// This hand-off's number, unique in the run: the id the protocol uses, so that
+    /// nothing about one attempt can be taken for another.
+    pub run_id: u64,
+    /// The errors of earlier attempts.
+    pub previous_errors: Vec<String>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -120,6 +127,12 @@ pub struct Record {
     pub duration_ms: f64,
     /// Attempts made.
     pub attempts: u32,
+    /// The errors of earlier attempts, oldest first, when the job was retried.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previous_errors: Vec<String>,
+    /// Which deadline ended a `timeout` or `killed` job: `ttl` or `idle`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<&'static str>,
     /// The worker's serial number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<u64>,
@@ -137,8 +150,9 @@ pub struct Record {
 impl Record {
     /// A record for `job` with the given outcome and nothing else yet.
     pub fn new(job: &JobSpec, outcome: Outcome) -> Record {
-        let mut record = Record::blank(job.ordinal, job.seq, job.id.clone(), outcome, 1);
+        let mut record = Record::blank(job.ordinal, job.seq, job.id.clone(), outcome, job.attempt);
         record.kind = job.kind.clone();
+        record.previous_errors = job.previous_errors.clone();
         record.sent = job.payload.len() as u64;
         record
     }
@@ -164,6 +178,8 @@ impl Record {
             signal: None,
             duration_ms: 0.0,
             attempts,
+            previous_errors: Vec::new(),
+            deadline: None,
             worker: None,
             pid: None,
             started_at: None,
@@ -221,6 +237,9 @@ mod tests {
             ttl: Duration::from_secs(1),
             cleanup: Duration::from_secs(1),
             kind: None,
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
         }
     }
 

@@ -41,8 +41,6 @@ enum Verdict {
     Crashed(Crash),
     /// The output went past `--max-output`.
     Overflow(String),
-    /// The run was interrupted.
-    Cancelled(String),
     /// The worker died without ever taking the job: it can run elsewhere.
     Unseen,
 }
@@ -60,17 +58,39 @@ enum Crash {
 /// Where a job stands on its clock.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
-    /// Before `ttl`.
-    Running { ttl_at: Instant, kill_at: Instant },
-    /// The cleanup request went out.
+    /// Before the cleanup request.
+    Running,
+    /// The cleanup request went out; the group is killed at `kill_at`.
     CleaningUp { kill_at: Instant },
 }
 
-impl Phase {
-    fn deadline(&self) -> Instant {
-        match *self {
-            Phase::Running { ttl_at, .. } => ttl_at,
-            Phase::CleaningUp { kill_at } => kill_at,
+/// What made jobsup ask a job to clean up.
+#[derive(Debug, Clone)]
+enum Trigger {
+    /// Nothing: the job ended on its own.
+    None,
+    /// Its ttl passed.
+    Ttl,
+    /// No heartbeat or progress for the idle timeout.
+    Idle,
+    /// The run is stopping; the text says why.
+    Stop(String),
+}
+
+/// A job's deadlines on the monotonic clock.
+struct Clock {
+    ttl_at: Instant,
+    cleanup: Duration,
+    idle: Option<Duration>,
+    slow_at: Option<Instant>,
+}
+
+impl Clock {
+    /// When the running phase ends, given the job's last sign of life.
+    fn running_deadline(&self, activity: Instant) -> (Instant, Trigger) {
+        match self.idle.map(|idle| activity + idle) {
+            Some(idle_at) if idle_at < self.ttl_at => (idle_at, Trigger::Idle),
+            _ => (self.ttl_at, Trigger::Ttl),
         }
     }
 }
@@ -89,7 +109,10 @@ impl Worker {
     /// Runs one job to its verdict, then settles the process. Returns the record and
     /// whether the worker can take another job, or the job itself when the worker never
     /// saw it (it had closed its input).
-    pub(crate) async fn run_job(&mut self, job: JobSpec) -> Result<(Record, bool), Box<JobSpec>> {
+    pub(crate) async fn run_job(
+        &mut self,
+        job: JobSpec,
+    ) -> Result<(Record, bool, JobSpec), Box<JobSpec>> {
         if self.live.is_none() {
             // Exec mode: this job's own process, with its arguments.
             let args = substitute(&self.settings.spawn.args, &job);
@@ -107,55 +130,68 @@ impl Worker {
                     let mut record = Record::new(&job, Outcome::Failed);
                     record.worker = Some(self.id);
                     record.error = Some(format!("cannot start the job's process: {e}"));
-                    return Ok((record, true));
+                    return Ok((record, true, job));
                 }
             }
         }
         let started = Instant::now();
         self.current_job.store(job.seq, Ordering::Relaxed);
-        let ttl_at = started + job.ttl;
-        let mut phase = Phase::Running {
-            ttl_at,
-            kill_at: ttl_at + job.cleanup,
+        let clock = Clock {
+            ttl_at: started + job.ttl,
+            cleanup: job.cleanup,
+            idle: self.settings.idle_timeout,
+            slow_at: self.settings.slow.map(|d| started + d),
         };
         let sent = self.live().link.send_job(&job);
-        let verdict = match sent {
-            Err(LinkError::Protocol(e)) => Verdict::Crashed(Crash::Protocol(e)),
-            Err(LinkError::Overflow(e)) => Verdict::Overflow(e),
+        let (verdict, trigger) = match sent {
+            Err(LinkError::Protocol(e)) => (Verdict::Crashed(Crash::Protocol(e)), Trigger::None),
+            Err(LinkError::Overflow(e)) => (Verdict::Overflow(e), Trigger::None),
             Ok(()) if self.live().link.refused_job() => {
                 self.current_job.store(0, Ordering::Relaxed);
                 return Err(Box::new(job));
             }
-            Ok(()) => self.await_verdict(&job, &mut phase).await,
+            Ok(()) => self.await_verdict(&job, clock).await,
         };
         self.current_job.store(0, Ordering::Relaxed);
         if let Verdict::Unseen = verdict {
             return Err(Box::new(job));
         }
         self.live().link.job_ended();
-        Ok(self.settle(&job, started, verdict).await)
+        let (record, reusable) = self.settle(&job, started, verdict, trigger).await;
+        Ok((record, reusable, job))
     }
 
-    async fn await_verdict(&mut self, job: &JobSpec, phase: &mut Phase) -> Verdict {
+    async fn await_verdict(&mut self, job: &JobSpec, mut clock: Clock) -> (Verdict, Trigger) {
         let mut late = None;
-        // A slow job is reported while it runs, not only in the summary afterwards.
-        let started = Instant::now();
-        let mut slow_at = self.settings.slow.map(|d| started + d);
+        let mut phase = Phase::Running;
+        let mut trigger = Trigger::None;
+        self.activity = Instant::now();
         loop {
-            if Instant::now() >= phase.deadline() {
+            let (deadline, due) = match phase {
+                Phase::Running => clock.running_deadline(self.activity),
+                Phase::CleaningUp { kill_at } => (kill_at, Trigger::None),
+            };
+            if Instant::now() >= deadline {
                 // Whatever was already in the pipe at the deadline was sent in time.
-                if let Some(v) = self.take_ready(job, *phase, &mut late) {
-                    return v;
+                if let Some(v) = self.take_ready(job, phase, &mut late) {
+                    return (v, trigger);
                 }
-                match *phase {
-                    Phase::Running { kill_at, .. } => {
+                match phase {
+                    Phase::Running => {
+                        // A heartbeat just read may have moved an idle deadline.
+                        if clock.running_deadline(self.activity).0 > deadline {
+                            continue;
+                        }
+                        let kill_at = deadline + clock.cleanup;
                         self.request_cleanup(job, kill_at);
-                        *phase = Phase::CleaningUp { kill_at };
+                        phase = Phase::CleaningUp { kill_at };
+                        trigger = due;
                     }
-                    Phase::CleaningUp { .. } => return Verdict::Killed(late),
+                    Phase::CleaningUp { .. } => return (Verdict::Killed(late), trigger),
                 }
                 continue;
             }
+            let slow_at = clock.slow_at;
             enum Heard {
                 Control(Option<Control>),
                 Deadline,
@@ -176,19 +212,24 @@ impl Worker {
                 tokio::select! {
                     biased;
                     ctl = control.recv() => Heard::Control(ctl),
-                    _ = sleep_until(phase.deadline()) => Heard::Deadline,
-                    _ = sleep_until(slow_at.unwrap_or(started)), if slow_at.is_some() => Heard::Slow,
+                    _ = sleep_until(deadline) => Heard::Deadline,
+                    _ = sleep_until(slow_at.unwrap_or(deadline)), if slow_at.is_some() => Heard::Slow,
                     _ = link.tx.writable(), if writing => Heard::Writable,
                     msg = link.rx.next(), if open => Heard::Said(msg),
                     _ = process.exited() => Heard::Exited,
                 }
             };
             match heard {
-                Heard::Control(Some(Control::Cancel(reason))) => {
-                    if let Phase::Running { kill_at, .. } = *phase {
-                        self.request_cleanup(job, kill_at);
+                Heard::Control(Some(Control::Stop { reason, grace })) => {
+                    // The run is stopping: clean up now, killed after `grace` at most.
+                    let kill_at = Instant::now() + grace;
+                    match phase {
+                        Phase::Running => self.request_cleanup(job, kill_at),
+                        Phase::CleaningUp { kill_at: k } if k <= kill_at => continue,
+                        Phase::CleaningUp { .. } => {}
                     }
-                    return Verdict::Cancelled(reason);
+                    phase = Phase::CleaningUp { kill_at };
+                    trigger = Trigger::Stop(reason);
                 }
                 Heard::Control(Some(Control::Run(other))) => {
                     // The pool only hands jobs to idle workers; never lose one anyway.
@@ -203,7 +244,7 @@ impl Worker {
                 Heard::Control(Some(Control::Shutdown) | None) => {}
                 Heard::Deadline => {}
                 Heard::Slow => {
-                    slow_at = None;
+                    clock.slow_at = None;
                     tracing::warn!(
                         pool = %self.settings.pool,
                         worker = self.id,
@@ -218,30 +259,29 @@ impl Worker {
                 }
                 Heard::Writable => self.live().link.tx.write_some(),
                 Heard::Said(msg) => {
-                    if let Some(v) = self.on_message(msg, job, *phase, &mut late) {
-                        return v;
+                    if let Some(v) = self.on_message(msg, job, phase, &mut late) {
+                        return (v, trigger);
                     }
                 }
                 Heard::Exited => {
                     // What it wrote before dying is still in the pipe.
-                    if let Some(v) = self.take_ready(job, *phase, &mut late) {
-                        return v;
+                    if let Some(v) = self.take_ready(job, phase, &mut late) {
+                        return (v, trigger);
                     }
                     let exit = self
                         .live()
                         .process
                         .exit()
                         .unwrap_or(Exit::Signal(libc::SIGKILL));
-                    return match phase {
+                    let verdict = match phase {
                         // An exec job ends by exiting: its status is its result.
-                        Phase::Running { .. } if self.settings.mode == Mode::Exec => {
-                            Verdict::Exited(exit)
-                        }
-                        Phase::Running { .. } if self.live().link.job_unseen() => Verdict::Unseen,
-                        Phase::Running { .. } => Verdict::Crashed(Crash::Died),
+                        Phase::Running if self.settings.mode == Mode::Exec => Verdict::Exited(exit),
+                        Phase::Running if self.live().link.job_unseen() => Verdict::Unseen,
+                        Phase::Running => Verdict::Crashed(Crash::Died),
                         // Exiting is finishing the cleanup.
                         Phase::CleaningUp { .. } => Verdict::TimedOut(late),
                     };
+                    return (verdict, trigger);
                 }
             }
         }
@@ -278,10 +318,10 @@ impl Worker {
     ) -> Option<Verdict> {
         let cleaning = matches!(phase, Phase::CleaningUp { .. });
         let pid = self.pid().unwrap_or(0);
-        let protocol = |what: String| {
+        let worker = self.id;
+        let protocol = move |what: String| {
             Some(Verdict::Crashed(Crash::Protocol(format!(
-                "protocol error from worker {} (pid {pid}): {what}",
-                self.id
+                "protocol error from worker {worker} (pid {pid}): {what}"
             ))))
         };
         let msg = match msg {
@@ -300,18 +340,22 @@ impl Worker {
         if self.is_stale(&msg) {
             return None;
         }
-        let wrong = |what: &str, got: u64| {
+        let running = job.run_id;
+        let wrong = move |what: &str, got: u64| {
             protocol(format!(
-                "{what} for job {got}, but job {} is running",
-                job.seq
+                "{what} for job {got}, but job {running} is running"
             ))
         };
         match msg {
             FromWorker::Heartbeat { job: j } | FromWorker::Progress { job: j, .. } => {
-                (j != job.seq).then(|| wrong("heartbeat", j)).flatten()
+                if j != job.run_id {
+                    return wrong("heartbeat", j);
+                }
+                self.activity = Instant::now();
+                None
             }
             FromWorker::Done { job: j, result } => {
-                if j != job.seq {
+                if j != job.run_id {
                     return wrong("result", j);
                 }
                 if cleaning {
@@ -322,7 +366,7 @@ impl Worker {
                 }
             }
             FromWorker::CleanupDone { job: j } => {
-                if j != job.seq {
+                if j != job.run_id {
                     return wrong("cleanup acknowledgement", j);
                 }
                 if cleaning {
@@ -359,6 +403,17 @@ impl Worker {
         stale
     }
 
+    /// Which deadline a job met, in words.
+    fn what_fired(&self, trigger: &Trigger, job: &JobSpec) -> String {
+        match trigger {
+            Trigger::Idle => format!(
+                "idle timeout of {} reached (no heartbeat or progress)",
+                humantime::format_duration(self.settings.idle_timeout.unwrap_or_default())
+            ),
+            _ => format!("ttl of {} reached", humantime::format_duration(job.ttl)),
+        }
+    }
+
     /// The soft deadline: ask the worker to clean up.
     fn request_cleanup(&mut self, job: &JobSpec, kill_at: Instant) {
         let grace_ms = kill_at
@@ -373,7 +428,7 @@ impl Worker {
         let signal = self.settings.cleanup_signal;
         let live = self.live();
         live.link
-            .request_cleanup(job.seq, grace_ms, &live.process, signal);
+            .request_cleanup(job.run_id, grace_ms, &live.process, signal);
     }
 
     /// Turns a verdict into the job's record, ending the process unless it can serve
@@ -383,6 +438,7 @@ impl Worker {
         job: &JobSpec,
         started: Instant,
         verdict: Verdict,
+        trigger: Trigger,
     ) -> (Record, bool) {
         let mode = self.settings.mode;
         let mut record = Record::new(job, Outcome::Ok);
@@ -421,12 +477,21 @@ impl Worker {
                 };
                 (outcome, None, None, false)
             }
+            // A stopping run decides these, not the job's own deadlines.
+            Verdict::TimedOut(late) | Verdict::Killed(late)
+                if matches!(trigger, Trigger::Stop(_)) =>
+            {
+                let Trigger::Stop(reason) = &trigger else {
+                    unreachable!()
+                };
+                (Outcome::Cancelled, late, Some(reason.clone()), false)
+            }
             Verdict::TimedOut(late) => (
                 Outcome::Timeout,
                 late,
                 Some(format!(
-                    "ttl of {} reached; the worker cleaned up in time",
-                    humantime::format_duration(job.ttl)
+                    "{}; the worker cleaned up in time",
+                    self.what_fired(&trigger, job)
                 )),
                 false,
             ),
@@ -434,8 +499,8 @@ impl Worker {
                 Outcome::Killed,
                 late,
                 Some(format!(
-                    "ttl of {} and cleanup of {} passed; process group killed",
-                    humantime::format_duration(job.ttl),
+                    "{} and cleanup of {} passed; process group killed",
+                    self.what_fired(&trigger, job),
                     humantime::format_duration(job.cleanup)
                 )),
                 false,
@@ -445,10 +510,15 @@ impl Worker {
                 (Outcome::Crashed, None, None, false)
             }
             Verdict::Overflow(e) => (Outcome::Failed, None, Some(e), false),
-            Verdict::Cancelled(reason) => (Outcome::Cancelled, None, Some(reason), false),
             Verdict::Unseen => unreachable!("run_job hands an unseen job back"),
         };
         record.outcome = outcome;
+        if matches!(outcome, Outcome::Timeout | Outcome::Killed) {
+            record.deadline = Some(match trigger {
+                Trigger::Idle => "idle",
+                _ => "ttl",
+            });
+        }
         match result {
             Some(JobResult::Ok(out)) => record.set_output(out),
             Some(JobResult::Failed(msg)) => record.error = Some(msg),

@@ -47,6 +47,8 @@ pub struct SpawnSpec {
     pub protocol_fds: bool,
     /// Give the process a pipe on stdin (lines and exec modes) instead of `/dev/null`.
     pub stdin_pipe: bool,
+    /// Variables set on purpose (`--env`, `--pass-env`), on top of the allowlist.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// A started worker process and the supervisor's ends of its pipes.
@@ -241,6 +243,9 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
         if ENV_ALLOWLIST.contains(&k.as_ref()) || k.starts_with("LC_") {
             cmd.env(&key, value);
         }
+    }
+    for (key, value) in &spec.env {
+        cmd.env(key, value);
     }
     cmd.env("JOBSUP_WORKER_ID", spec.worker_id.to_string())
         .env("JOBSUP_WORKDIR", workdir.path());

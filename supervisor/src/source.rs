@@ -204,6 +204,9 @@ impl<R: Read> Reader<R> {
                         ttl: self.defaults.ttl,
                         cleanup: self.defaults.cleanup,
                         kind: None,
+                        attempt: 1,
+                        run_id: 0,
+                        previous_errors: Vec::new(),
                     };
                     Item::Job(Box::new(job))
                 }
@@ -351,6 +354,9 @@ fn parse_ndjson(
         seq: line_no,
         id: id.clone().unwrap_or_else(|| line_no.to_string()),
         kind,
+        attempt: 1,
+        run_id: 0,
+        previous_errors: Vec::new(),
         payload,
         ttl: duration("ttl", defaults.ttl)?,
         cleanup: duration("cleanup", defaults.cleanup)?,

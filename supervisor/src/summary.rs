@@ -298,6 +298,9 @@ mod tests {
             ttl: Duration::ZERO,
             cleanup: Duration::ZERO,
             kind: kind.map(str::to_string),
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
         };
         let mut r = Record::new(&job, outcome);
         r.set_duration(Duration::from_secs_f64(ms / 1000.0));

@@ -27,6 +27,8 @@ pub struct WorkerSettings {
     pub mode: Mode,
     /// Warn about a job still running after this long.
     pub slow: Option<Duration>,
+    /// Native mode: no heartbeat or progress for this long counts as the ttl passing.
+    pub idle_timeout: Option<Duration>,
     /// The processor and its arguments (the worker id is filled in per worker).
     pub spawn: SpawnSpec,
     /// How long a new native worker may take to say hello.
@@ -48,8 +50,14 @@ pub struct WorkerSettings {
 pub enum Control {
     /// Run this job (the worker is idle).
     Run(JobSpec),
-    /// Abandon the running job at once: cleanup request and kill together.
-    Cancel(String),
+    /// The run is stopping: ask the running job to clean up now, kill it after `grace`,
+    /// and record it `cancelled` with `reason`.
+    Stop {
+        /// Why, for the record.
+        reason: String,
+        /// How long cleaning up may take.
+        grace: Duration,
+    },
     /// Exit when idle.
     Shutdown,
 }
@@ -68,6 +76,8 @@ pub enum Event {
         worker: u64,
         /// The job's record.
         record: Box<Record>,
+        /// The job itself, should it be tried again.
+        job: Box<JobSpec>,
         /// Whether the worker is going away.
         retiring: bool,
     },
@@ -119,8 +129,12 @@ impl WorkerHandle {
             } else {
                 None
             };
+            // A little jitter, so that a pool's workers do not all retire at once.
+            let max_jobs = settings.max_jobs.map(|n| n + fastrand::u64(0..=n / 10));
             let worker = Worker {
                 id,
+                max_jobs,
+                activity: tokio::time::Instant::now(),
                 settings,
                 spawner,
                 live,
@@ -153,6 +167,10 @@ pub(crate) struct Worker {
     /// The seq of the running job (0 when idle), for the log lines of its output.
     pub(crate) current_job: Arc<AtomicU64>,
     pub(crate) jobs_done: u64,
+    /// Retire after this many jobs (the pool's setting plus jitter).
+    pub(crate) max_jobs: Option<u64>,
+    /// The running job's last sign of life (start, heartbeat, progress).
+    pub(crate) activity: tokio::time::Instant,
     /// The job this worker finished last: a late duplicate about it is ignored, not blamed
     /// on the job that runs now.
     pub(crate) last_job: Option<u64>,
@@ -210,7 +228,7 @@ impl Worker {
                         });
                         break Leaving::Lost;
                     }
-                    let (record, reusable) = match self.run_job(job).await {
+                    let (record, reusable, job) = match self.run_job(job).await {
                         Ok(done) => done,
                         Err(job) => {
                             // The worker never saw it: run it elsewhere.
@@ -222,22 +240,20 @@ impl Worker {
                         }
                     };
                     self.jobs_done += 1;
-                    self.last_job = Some(record.seq);
-                    let retiring = !reusable
-                        || self
-                            .settings
-                            .max_jobs
-                            .is_some_and(|max| self.jobs_done >= max);
+                    self.last_job = Some(job.run_id);
+                    let retiring =
+                        !reusable || self.max_jobs.is_some_and(|max| self.jobs_done >= max);
                     let _ = self.events.send(Event::Finished {
                         worker: self.id,
                         record: Box::new(record),
+                        job: Box::new(job),
                         retiring,
                     });
                     if retiring {
                         break Leaving::Retired;
                     }
                 }
-                Idle::Control(Some(Control::Cancel(_))) => {}
+                Idle::Control(Some(Control::Stop { .. })) => {}
                 Idle::Control(Some(Control::Shutdown) | None) => break Leaving::Retired,
                 Idle::Said(msg) => {
                     if self.idle_message_is_fatal(msg) {

@@ -1,0 +1,631 @@
+//! One schema for the command line and the config file, resolved into one pool
+//! configuration with real durations and sizes.
+//!
+//! [`PoolSpec`] is both a set of clap flags and a TOML table (`deny_unknown_fields`), so the
+//! two cannot drift apart. A run resolves a pool from, in order of precedence: the command
+//! line, the pool's table in the file, the file's `[defaults]`, and the built-in defaults.
+//!
+//! ```toml
+//! [defaults]
+//! ttl = "30s"
+//!
+//! [pools.thumbnailer]
+//! command = "convert"
+//! args = ["{}", "-resize", "50%", "/srv/thumbs/{#}.png"]
+//! mode = "exec"
+//! concurrency = 4
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use nix::sys::signal::Signal;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::link::Mode;
+use crate::record::Outcome;
+
+/// A duration: humantime (`30s`, `1m30s`, `250ms`), or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::cli::parse_duration(s).map(Dur)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => s.parse().map_err(de::Error::custom),
+            toml::Value::Integer(n) if n >= 0 => Ok(Dur(Duration::from_secs(n as u64))),
+            toml::Value::Float(x) if x.is_finite() && x >= 0.0 => {
+                Ok(Dur(Duration::from_secs_f64(x)))
+            }
+            other => Err(de::Error::custom(format!(
+                "expected a duration such as \"30s\", got {other}"
+            ))),
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// A size in bytes: a number, or a number with a unit (`64KiB`, `10MB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::cli::parse_size(s).map(Size)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => s.parse().map_err(de::Error::custom),
+            toml::Value::Integer(n) if n > 0 => Ok(Size(n as usize)),
+            other => Err(de::Error::custom(format!(
+                "expected a size such as \"64KiB\", got {other}"
+            ))),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}B", self.0))
+    }
+}
+
+/// A signal by name or number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sig(pub Signal);
+
+impl FromStr for Sig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::cli::parse_signal(s).map(Sig)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Sig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+/// `KEY=VALUE` on the command line; a table in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar(pub String, pub String);
+
+impl FromStr for EnvVar {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(EnvVar(k.into(), v.into())),
+            _ => Err(format!("{s:?} is not KEY=VALUE")),
+        }
+    }
+}
+
+fn env_table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<EnvVar>>, D::Error> {
+    let table = BTreeMap::<String, String>::deserialize(d)?;
+    Ok(Some(table.into_iter().map(|(k, v)| EnvVar(k, v)).collect()))
+}
+
+fn env_table_out<S: Serializer>(env: &Option<Vec<EnvVar>>, s: S) -> Result<S::Ok, S::Error> {
+    let table: BTreeMap<&str, &str> = env
+        .iter()
+        .flatten()
+        .map(|EnvVar(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    table.serialize(s)
+}
+
+/// The outcomes a job may be retried after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryOn {
+    /// The processor said the job failed.
+    Failed,
+    /// The worker died or broke the protocol.
+    Crashed,
+    /// The job timed out and was cleaned up.
+    Timeout,
+    /// The job was hard-killed.
+    Killed,
+}
+
+impl RetryOn {
+    /// Whether `outcome` is this one.
+    pub fn matches(self, outcome: Outcome) -> bool {
+        matches!(
+            (self, outcome),
+            (RetryOn::Failed, Outcome::Failed)
+                | (RetryOn::Crashed, Outcome::Crashed)
+                | (RetryOn::Timeout, Outcome::Timeout)
+                | (RetryOn::Killed, Outcome::Killed)
+        )
+    }
+}
+
+/// A pool's settings, as flags and as a TOML table; every field is optional so that the
+/// sources can be layered.
+#[derive(Debug, Clone, Default, Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// The processor (config file only; on the command line it follows `--`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The processor's arguments (config file only).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// How jobs reach the processor: native (a jobsup processor: frames on fds 3 and 4),
+    /// lines (one line in on stdin, one line out on stdout, reused), exec (a fresh process
+    /// per job: payload on stdin and in `{}` arguments, result on stdout) [default: native].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Time a job may run before its worker is asked to clean up (e.g. 30s, 1m30s, 250ms;
+    /// a bare number is seconds) [default: 30s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Dur>,
+    /// Time a worker has to clean up after the ttl before its process group is killed
+    /// [default: 5s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<Dur>,
+    /// Workers running at once [default: the number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Set a variable in the workers' environment (repeatable); in the file, a table.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    #[serde(
+        default,
+        deserialize_with = "env_table",
+        serialize_with = "env_table_out",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub env: Option<Vec<EnvVar>>,
+    /// Pass a variable of jobsup's own environment on to the workers (repeatable).
+    #[arg(long = "pass-env", value_name = "KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_env: Option<Vec<String>>,
+    /// The cleanup request in lines and exec modes: this signal to the worker's process
+    /// group at the ttl, followed by SIGCONT. A name (TERM, INT) or a number [default: TERM].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup_signal: Option<Sig>,
+    /// The most output a job may return in lines and exec modes; past it the job fails
+    /// (64KiB, 10MB, 1GiB, or bytes) [default: 16MiB].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output: Option<Size>,
+    /// Replace a worker after about this many jobs (each worker gets a little more, at
+    /// random, so that a pool's workers do not all restart at once).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_jobs_per_worker: Option<u64>,
+    /// Run a job again, up to this many more times, when it ends with one of --retry-on
+    /// [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Which outcomes are retried (comma-separated) [default: failed,crashed].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<RetryOn>>,
+    /// The first retry's delay; each further one doubles it, with random jitter
+    /// [default: 1s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<Dur>,
+    /// Time a new native worker has to complete its handshake [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<Dur>,
+    /// Native mode: no heartbeat or progress from a job for this long is treated like its
+    /// ttl passing (cleanup request, then kill); the record says which fired.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    /// Log a warning for a job still running after this long, while it runs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow: Option<Dur>,
+}
+
+/// Fills every field `self` leaves unset from `under`.
+impl PoolSpec {
+    fn over(self, under: &PoolSpec) -> PoolSpec {
+        macro_rules! layer {
+            ($($field:ident),* $(,)?) => {
+                PoolSpec { $($field: self.$field.or_else(|| under.$field.clone()),)* }
+            };
+        }
+        layer!(
+            command,
+            args,
+            mode,
+            ttl,
+            cleanup,
+            concurrency,
+            env,
+            pass_env,
+            cleanup_signal,
+            max_output,
+            max_jobs_per_worker,
+            retries,
+            retry_on,
+            retry_delay,
+            start_timeout,
+            idle_timeout,
+            slow,
+        )
+    }
+}
+
+/// A pool with every setting decided.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// The pool's name.
+    pub name: String,
+    /// The processor and its arguments.
+    pub command: Vec<OsString>,
+    /// The mode.
+    pub mode: Mode,
+    /// The ttl.
+    pub ttl: Duration,
+    /// The cleanup window.
+    pub cleanup: Duration,
+    /// Workers at once.
+    pub concurrency: usize,
+    /// Variables set for the workers.
+    pub env: Vec<EnvVar>,
+    /// Variables passed through.
+    pub pass_env: Vec<String>,
+    /// The cleanup signal.
+    pub cleanup_signal: Signal,
+    /// The output cap.
+    pub max_output: usize,
+    /// Jobs per worker before replacement (before jitter).
+    pub max_jobs_per_worker: Option<u64>,
+    /// Extra attempts.
+    pub retries: u32,
+    /// Outcomes retried.
+    pub retry_on: Vec<RetryOn>,
+    /// First retry delay.
+    pub retry_delay: Duration,
+    /// Handshake time.
+    pub start_timeout: Duration,
+    /// Idle timeout (native mode).
+    pub idle_timeout: Option<Duration>,
+    /// Slow-job warning mark.
+    pub slow: Option<Duration>,
+}
+
+impl Pool {
+    /// Applies the built-in defaults to a layered spec; `command` from the command line
+    /// (after `--`) wins over the file's.
+    pub fn resolve(name: &str, spec: PoolSpec, command: Vec<OsString>) -> Result<Pool, String> {
+        let command = if !command.is_empty() {
+            command
+        } else {
+            match spec.command {
+                Some(c) if !c.is_empty() => std::iter::once(c.into())
+                    .chain(spec.args.unwrap_or_default().into_iter().map(Into::into))
+                    .collect(),
+                _ => {
+                    return Err(format!(
+                        "pool \"{name}\" has no command: give one after -- or as `command = ...` in the config file"
+                    ))
+                }
+            }
+        };
+        let mode = spec.mode.unwrap_or(Mode::Native);
+        if spec.idle_timeout.is_some() && mode != Mode::Native {
+            return Err(format!(
+                "pool \"{name}\": idle_timeout needs heartbeats, which only native processors send"
+            ));
+        }
+        Ok(Pool {
+            name: name.to_string(),
+            command,
+            mode,
+            ttl: spec.ttl.map_or(Duration::from_secs(30), |d| d.0),
+            cleanup: spec.cleanup.map_or(Duration::from_secs(5), |d| d.0),
+            concurrency: spec.concurrency.map(|c| c as usize).unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }),
+            env: spec.env.unwrap_or_default(),
+            pass_env: spec.pass_env.unwrap_or_default(),
+            cleanup_signal: spec.cleanup_signal.map_or(Signal::SIGTERM, |s| s.0),
+            max_output: spec.max_output.map_or(16 << 20, |s| s.0),
+            max_jobs_per_worker: spec.max_jobs_per_worker,
+            retries: spec.retries.unwrap_or(0),
+            retry_on: spec
+                .retry_on
+                .unwrap_or_else(|| vec![RetryOn::Failed, RetryOn::Crashed]),
+            retry_delay: spec.retry_delay.map_or(Duration::from_secs(1), |d| d.0),
+            start_timeout: spec.start_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            idle_timeout: spec.idle_timeout.map(|d| d.0),
+            slow: spec.slow.map(|d| d.0),
+        })
+    }
+
+    /// A human-readable listing of the resolved settings, for `jobsup check`.
+    pub fn describe(&self) -> String {
+        let command: Vec<String> = self
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|EnvVar(k, _)| format!("{k}=<set>"))
+            .collect();
+        let retry_on: Vec<&str> = self
+            .retry_on
+            .iter()
+            .map(|r| match r {
+                RetryOn::Failed => "failed",
+                RetryOn::Crashed => "crashed",
+                RetryOn::Timeout => "timeout",
+                RetryOn::Killed => "killed",
+            })
+            .collect();
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let o = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                humantime::format_duration(d).to_string()
+            })
+        };
+        format!(
+            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n",
+            self.name,
+            command,
+            self.mode,
+            d(self.ttl),
+            d(self.cleanup),
+            self.cleanup_signal,
+            self.concurrency,
+            if env.is_empty() { "-".into() } else { env.join(" ") },
+            if self.pass_env.is_empty() { "-".into() } else { self.pass_env.join(" ") },
+            self.max_output,
+            self.max_jobs_per_worker.map_or("-".into(), |n| n.to_string()),
+            self.retries,
+            retry_on.join(","),
+            d(self.retry_delay),
+            d(self.start_timeout),
+            o(self.idle_timeout),
+            o(self.slow),
+        )
+    }
+}
+
+/// A config file: `[defaults]` and named `[pools.NAME]` tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Settings every pool starts from.
+    #[serde(default)]
+    pub defaults: PoolSpec,
+    /// The pools.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSpec>,
+}
+
+/// Reads and parses a config file; errors name the file, line, column and key.
+pub fn load(path: &Path) -> Result<ConfigFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| locate(path, &text, &e))?;
+    if file.pools.is_empty() {
+        return Err(format!(
+            "{}: no pools: add a [pools.NAME] table with at least a command",
+            path.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// A TOML error as `FILE:LINE:COLUMN: key KEY: message`.
+fn locate(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    let Some(span) = e.span() else {
+        return format!("{}: {message}", path.display());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    // The key is what stands before `=` on the line the error points at; an unknown key is
+    // named in the message already.
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) if !message.contains(&format!("`{key}`")) => {
+            format!("{}:{line}:{column}: key `{key}`: {message}", path.display())
+        }
+        _ => format!("{}:{line}:{column}: {message}", path.display()),
+    }
+}
+
+/// Which pool of the file a run uses: the named one, or the only one.
+pub fn select_pool<'a>(
+    path: &Path,
+    file: &'a ConfigFile,
+    name: Option<&str>,
+) -> Result<(&'a str, &'a PoolSpec), String> {
+    let names = || file.pools.keys().cloned().collect::<Vec<_>>().join(", ");
+    match name {
+        Some(name) => file
+            .pools
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| {
+                format!(
+                    "{}: no pool named \"{name}\" (pools: {})",
+                    path.display(),
+                    names()
+                )
+            }),
+        None if file.pools.len() == 1 => {
+            let (k, v) = file.pools.iter().next().expect("one pool");
+            Ok((k.as_str(), v))
+        }
+        None => Err(format!(
+            "{} has several pools ({}): choose one with --pool NAME",
+            path.display(),
+            names()
+        )),
+    }
+}
+
+/// The pool a run uses: flags over the file's pool over its defaults over built-ins.
+pub fn resolve_run(
+    flags: PoolSpec,
+    config: Option<(&Path, Option<&str>)>,
+    command: Vec<OsString>,
+) -> Result<Pool, String> {
+    match config {
+        None => Pool::resolve("default", flags, command),
+        Some((path, name)) => {
+            let file = load(path)?;
+            let (name, pool) = select_pool(path, &file, name)?;
+            let spec = flags.over(&pool.clone().over(&file.defaults));
+            Pool::resolve(name, spec, command).map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+}
+
+/// `jobsup check`: every pool of the file, resolved, or the first problem.
+pub fn check(path: &Path) -> Result<String, String> {
+    let file = load(path)?;
+    let mut out = String::new();
+    for (name, pool) in &file.pools {
+        let resolved =
+            Pool::resolve(name, pool.clone().over(&file.defaults), Vec::new()).map_err(|e| {
+                let line = header_line(path, name);
+                format!("{}{line}: {e}", path.display())
+            })?;
+        out.push_str(&resolved.describe());
+    }
+    Ok(out)
+}
+
+/// `:LINE` of a pool's `[pools.NAME]` header, when it can be found.
+fn header_line(path: &Path, name: &str) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    text.lines()
+        .position(|l| {
+            let l = l.trim();
+            l == format!("[pools.{name}]") || l == format!("[pools.\"{name}\"]")
+        })
+        .map_or(String::new(), |i| format!(":{}", i + 1))
+}
+
+/// Where config files are read from in a run (for messages).
+pub type ConfigPath = PathBuf;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobsup.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn layers_flags_over_pool_over_defaults() {
+        let (_d, path) = write(
+            "[defaults]\nttl = \"1m\"\ncleanup = 2\n\n[pools.a]\ncommand = \"cat\"\nmode = \"lines\"\ncleanup = \"3s\"\nenv = { K = \"v\" }\n",
+        );
+        let flags = PoolSpec {
+            ttl: Some(Dur(Duration::from_secs(5))),
+            ..PoolSpec::default()
+        };
+        let pool = resolve_run(flags, Some((&path, None)), Vec::new()).unwrap();
+        assert_eq!(pool.name, "a");
+        assert_eq!(pool.ttl, Duration::from_secs(5));
+        assert_eq!(pool.cleanup, Duration::from_secs(3));
+        assert_eq!(pool.mode, Mode::Lines);
+        assert_eq!(pool.env, vec![EnvVar("K".into(), "v".into())]);
+        assert_eq!(pool.command, vec![OsString::from("cat")]);
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let (_d, path) = write("[pools.a]\ncommand = \"cat\"\nttl = \"banana\"\n");
+        let e = check(&path).unwrap_err();
+        assert!(e.contains("jobsup.toml:3:"), "{e}");
+        assert!(e.contains("key `ttl`") && e.contains("banana"), "{e}");
+
+        let (_d, path) = write("[pools.a]\ncommand = \"cat\"\ntll = \"2s\"\n");
+        let e = check(&path).unwrap_err();
+        assert!(e.contains(":3:") && e.contains("tll"), "{e}");
+
+        let (_d, path) = write("[pools.a]\nmode = \"lines\"\n");
+        let e = check(&path).unwrap_err();
+        assert!(
+            e.contains("jobsup.toml:1") && e.contains("no command"),
+            "{e}"
+        );
+
+        let (_d, path) = write("[pools.a]\ncommand = \"cat\"\nmax_output = \"12 parsecs\"\n");
+        let e = check(&path).unwrap_err();
+        assert!(e.contains(":3:") && e.contains("max_output"), "{e}");
+    }
+
+    #[test]
+    fn pool_choice() {
+        let (_d, path) = write("[pools.a]\ncommand = \"x\"\n[pools.b]\ncommand = \"y\"\n");
+        let e = resolve_run(PoolSpec::default(), Some((&path, None)), Vec::new()).unwrap_err();
+        assert!(e.contains("--pool") && e.contains("a, b"), "{e}");
+        let p = resolve_run(PoolSpec::default(), Some((&path, Some("b"))), Vec::new()).unwrap();
+        assert_eq!(p.command, vec![OsString::from("y")]);
+        let e = resolve_run(PoolSpec::default(), Some((&path, Some("c"))), Vec::new()).unwrap_err();
+        assert!(e.contains("no pool named \"c\""), "{e}");
+    }
+}

@@ -546,6 +546,12 @@ pub fn check(path: &Path) -> Result<String, String> {
                 format!("{}{line}: {e}", path.display())
             })?;
         out.push_str(&resolved.describe());
+        // Not an error: the file may be meant for another machine.
+        if let Some(program) = resolved.command.first() {
+            if let Err(e) = crate::sandbox::resolve_program(Path::new(program)) {
+                out.push_str(&format!("  warning: on this machine, {e}\n"));
+            }
+        }
     }
     Ok(out)
 }

@@ -385,6 +385,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             protocol_fds: pool.mode == Mode::Native,
             stdin_pipe: pool.mode != Mode::Native,
             env: extra_env,
+            limits: pool.limits,
         },
         start_timeout: pool.start_timeout,
         max_jobs: pool.max_jobs_per_worker,

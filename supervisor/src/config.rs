@@ -264,6 +264,18 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow: Option<Dur>,
+    /// Limit each worker's address space (RLIMIT_AS), e.g. 512MiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// Limit each worker's CPU time (RLIMIT_CPU; SIGXCPU, then SIGKILL a second later).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<Dur>,
+    /// Limit each worker's open file descriptors (RLIMIT_NOFILE).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
 }
 
 /// Fills every field `self` leaves unset from `under`.
@@ -292,6 +304,9 @@ impl PoolSpec {
             start_timeout,
             idle_timeout,
             slow,
+            memory,
+            cpu_time,
+            open_files,
         )
     }
 }
@@ -333,6 +348,8 @@ pub struct Pool {
     pub idle_timeout: Option<Duration>,
     /// Slow-job warning mark.
     pub slow: Option<Duration>,
+    /// Resource limits for each worker.
+    pub limits: crate::sandbox::Limits,
 }
 
 impl Pool {
@@ -383,6 +400,14 @@ impl Pool {
             start_timeout: spec.start_timeout.map_or(Duration::from_secs(10), |d| d.0),
             idle_timeout: spec.idle_timeout.map(|d| d.0),
             slow: spec.slow.map(|d| d.0),
+            limits: crate::sandbox::Limits {
+                memory: spec.memory.map(|s| s.0 as u64),
+                // RLIMIT_CPU counts whole seconds; round up so that a limit is never 0.
+                cpu_secs: spec
+                    .cpu_time
+                    .map(|d| d.0.as_secs_f64().ceil().max(1.0) as u64),
+                open_files: spec.open_files,
+            },
         })
     }
 
@@ -415,7 +440,7 @@ impl Pool {
             })
         };
         format!(
-            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n",
+            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}\n",
             self.name,
             command,
             self.mode,
@@ -433,6 +458,9 @@ impl Pool {
             d(self.start_timeout),
             o(self.idle_timeout),
             o(self.slow),
+            self.limits.memory.map_or("-".into(), |m| format!("{m} bytes")),
+            self.limits.cpu_secs.map_or("-".into(), |s| format!("{s}s")),
+            self.limits.open_files.map_or("-".into(), |n| n.to_string()),
         )
     }
 }

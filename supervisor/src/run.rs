@@ -403,6 +403,33 @@ impl Worker {
         stale
     }
 
+    /// Names the resource limit a dead worker most likely hit, so that a record says
+    /// "memory limit" rather than a bare signal number.
+    fn limit_hint(&self, exit: Exit) -> Option<String> {
+        let limits = self.settings.spawn.limits;
+        match exit {
+            Exit::Signal(libc::SIGXCPU) | Exit::Signal(libc::SIGKILL)
+                if limits.cpu_secs.is_some() =>
+            {
+                Some(format!(
+                    "cpu time limit of {}s reached (--cpu-time)",
+                    limits.cpu_secs.unwrap_or_default()
+                ))
+            }
+            // Address-space exhaustion shows as a failed allocation, which ends a process
+            // with an abort or a crash (or an error exit, which is left alone here).
+            Exit::Signal(libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS)
+                if limits.memory.is_some() =>
+            {
+                Some(format!(
+                    "it ran under a memory limit of {} MiB (--memory), which a failed allocation ends this way",
+                    limits.memory.unwrap_or_default() / (1024 * 1024)
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// Which deadline a job met, in words.
     fn what_fired(&self, trigger: &Trigger, job: &JobSpec) -> String {
         match trigger {
@@ -581,6 +608,14 @@ impl Worker {
                 Crash::Protocol(msg) if killed_now => format!("{msg}; worker killed"),
                 Crash::Protocol(msg) => format!("{msg}; worker ended with {exit}"),
             });
+        }
+        if record.outcome == Outcome::Crashed && !killed_now {
+            if let Some(hint) = self.limit_hint(exit) {
+                record.error = Some(match record.error.take() {
+                    Some(e) => format!("{e}; {hint}"),
+                    None => hint,
+                });
+            }
         }
         // An exec worker slot goes on with a new process for its next job.
         (record, mode == Mode::Exec)

@@ -49,6 +49,19 @@ pub struct SpawnSpec {
     pub stdin_pipe: bool,
     /// Variables set on purpose (`--env`, `--pass-env`), on top of the allowlist.
     pub env: Vec<(OsString, OsString)>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// Resource limits set on a worker before it runs (rlimits, inherited by its children).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Address space, in bytes (`RLIMIT_AS`).
+    pub memory: Option<u64>,
+    /// CPU seconds (`RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL a second later).
+    pub cpu_secs: Option<u64>,
+    /// Open file descriptors (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
 }
 
 /// A started worker process and the supervisor's ends of its pipes.
@@ -259,10 +272,11 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
     let child_fds = protocol.as_ref().map(|((job_r, _), (_, res_w))| {
         [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)]
     });
+    let limits = spec.limits;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, _exit).
     unsafe {
-        cmd.pre_exec(move || child_setup(supervisor_pid, child_fds));
+        cmd.pre_exec(move || child_setup(supervisor_pid, child_fds, limits));
     }
 
     let mut registration = reaper.lock();
@@ -303,7 +317,11 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Runs in the child between fork and exec.
-fn child_setup(supervisor_pid: i32, fds: Option<[(RawFd, RawFd); 2]>) -> io::Result<()> {
+fn child_setup(
+    supervisor_pid: i32,
+    fds: Option<[(RawFd, RawFd); 2]>,
+    limits: Limits,
+) -> io::Result<()> {
     fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
         if rc < 0 {
             Err(io::Error::last_os_error())
@@ -330,6 +348,27 @@ fn child_setup(supervisor_pid: i32, fds: Option<[(RawFd, RawFd); 2]>) -> io::Res
             rlim_max: 0,
         };
         check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+        let set = |resource, value: Option<u64>| -> io::Result<()> {
+            if let Some(v) = value {
+                let limit = libc::rlimit {
+                    rlim_cur: v as libc::rlim_t,
+                    rlim_max: v as libc::rlim_t,
+                };
+                check(libc::setrlimit(resource, &limit))?;
+            }
+            Ok(())
+        };
+        set(libc::RLIMIT_AS, limits.memory)?;
+        set(libc::RLIMIT_NOFILE, limits.open_files)?;
+        // The hard limit a second later: SIGXCPU first, which a process may catch to
+        // clean up; SIGKILL if it does not stop.
+        if let Some(secs) = limits.cpu_secs {
+            let limit = libc::rlimit {
+                rlim_cur: secs as libc::rlim_t,
+                rlim_max: (secs + 1) as libc::rlim_t,
+            };
+            check(libc::setrlimit(libc::RLIMIT_CPU, &limit))?;
+        }
         let Some(fds) = fds else {
             return Ok(());
         };

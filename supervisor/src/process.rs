@@ -12,15 +12,19 @@ use crate::sandbox::signal_group;
 /// A spawned worker process, which leads its own process group.
 pub struct Process {
     pid: i32,
+    /// The worker serial its environment carries (`JOBSUP_WORKER_ID`), by which escaped
+    /// descendants are recognised.
+    worker: u64,
     exit_rx: Option<oneshot::Receiver<Exit>>,
     exit: Option<Exit>,
 }
 
 impl Process {
     /// Wraps a process whose exit status the reaper routes to `exit_rx`.
-    pub fn new(pid: i32, exit_rx: oneshot::Receiver<Exit>) -> Process {
+    pub fn new(pid: i32, worker: u64, exit_rx: oneshot::Receiver<Exit>) -> Process {
         Process {
             pid,
+            worker,
             exit_rx: Some(exit_rx),
             exit: None,
         }
@@ -69,9 +73,12 @@ impl Process {
         signal_group(self.pid, Signal::SIGCONT);
     }
 
-    /// SIGKILL to the whole group.
+    /// SIGKILL to the whole group, and to every descendant that left it (a `setsid`
+    /// daemon, say): found by walking the process tree while the worker is still there.
     pub fn kill(&self) {
+        let escaped = crate::reaper::descendants(self.pid);
         signal_group(self.pid, Signal::SIGKILL);
+        crate::reaper::kill_all(&escaped);
     }
 
     /// Lets the process exit by itself for up to `grace`, then kills its group, waits for
@@ -84,8 +91,12 @@ impl Process {
             killed = true;
         }
         let exit = self.exited().await;
-        // Group members the leader left behind die with it.
-        self.kill();
+        // Group members the leader left behind die with it, and so do descendants that
+        // escaped the group and were handed to jobsup (the subreaper) when their parent
+        // died: they still carry the worker's serial in their environment.
+        // (The tree is not walked from the reaped pid: it may already name someone else.)
+        signal_group(self.pid, Signal::SIGKILL);
+        crate::reaper::kill_all(&crate::reaper::adopted_from(self.worker));
         (exit, killed)
     }
 }

@@ -138,8 +138,52 @@ pub fn kill_remaining_children() {
 
 /// Pids of this process's live children, from `/proc/self/task/*/children`.
 pub fn children_of_self() -> Vec<i32> {
+    children_of("self")
+}
+
+/// Every descendant of `pid` (not `pid` itself), walking `/proc/PID/task/*/children`.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for child in children_of(&p.to_string()) {
+            // A pid cannot be its own ancestor, but /proc is read without a snapshot.
+            if !found.contains(&child) && child != pid {
+                found.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The children jobsup adopted (as subreaper) from worker `worker`, with their own
+/// descendants: processes whose environment still names the worker.
+pub fn adopted_from(worker: u64) -> Vec<i32> {
+    let tag = format!("JOBSUP_WORKER_ID={worker}");
     let mut pids = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    for child in children_of_self() {
+        let Ok(environ) = std::fs::read(format!("/proc/{child}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|var| var == tag.as_bytes()) {
+            pids.extend(descendants(child));
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// SIGKILL to each pid; "already gone" is success.
+pub fn kill_all(pids: &[i32]) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+fn children_of(pid: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return pids;
     };
     for task in tasks.flatten() {

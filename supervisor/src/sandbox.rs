@@ -233,7 +233,10 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
         None
     };
     let mut builder = tempfile::Builder::new();
-    builder.prefix("jobsup-worker-");
+    // Private: other users must not read or plant files in a worker's directory.
+    builder
+        .prefix("jobsup-worker-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let workdir = match &spec.workdir_parent {
         Some(parent) => builder.tempdir_in(parent),
         None => builder.tempdir(),
@@ -348,6 +351,8 @@ fn child_setup(
             rlim_max: 0,
         };
         check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+        // Nothing a worker runs can gain privileges (setuid binaries, file capabilities).
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         let set = |resource, value: Option<u64>| -> io::Result<()> {
             if let Some(v) = value {
                 let limit = libc::rlimit {

@@ -480,10 +480,10 @@ impl Pool {
             let mut job = self.pending.pop_front().expect("checked non-empty");
             self.next_run_id += 1;
             job.run_id = self.next_run_id;
-            match slot.handle.send(Control::Run(job)) {
+            match slot.handle.send(Control::Run(Box::new(job))) {
                 Ok(()) => slot.busy = true,
                 // The worker task is gone; its Exited event is on its way.
-                Err(Control::Run(job)) => self.pending.push_front(job),
+                Err(Control::Run(job)) => self.pending.push_front(*job),
                 Err(_) => {}
             }
         }

@@ -237,7 +237,7 @@ impl Worker {
                 worker = self.id, "job handed to a busy worker; bouncing it");
                     let _ = self.events.send(Event::Bounced {
                         worker: self.id,
-                        job: Box::new(other),
+                        job: other,
                     });
                 }
                 // Shutdown waits for the job; a closed channel means the pool is gone.

@@ -49,7 +49,7 @@ pub struct WorkerSettings {
 #[derive(Debug)]
 pub enum Control {
     /// Run this job (the worker is idle).
-    Run(JobSpec),
+    Run(Box<JobSpec>),
     /// The run is stopping: ask the running job to clean up now, kill it after `grace`,
     /// and record it `cancelled` with `reason`.
     Stop {
@@ -224,11 +224,11 @@ impl Worker {
                     if self.has_died() {
                         let _ = self.events.send(Event::Bounced {
                             worker: self.id,
-                            job: Box::new(job),
+                            job,
                         });
                         break Leaving::Lost;
                     }
-                    let (record, reusable, job) = match self.run_job(job).await {
+                    let (record, reusable, job) = match self.run_job(*job).await {
                         Ok(done) => done,
                         Err(job) => {
                             // The worker never saw it: run it elsewhere.
@@ -332,7 +332,7 @@ impl Worker {
             if let Control::Run(job) = ctl {
                 let _ = self.events.send(Event::Bounced {
                     worker: self.id,
-                    job: Box::new(job),
+                    job,
                 });
             }
         }

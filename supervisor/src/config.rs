@@ -280,10 +280,21 @@ pub struct PoolSpec {
 
 /// Fills every field `self` leaves unset from `under`.
 impl PoolSpec {
-    fn over(self, under: &PoolSpec) -> PoolSpec {
+    fn over(mut self, under: &PoolSpec) -> PoolSpec {
+        // Variables add up, key by key, rather than one layer's list hiding the other's.
+        let env = merge_env(under.env.as_deref(), self.env.take());
+        let pass_env = match (&under.pass_env, self.pass_env.take()) {
+            (None, mine) => mine,
+            (Some(theirs), None) => Some(theirs.clone()),
+            (Some(theirs), Some(mine)) => {
+                let mut all = theirs.clone();
+                all.extend(mine.into_iter().filter(|k| !theirs.contains(k)));
+                Some(all)
+            }
+        };
         macro_rules! layer {
             ($($field:ident),* $(,)?) => {
-                PoolSpec { $($field: self.$field.or_else(|| under.$field.clone()),)* }
+                PoolSpec { env, pass_env, $($field: self.$field.or_else(|| under.$field.clone()),)* }
             };
         }
         layer!(
@@ -293,8 +304,6 @@ impl PoolSpec {
             ttl,
             cleanup,
             concurrency,
-            env,
-            pass_env,
             cleanup_signal,
             max_output,
             max_jobs_per_worker,
@@ -309,6 +318,28 @@ impl PoolSpec {
             open_files,
         )
     }
+}
+
+/// `under`'s variables, then `mine`, a later one replacing an earlier one of the same key.
+fn merge_env(under: Option<&[EnvVar]>, mine: Option<Vec<EnvVar>>) -> Option<Vec<EnvVar>> {
+    match (under, mine) {
+        (None, mine) => mine,
+        (Some(theirs), None) => Some(theirs.to_vec()),
+        (Some(theirs), Some(mine)) => {
+            let mut all: Vec<EnvVar> = theirs
+                .iter()
+                .filter(|t| !mine.iter().any(|m| m.0 == t.0))
+                .cloned()
+                .collect();
+            all.extend(mine);
+            Some(all)
+        }
+    }
+}
+
+/// A setting whose value is out of range.
+fn out_of_range(key: &str, detail: &str) -> String {
+    format!("key `{key}`: {detail}")
 }
 
 /// A pool with every setting decided.
@@ -373,7 +404,30 @@ impl Pool {
         let mode = spec.mode.unwrap_or(Mode::Native);
         if spec.idle_timeout.is_some() && mode != Mode::Native {
             return Err(format!(
-                "pool \"{name}\": idle_timeout needs heartbeats, which only native processors send"
+                "pool \"{name}\": {}",
+                out_of_range(
+                    "idle_timeout",
+                    "needs heartbeats, which only native processors send (mode = \"native\")"
+                )
+            ));
+        }
+        // The same bounds as the flags: the file cannot ask for what the command line refuses.
+        if spec.concurrency.is_some_and(|c| !(1..=4096).contains(&c)) {
+            return Err(format!(
+                "pool \"{name}\": {}",
+                out_of_range("concurrency", "must be from 1 to 4096")
+            ));
+        }
+        if spec.max_jobs_per_worker == Some(0) {
+            return Err(format!(
+                "pool \"{name}\": {}",
+                out_of_range("max_jobs_per_worker", "must be at least 1")
+            ));
+        }
+        if spec.open_files == Some(0) {
+            return Err(format!(
+                "pool \"{name}\": {}",
+                out_of_range("open_files", "must be at least 1")
             ));
         }
         Ok(Pool {
@@ -558,7 +612,8 @@ pub fn resolve_run(
             let file = load(path)?;
             let (name, pool) = select_pool(path, &file, name)?;
             let spec = flags.over(&pool.clone().over(&file.defaults));
-            Pool::resolve(name, spec, command).map_err(|e| format!("{}: {e}", path.display()))
+            Pool::resolve(name, spec, command)
+                .map_err(|e| format!("{}{}: {e}", path.display(), key_line(path, name, &e)))
         }
     }
 }
@@ -568,11 +623,8 @@ pub fn check(path: &Path) -> Result<String, String> {
     let file = load(path)?;
     let mut out = String::new();
     for (name, pool) in &file.pools {
-        let resolved =
-            Pool::resolve(name, pool.clone().over(&file.defaults), Vec::new()).map_err(|e| {
-                let line = header_line(path, name);
-                format!("{}{line}: {e}", path.display())
-            })?;
+        let resolved = Pool::resolve(name, pool.clone().over(&file.defaults), Vec::new())
+            .map_err(|e| format!("{}{}: {e}", path.display(), key_line(path, name, &e)))?;
         out.push_str(&resolved.describe());
         // Not an error: the file may be meant for another machine.
         if let Some(program) = resolved.command.first() {
@@ -584,17 +636,41 @@ pub fn check(path: &Path) -> Result<String, String> {
     Ok(out)
 }
 
-/// `:LINE` of a pool's `[pools.NAME]` header, when it can be found.
-fn header_line(path: &Path, name: &str) -> String {
+/// `:LINE:COLUMN` of the key an error names (`key `K``), looked up in the pool's table and
+/// then in `[defaults]`; else `:LINE` of the pool's header; else nothing.
+fn key_line(path: &Path, pool: &str, error: &str) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };
-    text.lines()
-        .position(|l| {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = |name: &str| {
+        lines.iter().position(|l| {
             let l = l.trim();
-            l == format!("[pools.{name}]") || l == format!("[pools.\"{name}\"]")
+            l == format!("[{name}]") || l == format!("[pools.\"{pool}\"]") && name != "defaults"
         })
-        .map_or(String::new(), |i| format!(":{}", i + 1))
+    };
+    let key = error
+        .split_once("key `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k);
+    let pool_header = header(&format!("pools.{pool}"));
+    if let Some(key) = key {
+        for start in [pool_header, header("defaults")].into_iter().flatten() {
+            let table = lines[start + 1..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with('['));
+            for (i, l) in table.enumerate() {
+                let t = l.trim_start();
+                if t.strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+                {
+                    let column = l.len() - t.len() + 1;
+                    return format!(":{}:{column}", start + i + 2);
+                }
+            }
+        }
+    }
+    pool_header.map_or(String::new(), |i| format!(":{}", i + 1))
 }
 
 /// Where config files are read from in a run (for messages).
@@ -650,6 +726,25 @@ mod tests {
         let (_d, path) = write("[pools.a]\ncommand = \"cat\"\nmax_output = \"12 parsecs\"\n");
         let e = check(&path).unwrap_err();
         assert!(e.contains(":3:") && e.contains("max_output"), "{e}");
+    }
+
+    #[test]
+    fn variables_add_up_across_layers() {
+        let (_d, path) = write(
+            "[defaults]\nenv = { A = \"1\", B = \"1\" }\npass_env = [\"P\"]\n[pools.a]\ncommand = \"x\"\nenv = { B = \"2\" }\n",
+        );
+        let flags = PoolSpec {
+            env: Some(vec![EnvVar("C".into(), "3".into())]),
+            pass_env: Some(vec!["Q".into()]),
+            ..PoolSpec::default()
+        };
+        let p = resolve_run(flags, Some((&path, None)), Vec::new()).unwrap();
+        let env: Vec<(String, String)> = p.env.into_iter().map(|EnvVar(k, v)| (k, v)).collect();
+        assert_eq!(
+            env,
+            [("A", "1"), ("B", "2"), ("C", "3")].map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert_eq!(p.pass_env, ["P", "Q"]);
     }
 
     #[test]

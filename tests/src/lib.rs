@@ -807,6 +807,45 @@ pub fn read_pids(path: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A fresh [`Jobsup`] builder for the `jobsup` binary under test, already given `check`.
+#[macro_export]
+macro_rules! jobsup_check {
+    () => {
+        $crate::Jobsup::new(env!("CARGO_BIN_EXE_jobsup-shim")).arg("check")
+    };
+}
+
+impl Record {
+    /// The errors of the earlier attempts of a retried job (`previous_errors`), if any.
+    pub fn previous_errors(&self) -> Option<Vec<&str>> {
+        self.0.get("previous_errors").map(|v| {
+            v.as_array()
+                .unwrap_or_else(|| panic!("`previous_errors` is not an array in {self}"))
+                .iter()
+                .map(|e| {
+                    e.as_str()
+                        .unwrap_or_else(|| panic!("a previous error is not a string in {self}"))
+                })
+                .collect()
+        })
+    }
+
+    /// Which deadline ended a `timeout` or `killed` job: `ttl` or `idle`.
+    pub fn deadline(&self) -> Option<&str> {
+        self.str_field("deadline")
+    }
+}
+
+/// The CPU time `pid` has used so far (user + system), in clock ticks, if it exists.
+pub fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state is field 3, utime field 14 and stime field 15.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 #[cfg(test)]
 mod tests {
     //! The helpers themselves, against ordinary programs (no jobsup needed).

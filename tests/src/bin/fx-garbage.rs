@@ -10,6 +10,10 @@
 //! | `truncated` | a header for 100 bytes, 10 of them, fd 4 closed, then silence |
 //! | `wrong-id` | `Done` for a job it was never given, then silence |
 //! | `twice` | `Done` twice for the same job, then goes on serving |
+//! | `close-fds` | closes fds 3 and 4 and keeps running, silent |
+//! | `flood` | 5 MB on stdout and 5 MB on stderr, then a proper `Done` |
+//! | `leak` | allocates (and touches) memory until an allocation fails |
+//! | `fork-loop` | starts a `sleep` child every 10 ms, forever |
 //! | anything else | a proper `Done` with the payload |
 
 use std::fs::File;
@@ -84,6 +88,33 @@ fn run() -> Result<(), FrameError> {
                 codec.write_frame(&mut replies, &stray)?;
                 hang()
             }
+            b"close-fds" => {
+                drop(requests);
+                drop(replies);
+                hang()
+            }
+            b"flood" => {
+                let line = [b'x'; 1023];
+                let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+                for _ in 0..5 * 1024 {
+                    out.write_all(&line)?;
+                    out.write_all(b"\n")?;
+                    err.write_all(&line)?;
+                    err.write_all(b"\n")?;
+                }
+                codec.write_frame(&mut replies, &done(JobResult::Ok(b"flooded".to_vec())))?;
+            }
+            b"leak" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch every page, so the memory is really taken.
+                    hoard.push(vec![1u8; 1 << 20]);
+                }
+            }
+            b"fork-loop" => loop {
+                let _ = std::process::Command::new("sleep").arg("1000").spawn();
+                thread::sleep(Duration::from_millis(10));
+            },
             b"twice" => {
                 codec.write_frame(&mut replies, &done(JobResult::Ok(job.payload.clone())))?;
                 codec.write_frame(&mut replies, &done(JobResult::Ok(job.payload.clone())))?;

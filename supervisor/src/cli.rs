@@ -219,26 +219,8 @@ pub fn main() -> ExitCode {
                 (exit::JOBSUP_ERROR, None)
             }
         },
-        Command::Check(args) => match crate::config::check(&args.config) {
-            Ok(text) => {
-                print!("{text}");
-                (exit::OK, None)
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                (exit::JOBSUP_ERROR, None)
-            }
-        },
-        Command::Report(args) => match report(&args) {
-            Ok(text) => {
-                print!("{text}");
-                (exit::OK, None)
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                (exit::JOBSUP_ERROR, None)
-            }
-        },
+        Command::Check(args) => (print_or_fail(crate::config::check(&args.config)), None),
+        Command::Report(args) => (print_or_fail(report(&args)), None),
     };
     // Flushes the log lines still queued, so that the summary comes after them.
     drop(logs);
@@ -279,6 +261,20 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
             .try_init(),
     };
     guard
+}
+
+/// Prints a command's text on stdout (exit 0), or logs its error (exit 125).
+fn print_or_fail(result: Result<String, String>) -> u8 {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            exit::OK
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            exit::JOBSUP_ERROR
+        }
+    }
 }
 
 /// `jobsup report`: the per-kind summary of a job log or results file.

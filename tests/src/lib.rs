@@ -320,6 +320,25 @@ pub struct Background {
 }
 
 impl Background {
+    /// Waits until jobsup has installed its handler for `sig`, so that the signal cannot
+    /// hit the default action (which would kill jobsup instead of testing it).
+    pub fn wait_for_handler(&self, sig: Signal) {
+        let pid = self.pid();
+        wait_until(WAIT, &format!("jobsup (pid {pid}) catches {sig}"), || {
+            catches_signal(pid, sig)
+        });
+    }
+
+    /// Sends `sig` and waits until the kernel has delivered it, so that a second one sent
+    /// after this is not merged with it into a single pending signal.
+    pub fn signal_delivered(&self, sig: Signal) {
+        let pid = self.pid();
+        self.signal(sig);
+        wait_until(WAIT, &format!("{sig} is delivered to jobsup"), || {
+            self.has_exited() || !signal_pending(pid, sig)
+        });
+    }
+
     /// jobsup's process id.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("jobsup was waited for").id() as i32

@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jobsup_tests::{
-    bin, catches_signal, cpu_ticks, jobsup, lines, pid_alive, pids, signal_pending, wait_until,
-    Background, Record, Run, WAIT,
+    bin, cpu_ticks, jobsup, lines, pid_alive, pids, wait_until, Background, Record, Run, WAIT,
 };
 use nix::sys::signal::Signal;
 
@@ -153,25 +152,6 @@ fn idle_timeout_spares_a_job_that_beats_and_stops_one_that_goes_silent() {
     assert!(matches!(run.code(), 124 | 137), "{run}");
 }
 
-/// Waits until jobsup has installed its handler for `sig`, so that the signal cannot hit
-/// the default action.
-fn wait_for_handler(bg: &Background, sig: Signal) {
-    let pid = bg.pid();
-    wait_until(WAIT, &format!("jobsup (pid {pid}) catches {sig}"), || {
-        catches_signal(pid, sig)
-    });
-}
-
-/// Sends `sig` and waits until the kernel has delivered it, so that a second one is not
-/// merged with it.
-fn signal_delivered(bg: &Background, sig: Signal) {
-    let pid = bg.pid();
-    bg.signal(sig);
-    wait_until(WAIT, &format!("{sig} is delivered to jobsup"), || {
-        bg.has_exited() || !signal_pending(pid, sig)
-    });
-}
-
 /// With `-j 1` and `ok:first` as the first job, waits until the first job is done and the
 /// second (`spin`) is burning CPU on the same worker; returns that worker's pid.
 fn wait_for_spin(bg: &Background) -> i32 {
@@ -212,11 +192,11 @@ fn shutdown_timeout_cancels_a_job_that_would_run_on_after_a_single_sigterm() {
         }))
         .timeout(SHORT_RUN)
         .spawn();
-    wait_for_handler(&bg, Signal::SIGTERM);
+    bg.wait_for_handler(Signal::SIGTERM);
     let worker = wait_for_spin(&bg);
     let seen = bg.children();
     // One signal only: the shutdown timeout, not a second signal, ends the spin job.
-    signal_delivered(&bg, Signal::SIGTERM);
+    bg.signal_delivered(Signal::SIGTERM);
     let run = bg.wait();
     assert_eq!(run.code(), 143, "{run}");
 
@@ -246,11 +226,11 @@ fn second_sigint_kills_a_job_that_ignores_its_cleanup_request() {
         .stdin("ok:first\nspin\nok:queued\n")
         .timeout(SHORT_RUN)
         .spawn();
-    wait_for_handler(&bg, Signal::SIGINT);
+    bg.wait_for_handler(Signal::SIGINT);
     let worker = wait_for_spin(&bg);
     let seen = bg.children();
 
-    signal_delivered(&bg, Signal::SIGINT);
+    bg.signal_delivered(Signal::SIGINT);
     // The first signal lets the running job go on (until its 60 s ttl).
     wait_until(WAIT, "jobsup logs the first SIGINT", || {
         bg.stderr_so_far().contains("SIGINT")
@@ -265,7 +245,7 @@ fn second_sigint_kills_a_job_that_ignores_its_cleanup_request() {
         bg.records_so_far()
     );
 
-    signal_delivered(&bg, Signal::SIGINT);
+    bg.signal_delivered(Signal::SIGINT);
     let run = bg.wait();
     assert_eq!(run.code(), 130, "{run}");
     let recs = run.by_seq();

@@ -3,29 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use jobsup_tests::{
-    bin, catches_signal, jobsup, pid_alive, pids, signal_pending, wait_until, Background, WAIT,
-};
+use jobsup_tests::{bin, jobsup, pid_alive, pids, wait_until, WAIT};
 use nix::sys::signal::Signal;
-
-/// Waits until jobsup has installed its handler for `sig`, so that the signal cannot hit
-/// the default action (which would kill jobsup instead of testing it).
-fn wait_for_handler(bg: &Background, sig: Signal) {
-    let pid = bg.pid();
-    wait_until(WAIT, &format!("jobsup (pid {pid}) catches {sig}"), || {
-        catches_signal(pid, sig)
-    });
-}
-
-/// Sends `sig` and waits until the kernel has delivered it, so that a second one sent after
-/// this is not merged with it into a single pending signal.
-fn signal_delivered(bg: &Background, sig: Signal) {
-    let pid = bg.pid();
-    bg.signal(sig);
-    wait_until(WAIT, &format!("{sig} is delivered to jobsup"), || {
-        bg.has_exited() || !signal_pending(pid, sig)
-    });
-}
 
 fn interrupt_twice(sig: Signal, expected_code: i32) {
     let bg = jobsup!()
@@ -33,7 +12,7 @@ fn interrupt_twice(sig: Signal, expected_code: i32) {
         .processor(bin!("sleepy"), [] as [&str; 0])
         .stdin("200\n60000\n60000\n60000\n60000\n60000\n")
         .spawn();
-    wait_for_handler(&bg, sig);
+    bg.wait_for_handler(sig);
     // Job 1 (200 ms) finishing means both workers have been up and busy for a while: job 2
     // runs on the other worker, and job 3 follows job 1.
     wait_until(WAIT, "the first job has its record", || {
@@ -43,8 +22,8 @@ fn interrupt_twice(sig: Signal, expected_code: i32) {
     let workers: BTreeSet<i32> = bg.children().into_iter().collect();
 
     // jobsup counts signals exactly, so two in quick succession are two, not one.
-    signal_delivered(&bg, sig);
-    signal_delivered(&bg, sig);
+    bg.signal_delivered(sig);
+    bg.signal_delivered(sig);
     let run = bg.wait();
     assert_eq!(run.code(), expected_code, "{run}");
 
@@ -85,12 +64,12 @@ fn first_sigterm_lets_the_running_job_finish_and_reads_no_more_input() {
         .stdin("50\n1000\n")
         .keep_stdin_open()
         .spawn();
-    wait_for_handler(&bg, Signal::SIGTERM);
+    bg.wait_for_handler(Signal::SIGTERM);
     // With one worker, job 2 is handed over as soon as job 1 is done.
     wait_until(WAIT, "the first job has its record", || {
         !bg.records_so_far().is_empty()
     });
-    signal_delivered(&bg, Signal::SIGTERM);
+    bg.signal_delivered(Signal::SIGTERM);
     // Input that arrives after the signal is not read: no record, or at most a cancelled
     // one if a read was already under way. stdin stays open: jobsup must not wait for it.
     bg.write_stdin("5\n");

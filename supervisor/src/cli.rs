@@ -384,6 +384,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             stdin_pipe: pool.mode != Mode::Native,
             env: extra_env,
             limits: pool.limits,
+            isolation: crate::isolate::prepare(&pool.isolate),
         },
         start_timeout: pool.start_timeout,
         max_jobs: pool.max_jobs_per_worker,
@@ -397,6 +398,13 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         max_line: codec.max_frame() as usize - 4096,
     };
 
+    // Before the reaper exists: the probe waits for its own child.
+    crate::isolate::probe(&pool.isolate).map_err(|e| anyhow::anyhow!(e))?;
+    if pool.isolate.is_empty() {
+        tracing::debug!("workers are contained by their process group, the subreaper and a /proc tree walk at the kill");
+    } else {
+        tracing::info!(isolate = ?pool.isolate, "workers are isolated in namespaces of their own");
+    }
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     let spawner =

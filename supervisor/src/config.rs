@@ -28,6 +28,7 @@ use nix::sys::signal::Signal;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::isolate::Isolate;
 use crate::link::Mode;
 use crate::record::Outcome;
 
@@ -276,6 +277,11 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
+    /// Isolate each worker further (comma-separated): net (no network at all), pid (its
+    /// own pid namespace: nothing it starts can outlive it).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolate: Option<Vec<Isolate>>,
 }
 
 /// Fills every field `self` leaves unset from `under`.
@@ -316,6 +322,7 @@ impl PoolSpec {
             memory,
             cpu_time,
             open_files,
+            isolate,
         )
     }
 }
@@ -381,6 +388,8 @@ pub struct Pool {
     pub slow: Option<Duration>,
     /// Resource limits for each worker.
     pub limits: crate::sandbox::Limits,
+    /// Namespaces each worker gets.
+    pub isolate: Vec<Isolate>,
 }
 
 impl Pool {
@@ -462,6 +471,12 @@ impl Pool {
                     .map(|d| d.0.as_secs_f64().ceil().max(1.0) as u64),
                 open_files: spec.open_files,
             },
+            isolate: {
+                let mut v = spec.isolate.unwrap_or_default();
+                v.sort();
+                v.dedup();
+                v
+            },
         })
     }
 
@@ -494,7 +509,7 @@ impl Pool {
             })
         };
         format!(
-            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}\n",
+            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}\n  isolate: {:?}\n",
             self.name,
             command,
             self.mode,
@@ -515,6 +530,7 @@ impl Pool {
             self.limits.memory.map_or("-".into(), |m| format!("{m} bytes")),
             self.limits.cpu_secs.map_or("-".into(), |s| format!("{s}s")),
             self.limits.open_files.map_or("-".into(), |n| n.to_string()),
+            self.isolate,
         )
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod exit;
+pub mod isolate;
 pub mod joblog;
 pub mod link;
 pub mod live;

@@ -51,6 +51,8 @@ pub struct SpawnSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Resource limits.
     pub limits: Limits,
+    /// Namespaces to enter (`--isolate`), prepared before any fork.
+    pub isolation: Option<crate::isolate::Prepared>,
 }
 
 /// Resource limits set on a worker before it runs (rlimits, inherited by its children).
@@ -276,10 +278,18 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
         [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)]
     });
     let limits = spec.limits;
+    let isolation = spec.isolation.clone();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, _exit).
+    // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, unshare, fork,
+    // waitpid, _exit).
     unsafe {
-        cmd.pre_exec(move || child_setup(supervisor_pid, child_fds, limits));
+        cmd.pre_exec(move || {
+            child_setup(supervisor_pid, child_fds, limits)?;
+            match &isolation {
+                Some(p) => crate::isolate::enter(p),
+                None => Ok(()),
+            }
+        });
     }
 
     let mut registration = reaper.lock();

@@ -1,7 +1,7 @@
 //! The sandbox around every worker: private directory, no new privileges, and no process
 //! of a worker's tree surviving its hard kill, even one that left the process group.
 
-use jobsup_tests::{jobsup, pid_alive, wait_until, WAIT};
+use jobsup_tests::{bin, jobsup, pid_alive, wait_until, WAIT};
 
 #[test]
 fn a_setsid_grandchild_dies_with_its_workers_hard_kill() {
@@ -89,4 +89,100 @@ fn workers_cannot_gain_privileges() {
     assert_eq!(recs.len(), 1, "{run}");
     let out = recs[0].output().unwrap_or_default().to_string();
     assert!(out.contains("NoNewPrivs:\t1"), "{out:?}");
+}
+
+/// Processes whose command line contains `token`, from /proc.
+fn processes_with(token: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(token) && pid_alive(pid) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn isolate_net_denies_a_loopback_listener_outside() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let port = listener.local_addr().expect("its address").port();
+    let connect = format!(
+        "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')"
+    );
+    let run_with = |flags: &[&str]| {
+        let run = jobsup!()
+            .args(["--mode", "exec"])
+            .args(flags)
+            .processor("python3", ["-c", connect.as_str()])
+            .stdin("x\n")
+            .run();
+        let mut records = run.records();
+        assert_eq!(records.len(), 1, "{run}");
+        records.remove(0)
+    };
+    let open = run_with(&[]);
+    assert_eq!(open.output(), Some("connected\n"), "{open}");
+    let isolated = run_with(&["--isolate", "net"]);
+    assert_eq!(isolated.outcome(), "failed", "{isolated}");
+}
+
+#[test]
+fn isolate_pid_leaves_no_descendant_even_when_jobsup_is_killed() {
+    // A grandchild that escapes every other way: its own session, an empty environment
+    // (so no worker tag), and a parent that has already exited.
+    let token = format!("{}.{}", 900 + std::process::id() % 97, std::process::id());
+    let script =
+        format!("while IFS= read -r l; do ( setsid env -i sleep {token} & ); echo \"$l\"; done");
+    let bg = jobsup!()
+        .args(["--mode", "lines", "-j", "1", "--isolate", "pid"])
+        .processor("sh", ["-c", script.as_str()])
+        .stdin("go\n")
+        .keep_stdin_open()
+        .spawn();
+    wait_until(WAIT, "the job's record", || !bg.records_so_far().is_empty());
+    wait_until(WAIT, "the escaped grandchild runs", || {
+        !processes_with(&token).is_empty()
+    });
+    bg.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = bg.wait();
+    wait_until(WAIT, "nothing of the worker's tree survives", || {
+        processes_with(&token).is_empty()
+    });
+}
+
+#[test]
+fn isolation_works_for_an_unprivileged_user() {
+    // As root, drop to nobody for this run; as anyone else, run as is.
+    // SAFETY: geteuid cannot fail.
+    let unprivileged = unsafe { libc::geteuid() } != 0;
+    let builder = if unprivileged {
+        jobsup!()
+    } else {
+        jobsup_tests::Jobsup::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin!("jobsup-shim"))
+            .arg("run")
+    };
+    let run = builder
+        .args([
+            "--mode",
+            "exec",
+            "--isolate",
+            "pid,net",
+            "--workdir",
+            "/tmp",
+        ])
+        .processor("sh", ["-c", "echo \"uid=$(id -u) pid=$$\""])
+        .stdin("x\n")
+        .run();
+    let records = run.records();
+    assert_eq!(records.len(), 1, "{run}");
+    let out = records[0].output().unwrap_or_default().to_string();
+    assert!(out.ends_with("pid=1\n"), "{out:?}\n{run}");
+    assert!(!out.starts_with("uid=0 "), "not root: {out:?}");
 }

@@ -407,8 +407,18 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     }
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
-    let spawner =
-        Spawner::start(reaper).map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
+    let cgroups = match crate::cgroup::Cgroups::detect() {
+        Ok(c) => {
+            tracing::debug!(path = %c.path().display(), "each worker gets a cgroup: the hard kill uses cgroup.kill");
+            Some(Arc::new(c))
+        }
+        Err(why) => {
+            tracing::debug!("no cgroups for workers ({why}); the hard kill uses the process group and a /proc tree walk");
+            None
+        }
+    };
+    let spawner = Spawner::start(reaper, cgroups.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -433,6 +443,9 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     // Inherited orphans the workers left behind die with the run.
     reaper::kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
+    if let Some(cgroups) = &cgroups {
+        cgroups.remove_all();
+    }
     let ran = matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0;
     let elapsed = Some(started.elapsed());
     let summary = match args.summary {

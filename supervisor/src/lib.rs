@@ -16,6 +16,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the invariants.
 
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -93,7 +93,7 @@ impl Live {
         let program = spec.program.display().to_string();
         let mut spawned = spawner.spawn(spec).await?;
         let pid = spawned.pid;
-        let mut process = Process::new(pid, id, spawned.exit);
+        let mut process = Process::new(pid, id, spawned.cgroup.take(), spawned.exit);
         let origin = Origin {
             pool: Arc::clone(&settings.pool),
             worker: id,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
+use crate::cgroup::WorkerCgroup;
 use crate::reaper::Exit;
 use crate::sandbox::signal_group;
 
@@ -15,16 +16,24 @@ pub struct Process {
     /// The worker serial its environment carries (`JOBSUP_WORKER_ID`), by which escaped
     /// descendants are recognised.
     worker: u64,
+    /// Its cgroup, where the machine offers them: the kill that nothing escapes.
+    cgroup: Option<WorkerCgroup>,
     exit_rx: Option<oneshot::Receiver<Exit>>,
     exit: Option<Exit>,
 }
 
 impl Process {
     /// Wraps a process whose exit status the reaper routes to `exit_rx`.
-    pub fn new(pid: i32, worker: u64, exit_rx: oneshot::Receiver<Exit>) -> Process {
+    pub fn new(
+        pid: i32,
+        worker: u64,
+        cgroup: Option<WorkerCgroup>,
+        exit_rx: oneshot::Receiver<Exit>,
+    ) -> Process {
         Process {
             pid,
             worker,
+            cgroup,
             exit_rx: Some(exit_rx),
             exit: None,
         }
@@ -77,6 +86,9 @@ impl Process {
     /// daemon, say): found by walking the process tree while the worker is still there.
     pub fn kill(&self) {
         let escaped = crate::reaper::descendants(self.pid);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
         signal_group(self.pid, Signal::SIGKILL);
         crate::reaper::kill_all(&escaped);
     }
@@ -97,6 +109,10 @@ impl Process {
         // (The tree is not walked from the reaped pid: it may already name someone else.)
         signal_group(self.pid, Signal::SIGKILL);
         crate::reaper::kill_all(&crate::reaper::adopted_from(self.worker));
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+            cgroup.remove();
+        }
         (exit, killed)
     }
 }

@@ -74,6 +74,8 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<Exit>,
     /// The pipes a mode may take for its link.
     pub pipes: Pipes,
+    /// Its cgroup, where the machine offers them.
+    pub cgroup: Option<crate::cgroup::WorkerCgroup>,
     /// Its stderr.
     pub stderr: File,
     /// Its private working directory, removed on drop.
@@ -188,17 +190,27 @@ pub struct Spawner {
     tx: std::sync::mpsc::Sender<Request>,
 }
 
+/// What the spawner thread holds.
+struct SpawnerState {
+    reaper: Reaper,
+    cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
+}
+
 impl Spawner {
     /// Starts the spawner thread. It lives until the process exits, which is what keeps the
     /// workers' parent-death signal from firing early.
-    pub fn start(reaper: Reaper) -> io::Result<Spawner> {
+    pub fn start(
+        reaper: Reaper,
+        cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
+    ) -> io::Result<Spawner> {
         let (tx, rx) = std::sync::mpsc::channel::<Request>();
         let supervisor_pid = std::process::id() as i32;
+        let state = SpawnerState { reaper, cgroups };
         std::thread::Builder::new()
             .name("jobsup-spawner".into())
             .spawn(move || {
                 for (spec, reply) in rx {
-                    let _ = reply.send(spawn(&reaper, supervisor_pid, &spec));
+                    let _ = reply.send(spawn(&state, supervisor_pid, &spec));
                 }
                 // All handles dropped: park rather than return, so that children spawned
                 // from this thread keep their parent-death signal armed until exit.
@@ -222,7 +234,12 @@ impl Spawner {
     }
 }
 
-fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+fn spawn(
+    state: &SpawnerState,
+    supervisor_pid: i32,
+    spec: &SpawnSpec,
+) -> Result<Spawned, SpawnError> {
+    let reaper = &state.reaper;
     let err = |e: io::Error| SpawnError::from_io(&spec.program, e);
     let other = |e: io::Error| SpawnError::Other {
         program: spec.program.display().to_string(),
@@ -279,12 +296,21 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
     });
     let limits = spec.limits;
     let isolation = spec.isolation.clone();
+    // Best effort: without its cgroup a worker is still contained by the other means.
+    let cgroup = state
+        .cgroups
+        .as_ref()
+        .and_then(|c| c.worker(spec.worker_id).ok());
+    let cgroup_procs = cgroup.as_ref().map(|c| c.procs());
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, unshare, fork,
     // waitpid, _exit).
     unsafe {
         cmd.pre_exec(move || {
             child_setup(supervisor_pid, child_fds, limits)?;
+            if let Some(procs) = &cgroup_procs {
+                crate::cgroup::WorkerCgroup::join(procs);
+            }
             match &isolation {
                 Some(p) => crate::isolate::enter(p),
                 None => Ok(()),
@@ -314,6 +340,7 @@ fn spawn(reaper: &Reaper, supervisor_pid: i32, spec: &SpawnSpec) -> Result<Spawn
     Ok(Spawned {
         pid,
         exit,
+        cgroup,
         pipes: Pipes {
             jobs,
             results,

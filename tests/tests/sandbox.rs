@@ -91,15 +91,16 @@ fn workers_cannot_gain_privileges() {
     assert!(out.contains("NoNewPrivs:\t1"), "{out:?}");
 }
 
-/// Processes whose command line contains `token`, from /proc.
-fn processes_with(token: &str) -> Vec<i32> {
+/// Live processes whose argument list is exactly `sleep <duration>`, from /proc.
+fn sleepers(duration: &str) -> Vec<i32> {
+    let argv = format!("sleep\0{duration}\0");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(token) && pid_alive(pid) {
+            if cmdline == argv.as_bytes() && pid_alive(pid) {
                 found.push(pid);
             }
         }
@@ -146,12 +147,12 @@ fn isolate_pid_leaves_no_descendant_even_when_jobsup_is_killed() {
         .spawn();
     wait_until(WAIT, "the job's record", || !bg.records_so_far().is_empty());
     wait_until(WAIT, "the escaped grandchild runs", || {
-        !processes_with(&token).is_empty()
+        !sleepers(&token).is_empty()
     });
     bg.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = bg.wait();
     wait_until(WAIT, "nothing of the worker's tree survives", || {
-        processes_with(&token).is_empty()
+        sleepers(&token).is_empty()
     });
 }
 
@@ -185,4 +186,64 @@ fn isolation_works_for_an_unprivileged_user() {
     let out = records[0].output().unwrap_or_default().to_string();
     assert!(out.ends_with("pid=1\n"), "{out:?}\n{run}");
     assert!(!out.starts_with("uid=0 "), "not root: {out:?}");
+}
+
+/// A worker whose grandchild leaves by every door (own session, empty environment,
+/// parent gone) is killed with its tree at the hard kill, while jobsup runs on: through
+/// the worker's cgroup where the machine offers cgroup v2, and always under
+/// `--isolate pid`.
+fn fully_escaped_grandchild_dies_at_the_hard_kill(flags: &[&str]) -> bool {
+    let token = format!("{}.{}", 800 + std::process::id() % 97, flags.len());
+    let script = format!(
+        "trap '' TERM; while IFS= read -r l; do ( setsid env -i sleep {token} & ); while :; do :; done; done"
+    );
+    let bg = jobsup!()
+        .args([
+            "-v",
+            "--mode",
+            "lines",
+            "-j",
+            "1",
+            "--ttl",
+            "300ms",
+            "--cleanup",
+            "200ms",
+        ])
+        .args(flags)
+        .processor("sh", ["-c", script.as_str()])
+        .stdin("go\n")
+        .keep_stdin_open()
+        .spawn();
+    wait_until(WAIT, "the escaped grandchild runs", || {
+        !sleepers(&token).is_empty()
+    });
+    wait_until(WAIT, "the job is killed", || {
+        bg.records_so_far().iter().any(|r| r.outcome() == "killed")
+    });
+    let uses_cgroups = bg.stderr_so_far().contains("each worker gets a cgroup");
+    if uses_cgroups || !flags.is_empty() {
+        wait_until(WAIT, "nothing of the worker's tree survives", || {
+            sleepers(&token).is_empty()
+        });
+        assert!(
+            !bg.has_exited(),
+            "jobsup must still run for this to prove anything"
+        );
+    }
+    uses_cgroups
+}
+
+#[test]
+fn a_fully_escaped_grandchild_dies_at_the_hard_kill() {
+    fully_escaped_grandchild_dies_at_the_hard_kill(&["--isolate", "pid"]);
+    let uses_cgroups = fully_escaped_grandchild_dies_at_the_hard_kill(&[]);
+    // This machine offers a writable cgroup v2 hierarchy; where one exists, it is used.
+    let offered = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.contains(" - cgroup2 ")));
+    if offered && unsafe { libc::geteuid() } == 0 {
+        assert!(
+            uses_cgroups,
+            "a cgroup v2 hierarchy is mounted but jobsup did not use it"
+        );
+    }
 }

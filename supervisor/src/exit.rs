@@ -63,21 +63,9 @@ pub fn exit_code(end: &RunEnd, stats: &Stats) -> u8 {
 mod tests {
     use super::*;
     use crate::record::{JobSpec, Record};
-    use std::time::Duration;
 
     fn stats(outcomes: &[Outcome]) -> Stats {
-        let job = JobSpec {
-            ordinal: 0,
-            seq: 1,
-            id: "1".into(),
-            payload: vec![],
-            ttl: Duration::ZERO,
-            cleanup: Duration::ZERO,
-            kind: None,
-            attempt: 1,
-            run_id: 0,
-            previous_errors: Vec::new(),
-        };
+        let job = JobSpec::sample(1);
         let mut s = Stats::default();
         for o in outcomes {
             s.observe(&Record::new(&job, *o));

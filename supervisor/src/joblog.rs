@@ -235,16 +235,10 @@ mod tests {
             .unwrap();
         assert!(at.append);
         let job = JobSpec {
-            ordinal: 0,
-            seq: 3,
-            id: "a\tb".into(),
+            id: "a	b".into(),
             payload: b"12345".to_vec(),
-            ttl: Duration::ZERO,
-            cleanup: Duration::ZERO,
             kind: Some("send_mail".into()),
-            attempt: 1,
-            run_id: 0,
-            previous_errors: Vec::new(),
+            ..JobSpec::sample(3)
         };
         let mut r = Record::new(&job, Outcome::Timeout);
         r.set_duration(Duration::from_millis(1500));

@@ -312,21 +312,13 @@ pub fn substitute(args: &[OsString], job: &JobSpec) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn placeholders_are_replaced_inside_arguments_without_splitting() {
         let job = JobSpec {
-            ordinal: 0,
-            seq: 7,
             id: "img-3".into(),
             payload: b"a b; rm -rf /".to_vec(),
-            ttl: Duration::ZERO,
-            cleanup: Duration::ZERO,
-            kind: None,
-            attempt: 1,
-            run_id: 0,
-            previous_errors: Vec::new(),
+            ..JobSpec::sample(7)
         };
         let args: Vec<OsString> = ["-o", "out-{#}-{id}.png", "{}", "{x}", "{}{}"]
             .iter()

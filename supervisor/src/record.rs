@@ -33,6 +33,25 @@ pub struct JobSpec {
     pub previous_errors: Vec<String>,
 }
 
+#[cfg(test)]
+impl JobSpec {
+    /// A plain job on line `seq`, for unit tests to adjust.
+    pub(crate) fn sample(seq: u64) -> JobSpec {
+        JobSpec {
+            ordinal: seq.saturating_sub(1),
+            seq,
+            id: seq.to_string(),
+            payload: Vec::new(),
+            ttl: Duration::ZERO,
+            cleanup: Duration::ZERO,
+            kind: None,
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
+        }
+    }
+}
+
 impl std::fmt::Debug for JobSpec {
     // Payloads can be large or secret: never print them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,16 +249,9 @@ mod tests {
 
     fn job() -> JobSpec {
         JobSpec {
-            ordinal: 0,
-            seq: 1,
-            id: "1".into(),
-            payload: vec![],
             ttl: Duration::from_secs(1),
             cleanup: Duration::from_secs(1),
-            kind: None,
-            attempt: 1,
-            run_id: 0,
-            previous_errors: Vec::new(),
+            ..JobSpec::sample(1)
         }
     }
 

@@ -291,16 +291,9 @@ mod tests {
 
     fn record(seq: u64, kind: Option<&str>, outcome: Outcome, ms: f64) -> Record {
         let job = JobSpec {
-            ordinal: seq,
-            seq,
             id: format!("j{seq}"),
-            payload: vec![],
-            ttl: Duration::ZERO,
-            cleanup: Duration::ZERO,
             kind: kind.map(str::to_string),
-            attempt: 1,
-            run_id: 0,
-            previous_errors: Vec::new(),
+            ..JobSpec::sample(seq)
         };
         let mut r = Record::new(&job, outcome);
         r.set_duration(Duration::from_secs_f64(ms / 1000.0));

@@ -237,13 +237,40 @@ fn fully_escaped_grandchild_dies_at_the_hard_kill(flags: &[&str]) -> bool {
 fn a_fully_escaped_grandchild_dies_at_the_hard_kill() {
     fully_escaped_grandchild_dies_at_the_hard_kill(&["--isolate", "pid"]);
     let uses_cgroups = fully_escaped_grandchild_dies_at_the_hard_kill(&[]);
-    // This machine offers a writable cgroup v2 hierarchy; where one exists, it is used.
-    let offered = std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.contains(" - cgroup2 ")));
-    if offered && unsafe { libc::geteuid() } == 0 {
+    // Where a writable cgroup v2 hierarchy exists (this machine has one), it is used.
+    if cgroup_v2_writable() {
         assert!(
             uses_cgroups,
-            "a cgroup v2 hierarchy is mounted but jobsup did not use it"
+            "a writable cgroup v2 hierarchy exists but jobsup did not use it"
         );
     }
+}
+
+/// Whether this process could make a cgroup v2 directory under its own cgroup, as jobsup
+/// would.
+fn cgroup_v2_writable() -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(mount) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
+    }) else {
+        return false;
+    };
+    let Some(own) = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+    else {
+        return false;
+    };
+    let probe = std::path::Path::new(mount)
+        .join(own.trim_start_matches('/'))
+        .join(format!("jobsup-test-probe-{}", std::process::id()));
+    let writable = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    writable
 }

@@ -834,6 +834,14 @@ macro_rules! jobsup_check {
     };
 }
 
+/// Asserts that `r` was hard-killed (signal 9) and that its worker is gone from /proc.
+pub fn assert_killed_and_gone(r: &Record, run: &Run) {
+    assert_eq!(r.outcome(), "killed", "{r}");
+    assert_eq!(r.signal(), Some(9), "{r}");
+    let pid = r.pid().expect("a killed job names its worker's pid");
+    assert!(!pid_alive(pid), "worker {pid} outlived jobsup\n{run}");
+}
+
 impl Record {
     /// The errors of the earlier attempts of a retried job (`previous_errors`), if any.
     pub fn previous_errors(&self) -> Option<Vec<&str>> {

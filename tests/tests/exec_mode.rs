@@ -6,7 +6,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use jobsup_tests::{jobsup, pid_alive, pids, read_pids, Jobsup, Record, Run};
+use jobsup_tests::{
+    assert_killed_and_gone, jobsup, pid_alive, pids, read_pids, Jobsup, Record, Run,
+};
 
 /// `jobsup run --mode exec` with extra flags, before the processor is named.
 fn exec_mode(flags: &[&str]) -> Jobsup {
@@ -105,11 +107,7 @@ fn job_that_ignores_the_cleanup_signal_is_killed() {
         .stdin("x\n")
         .run();
     assert_eq!(run.code(), 137, "{run}");
-    let r = only(&run);
-    assert_eq!(r.outcome(), "killed", "{r}");
-    assert_eq!(r.signal(), Some(9), "{r}");
-    let pid = r.pid().expect("a pid");
-    assert!(!pid_alive(pid), "job process {pid} outlived jobsup\n{run}");
+    assert_killed_and_gone(&only(&run), &run);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! One test per job outcome: what each one looks like in the record, and which worker
 //! behaviour leads to it.
 
-use jobsup_tests::{bin, jobsup, pid_alive, Record, Run};
+use jobsup_tests::{assert_killed_and_gone, bin, jobsup, Record, Run};
 
 /// Runs `processor` on `input` with extra flags; one worker.
 fn run(processor: &str, flags: &[&str], input: &str) -> Run {
@@ -104,11 +104,7 @@ fn job_that_ignores_cleanup_is_killed_and_its_worker_is_gone() {
         &["--ttl", "300ms", "--cleanup", "300ms"],
         "x\n",
     );
-    let r = only(&run);
-    assert_eq!(r.outcome(), "killed", "{r}");
-    assert_eq!(r.signal(), Some(9), "{r}");
-    let pid = r.pid().expect("a killed job names its worker's pid");
-    assert!(!pid_alive(pid), "worker {pid} outlived jobsup\n{run}");
+    assert_killed_and_gone(&only(&run), &run);
 }
 
 #[test]

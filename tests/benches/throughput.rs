@@ -140,6 +140,17 @@ fn baseline(n: usize, k: usize) -> Result<f64, Error> {
     Ok((per * k) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Runs a prepared jobsup command over `n` jobs, timed end to end: jobs per second.
+fn timed_run(j: jobsup_tests::Jobsup, n: usize) -> Result<f64, Error> {
+    let start = Instant::now();
+    let run = j.run();
+    let elapsed = start.elapsed();
+    if run.code() != 0 {
+        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
 /// Jobs per second through `jobsup run -j K`.
 fn through_jobsup(n: usize, k: usize) -> Result<f64, Error> {
     let j = jobsup!().timeout(Duration::from_secs(600));
@@ -149,13 +160,7 @@ fn through_jobsup(n: usize, k: usize) -> Result<f64, Error> {
         .arg(&input)
         .args(["--output", "/dev/null"])
         .processor(bin!("echo"), [] as [&str; 0]);
-    let start = Instant::now();
-    let run = j.run();
-    let elapsed = start.elapsed();
-    if run.code() != 0 {
-        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
-    }
-    Ok(n as f64 / elapsed.as_secs_f64())
+    timed_run(j, n)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -245,13 +250,7 @@ fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Resul
         .arg(&input)
         .args(["--output", "/dev/null"])
         .processor(&argv[0], &argv[1..]);
-    let start = Instant::now();
-    let run = j.run();
-    let elapsed = start.elapsed();
-    if run.code() != 0 {
-        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
-    }
-    Ok(n as f64 / elapsed.as_secs_f64())
+    timed_run(j, n)
 }
 
 /// Exec baseline: `n` sequential spawn / write stdin / read stdout / wait of `argv`.

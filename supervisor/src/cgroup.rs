@@ -1,12 +1,18 @@
-//! Killing a worker's whole tree through cgroup v2, where the machine offers a writable
-//! hierarchy: each worker runs in a cgroup of its own, and the hard kill writes
-//! `cgroup.kill`, which the kernel applies to every process in it, whatever session,
-//! group or environment it has.
+//! Cgroups for workers, where the machine offers them: the kill that nothing escapes, and
+//! the limits that count a worker's whole tree.
 //!
-//! jobsup makes `jobsup-<pid>` under its own cgroup and one `w<worker>` under that per
-//! worker; a worker joins its cgroup between fork and exec. Where none of this is possible
-//! (no cgroup v2 mount, no write access), [`Cgroups::detect`] says so and the other
-//! mechanisms (process group, subreaper tree walk, `--isolate pid`) do the work.
+//! - **Kill**: where cgroup v2 is mounted and writable, each worker runs in a cgroup of its
+//!   own and the hard kill writes `cgroup.kill`, which the kernel applies to every process
+//!   in it, whatever session, group or environment it has.
+//! - **Limits**: `--memory` and `--max-procs` go through the `memory` and `pids`
+//!   controllers: those of cgroup v2 where they are enabled for jobsup's cgroup, otherwise
+//!   those of a writable cgroup v1 hierarchy (the "hybrid" layout many machines still have).
+//!   Without a memory controller `--memory` falls back to `RLIMIT_AS`; without a pids
+//!   controller `--max-procs` is refused at start.
+//!
+//! jobsup makes `jobsup-<pid>` under its own cgroup in each hierarchy it uses, and one
+//! `w<worker>` under that per worker; a worker joins its cgroups between fork and exec.
+//! [`Cgroups::detect`] says what was found and why not the rest.
 
 use std::ffi::CString;
 use std::fs;
@@ -14,116 +20,454 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// jobsup's own part of the cgroup v2 hierarchy.
-#[derive(Debug)]
-pub struct Cgroups {
-    base: PathBuf,
+/// The limits a run asks cgroups for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// `--memory`, in bytes.
+    pub memory: Option<u64>,
+    /// `--max-procs`: processes and threads in a worker's tree.
+    pub max_procs: Option<u64>,
 }
 
-/// One worker's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// One directory jobsup made in one hierarchy: `…/jobsup-<pid>`.
+#[derive(Debug)]
+struct Base {
+    dir: PathBuf,
+    version: Version,
+}
+
+/// jobsup's own part of the cgroup hierarchies, and the limits it sets on every worker.
+#[derive(Debug)]
+pub struct Cgroups {
+    /// The cgroup v2 directory with `cgroup.kill`, when there is one.
+    kill: Option<Base>,
+    /// Where the memory limit is set, and its value.
+    memory: Option<(Base, u64)>,
+    /// Where the process limit is set, and its value.
+    pids: Option<(Base, u64)>,
+    /// v1 directories other than the above are never made; this lists every base for
+    /// [`Cgroups::remove_all`].
+    bases: Vec<PathBuf>,
+}
+
+/// What [`Cgroups::detect`] found, in words, for the one start-up log line.
+#[derive(Debug, Default)]
+pub struct Detected {
+    /// The hard kill: "cgroup.kill (…)" or why not.
+    pub kill: String,
+    /// How `--memory` is enforced, when asked for.
+    pub memory: Option<String>,
+    /// Why `--max-procs` cannot be enforced, when asked for and impossible.
+    pub max_procs_refused: Option<String>,
+    /// How `--max-procs` is enforced, when asked for.
+    pub max_procs: Option<String>,
+}
+
+/// One worker's cgroups.
 #[derive(Debug)]
 pub struct WorkerCgroup {
-    dir: PathBuf,
-    /// `cgroup.procs`, ready for the child to join by writing "0".
-    procs: CString,
+    /// Every directory it joins, with its hierarchy's version.
+    dirs: Vec<(PathBuf, Version)>,
+    /// `cgroup.procs` of each, ready for the child to join by writing "0".
+    procs: Vec<CString>,
+    /// Index in `dirs` of the cgroup v2 one with `cgroup.kill`.
+    kill: Option<usize>,
+    /// Index in `dirs` of the one with the memory limit, and the limit.
+    memory: Option<(usize, u64)>,
+    /// Index in `dirs` of the one with the process limit, and the limit.
+    pids: Option<(usize, u64)>,
+}
+
+/// Which cgroup limits the kernel enforced on a worker (each with its value).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hits {
+    /// The OOM killer acted under the memory limit (bytes).
+    pub memory: Option<u64>,
+    /// A fork failed at the process limit.
+    pub max_procs: Option<u64>,
+}
+
+/// A mounted hierarchy, from `/proc/self/mountinfo`.
+struct Mount {
+    point: PathBuf,
+    /// The mount's root inside the hierarchy (not `/` inside containers).
+    root: String,
+    fstype: String,
+    options: String,
+}
+
+fn mounts() -> Result<Vec<Mount>, String> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    // Fields: id parent major:minor root mount-point options ... - fstype source super-options
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let left: Vec<&str> = left.split_whitespace().collect();
+            let mut right = right.split_whitespace();
+            Some(Mount {
+                root: left.get(3)?.to_string(),
+                point: PathBuf::from(left.get(4)?),
+                fstype: right.next()?.to_string(),
+                options: right.nth(1).unwrap_or_default().to_string(),
+            })
+        })
+        .collect())
+}
+
+/// This process's path in the hierarchy whose `/proc/self/cgroup` controller list is
+/// `controllers` ("" for cgroup v2).
+fn own_path(own: &str, v1_controller: Option<&str>) -> Option<String> {
+    own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = match v1_controller {
+            None => list.is_empty(),
+            Some(c) => list.split(',').any(|x| x == c),
+        };
+        matches.then(|| path.to_string())
+    })
+}
+
+/// `point` + (`path` relative to the mount's `root`).
+fn dir_in(m: &Mount, path: &str) -> PathBuf {
+    let rel = path.strip_prefix(m.root.as_str()).unwrap_or(path);
+    m.point.join(rel.trim_start_matches('/'))
+}
+
+fn make_base(parent: &Path) -> Result<PathBuf, String> {
+    let base = parent.join(format!("jobsup-{}", std::process::id()));
+    fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    Ok(base)
 }
 
 impl Cgroups {
-    /// Finds the cgroup v2 hierarchy and makes jobsup's directory in it; says why not.
-    pub fn detect() -> Result<Cgroups, String> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        // Fields: ... mount-point ... - fstype source options
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next()? == "cgroup2")
-                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    /// Finds what the machine offers and makes jobsup's directories. Never fails: what is
+    /// missing is said in [`Detected`] and left to the other mechanisms.
+    pub fn detect(wanted: Wanted) -> (Option<Cgroups>, Detected) {
+        let mut found = Detected::default();
+        let mut cg = Cgroups {
+            kill: None,
+            memory: None,
+            pids: None,
+            bases: Vec::new(),
+        };
+        let (mounts, own) = match (
+            mounts(),
+            fs::read_to_string("/proc/self/cgroup")
+                .map_err(|e| format!("cannot read /proc/self/cgroup: {e}")),
+        ) {
+            (Ok(m), Ok(o)) => (m, o),
+            (Err(e), _) | (_, Err(e)) => {
+                found.kill = format!("no cgroups ({e})");
+                found.memory = wanted.memory.map(|_| format!("RLIMIT_AS (no cgroups: {e})"));
+                found.max_procs_refused = wanted.max_procs.map(|_| e.clone());
+                return (None, found);
+            }
+        };
+
+        // cgroup v2: the kill, and the controllers where they are enabled for us.
+        let v2 = (|| {
+            let m = mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup2")
+                .ok_or("no cgroup v2 hierarchy is mounted")?;
+            let path = own_path(&own, None).ok_or("this process has no cgroup v2 path")?;
+            let base = make_base(&dir_in(m, &path))?;
+            if !base.join("cgroup.kill").exists() {
+                let _ = fs::remove_dir(&base);
+                return Err("the kernel has no cgroup.kill (Linux 5.14 or later needed)".into());
+            }
+            Ok::<PathBuf, String>(base)
+        })();
+        let v2 = match v2 {
+            Ok(base) => {
+                found.kill = format!("cgroup.kill in {}", base.display());
+                cg.bases.push(base.clone());
+                Some(base)
+            }
+            Err(why) => {
+                found.kill = format!(
+                    "the process group, a /proc tree walk and the JOBSUP_* tag (no cgroup v2: {why})"
+                );
+                None
+            }
+        };
+        let v2_offers = |controller: &str| -> bool {
+            let Some(base) = &v2 else { return false };
+            let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+            available.split_whitespace().any(|c| c == controller)
+                && fs::write(base.join("cgroup.subtree_control"), format!("+{controller}")).is_ok()
+        };
+        let mut v1_dirs: Vec<(String, PathBuf)> = Vec::new();
+        let mut controller = |name: &str| -> Result<Base, String> {
+            if v2_offers(name) {
+                let dir = v2.clone().expect("offered by v2");
+                return Ok(Base {
+                    dir,
+                    version: Version::V2,
+                });
+            }
+            let m = mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup" && m.options.split(',').any(|o| o == name))
+                .ok_or(format!("no {name} controller in cgroup v2 or v1"))?;
+            let path = own_path(&own, Some(name))
+                .ok_or(format!("this process has no {name} cgroup v1 path"))?;
+            let dir = make_base(&dir_in(m, &path))?;
+            v1_dirs.push((name.to_string(), dir.clone()));
+            Ok(Base {
+                dir,
+                version: Version::V1,
             })
-            .ok_or("no cgroup v2 hierarchy is mounted")?;
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let own = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .ok_or("this process has no cgroup v2 path")?;
-        let base = mount
-            .join(own.trim_start_matches('/'))
-            .join(format!("jobsup-{}", std::process::id()));
-        fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-        if !base.join("cgroup.kill").exists() {
-            let _ = fs::remove_dir(&base);
-            return Err("the kernel has no cgroup.kill (Linux 5.14 or later needed)".into());
+        };
+        if let Some(bytes) = wanted.memory {
+            match controller("memory") {
+                Ok(base) => {
+                    found.memory = Some(format!(
+                        "the memory controller (cgroup {:?}) in {}",
+                        base.version,
+                        base.dir.display()
+                    ));
+                    cg.memory = Some((base, bytes));
+                }
+                Err(why) => found.memory = Some(format!("RLIMIT_AS ({why})")),
+            }
         }
-        Ok(Cgroups { base })
+        if let Some(n) = wanted.max_procs {
+            match controller("pids") {
+                Ok(base) => {
+                    found.max_procs = Some(format!(
+                        "the pids controller (cgroup {:?}) in {}",
+                        base.version,
+                        base.dir.display()
+                    ));
+                    cg.pids = Some((base, n));
+                }
+                Err(why) => found.max_procs_refused = Some(why),
+            }
+        }
+        cg.bases.extend(v1_dirs.into_iter().map(|(_, d)| d));
+        cg.kill = v2.map(|dir| Base {
+            dir,
+            version: Version::V2,
+        });
+        if cg.bases.is_empty() {
+            return (None, found);
+        }
+        (Some(cg), found)
     }
 
-    /// Makes worker `id`'s cgroup.
+    /// Whether `--memory` is enforced here rather than through `RLIMIT_AS`.
+    pub fn limits_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Whether workers' cgroups carry limits (and so are not optional).
+    pub fn has_limits(&self) -> bool {
+        self.memory.is_some() || self.pids.is_some()
+    }
+
+    /// Whether the hard kill can use `cgroup.kill`.
+    pub fn can_kill(&self) -> bool {
+        self.kill.is_some()
+    }
+
+    /// Every directory jobsup made (`jobsup-<pid>` in each hierarchy).
+    pub fn bases(&self) -> &[PathBuf] {
+        &self.bases
+    }
+
+    /// Makes worker `id`'s cgroups, with the run's limits set.
     pub fn worker(&self, id: u64) -> io::Result<WorkerCgroup> {
-        let dir = self.base.join(format!("w{id}"));
+        let mut w = WorkerCgroup {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            kill: None,
+            memory: None,
+            pids: None,
+        };
+        if let Some(base) = &self.kill {
+            w.kill = Some(w.join_dir(base, id)?);
+        }
+        if let Some((base, bytes)) = &self.memory {
+            let i = w.join_dir(base, id)?;
+            let dir = &w.dirs[i].0;
+            match base.version {
+                Version::V2 => {
+                    fs::write(dir.join("memory.max"), bytes.to_string())?;
+                    // Swap would only make a hog slow instead of stopped.
+                    let _ = fs::write(dir.join("memory.swap.max"), "0");
+                }
+                Version::V1 => {
+                    fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())?;
+                    let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string());
+                }
+            }
+            w.memory = Some((i, *bytes));
+        }
+        if let Some((base, n)) = &self.pids {
+            let i = w.join_dir(base, id)?;
+            fs::write(w.dirs[i].0.join("pids.max"), n.to_string())?;
+            w.pids = Some((i, *n));
+        }
+        Ok(w)
+    }
+
+    /// Kills whatever is left in jobsup's cgroups and removes them (at the end of a run, or
+    /// by the guard when jobsup died).
+    pub fn remove_all(&self) {
+        remove_all(&self.bases);
+    }
+}
+
+/// Kills whatever is left under each of `bases` and removes them.
+pub fn remove_all(bases: &[PathBuf]) {
+    for base in bases {
+        // Worker cgroups first: a cgroup with children cannot be removed.
+        if let Ok(entries) = fs::read_dir(base) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    kill_dir(&e.path());
+                    remove_when_empty(&e.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(base);
+    }
+}
+
+/// SIGKILL to every process in one cgroup: `cgroup.kill` in v2; in v1, each pid listed
+/// (the process group, the tree walk and the v2 kill do the rest).
+fn kill_dir(dir: &Path) {
+    if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    for pid in procs_of(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn procs_of(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Removes a cgroup, waiting briefly for its killed processes to leave it (a cgroup with
+/// processes cannot be removed).
+fn remove_when_empty(dir: &Path) {
+    for _ in 0..200 {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                kill_dir(dir);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
+}
+
+impl WorkerCgroup {
+    /// Makes (or finds) the worker's directory under `base`; returns its index in `dirs`.
+    fn join_dir(&mut self, base: &Base, id: u64) -> io::Result<usize> {
+        let dir = base.dir.join(format!("w{id}"));
+        if let Some(i) = self.dirs.iter().position(|(d, _)| *d == dir) {
+            return Ok(i);
+        }
         match fs::create_dir(&dir) {
             Ok(()) => {}
             // A leftover from an earlier process of the same exec slot.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-            .map_err(io::Error::other)?;
-        Ok(WorkerCgroup { dir, procs })
+        self.procs.push(
+            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                .map_err(io::Error::other)?,
+        );
+        self.dirs.push((dir, base.version));
+        Ok(self.dirs.len() - 1)
     }
 
-    /// Where jobsup's cgroups are.
-    pub fn path(&self) -> &Path {
-        &self.base
-    }
-}
-
-impl Cgroups {
-    /// Kills whatever is left in jobsup's cgroups and removes them (at the end of a run).
-    pub fn remove_all(&self) {
-        // Worker cgroups first: a cgroup with children cannot be removed.
-        if let Ok(entries) = fs::read_dir(&self.base) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = fs::write(e.path().join("cgroup.kill"), "1");
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
-        }
-        let _ = fs::remove_dir(&self.base);
-    }
-}
-
-impl WorkerCgroup {
-    /// Joins the calling process to this cgroup. Between fork and exec: async-signal-safe,
+    /// Joins the calling process to these cgroups. Between fork and exec: async-signal-safe,
     /// and best effort (the other mechanisms still hold if it fails).
     ///
     /// # Safety
-    /// Only open/write/close on a path prepared before fork.
-    pub unsafe fn join(procs: &CString) {
-        // SAFETY: see above.
-        unsafe {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
+    /// Only open/write/close on paths prepared before fork.
+    pub unsafe fn join(procs: &[CString]) {
+        for path in procs {
+            // SAFETY: see above.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
             }
         }
     }
 
-    /// The path the child writes itself into.
-    pub fn procs(&self) -> CString {
+    /// The paths the child writes itself into.
+    pub fn procs(&self) -> Vec<CString> {
         self.procs.clone()
     }
 
-    /// SIGKILL to every process in the cgroup.
+    /// SIGKILL to every process in the worker's cgroups.
     pub fn kill(&self) {
-        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+        if let Some(i) = self.kill {
+            kill_dir(&self.dirs[i].0);
+        }
+        for (i, (dir, _)) in self.dirs.iter().enumerate() {
+            if Some(i) != self.kill {
+                kill_dir(dir);
+            }
+        }
     }
 
-    /// Removes the cgroup once empty (left for jobsup's exit if it is not yet).
+    /// Whether a memory limit is set on this worker's cgroup.
+    pub fn limits_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// The cgroup limits the kernel enforced on this worker's tree: the evidence that a
+    /// worker died of `--memory` or `--max-procs` rather than of a bug.
+    pub fn limits_hit(&self) -> Hits {
+        let count = |i: usize, v1: &str, v2: &str, key: &str| -> u64 {
+            let (dir, version) = &self.dirs[i];
+            let file = if *version == Version::V1 { v1 } else { v2 };
+            fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Hits {
+            memory: self.memory.and_then(|(i, bytes)| {
+                (count(i, "memory.oom_control", "memory.events", "oom_kill ") > 0).then_some(bytes)
+            }),
+            max_procs: self.pids.and_then(|(i, n)| {
+                (count(i, "pids.events", "pids.events", "max ") > 0).then_some(n)
+            }),
+        }
+    }
+
+    /// Removes the cgroups once empty (left for jobsup's exit if they are not yet).
     pub fn remove(&self) {
-        let _ = fs::remove_dir(&self.dir);
+        for (dir, _) in &self.dirs {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }

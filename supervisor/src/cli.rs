@@ -54,6 +54,9 @@ pub enum Command {
     Report(ReportArgs),
     /// Validate a config file without running anything, and print the resolved pools.
     Check(CheckArgs),
+    /// Internal: the guard process `run` starts (see the `guard` module).
+    #[command(name = "__guard", hide = true)]
+    Guard(crate::guard::GuardArgs),
 }
 
 /// The format of log lines.
@@ -210,6 +213,10 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // The guard logs nothing (its output goes nowhere) and starts no thread.
+    if let Command::Guard(args) = &cli.command {
+        return ExitCode::from(crate::guard::serve(args));
+    }
     let logs = init_logging(&cli);
     let (code, summary) = match cli.command {
         Command::Run(args) => match run(args, cli.quiet) {
@@ -221,6 +228,7 @@ pub fn main() -> ExitCode {
         },
         Command::Check(args) => (print_or_fail(crate::config::check(&args.config)), None),
         Command::Report(args) => (print_or_fail(report(&args)), None),
+        Command::Guard(_) => unreachable!("served above"),
     };
     // Flushes the log lines still queued, so that the summary comes after them.
     drop(logs);
@@ -400,23 +408,42 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
 
     // Before the reaper exists: the probe waits for its own child.
     crate::isolate::probe(&pool.isolate).map_err(|e| anyhow::anyhow!(e))?;
-    if pool.isolate.is_empty() {
-        tracing::debug!("workers are contained by their process group, the subreaper and a /proc tree walk at the kill");
-    } else {
-        tracing::info!(isolate = ?pool.isolate, "workers are isolated in namespaces of their own");
-    }
-    // The reaper and the spawner are threads that live until the process exits.
-    let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
-    let cgroups = match crate::cgroup::Cgroups::detect() {
-        Ok(c) => {
-            tracing::debug!(path = %c.path().display(), "each worker gets a cgroup: the hard kill uses cgroup.kill");
-            Some(Arc::new(c))
+    let (cgroups, found) = crate::cgroup::Cgroups::detect(crate::cgroup::Wanted {
+        memory: pool.limits.memory,
+        max_procs: pool.limits.max_procs,
+    });
+    // Said once, at info level: which mechanisms contain the workers on this machine.
+    let cgroups = cgroups.map(Arc::new);
+    if let Some(why) = found.max_procs_refused {
+        if let Some(c) = &cgroups {
+            c.remove_all();
         }
-        Err(why) => {
-            tracing::debug!("no cgroups for workers ({why}); the hard kill uses the process group and a /proc tree walk");
+        anyhow::bail!("--max-procs needs a pids cgroup controller, and none is usable here: {why}");
+    }
+    tracing::info!(
+        kill = %found.kill,
+        isolate = ?pool.isolate,
+        memory = found.memory.as_deref().unwrap_or("-"),
+        max_procs = found.max_procs.as_deref().unwrap_or("-"),
+        "sandbox: workers get their own session, directory and environment; hard kill through {}",
+        if pool.isolate.contains(&crate::isolate::Isolate::Pid) {
+            "their pid namespace"
+        } else if cgroups.as_ref().is_some_and(|c| c.can_kill()) {
+            "their cgroup"
+        } else {
+            "their process group and a /proc tree walk"
+        }
+    );
+    // Before the reaper: the guard must exist before any worker does.
+    let _guard = match crate::guard::start(cgroups.as_ref().map_or(&[][..], |c| c.bases())) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!("cannot start the guard process ({e}): if jobsup is killed, descendants of its workers may survive it");
             None
         }
     };
+    // The reaper and the spawner are threads that live until the process exits.
+    let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     let spawner = Spawner::start(reaper, cgroups.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()

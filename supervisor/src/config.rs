@@ -265,7 +265,9 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow: Option<Dur>,
-    /// Limit each worker's address space (RLIMIT_AS), e.g. 512MiB.
+    /// Limit each worker's memory, e.g. 512MiB: its whole tree's resident memory through a
+    /// memory cgroup where the machine offers one (the OOM killer ends it), otherwise its
+    /// address space (RLIMIT_AS: allocations fail).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
@@ -277,6 +279,11 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
+    /// Limit the processes and threads of each worker's tree (cgroup pids.max; refused at
+    /// start where no pids controller is available).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_procs: Option<u64>,
     /// Isolate each worker further (comma-separated): net (no network at all), pid (its
     /// own pid namespace: nothing it starts can outlive it).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -322,6 +329,7 @@ impl PoolSpec {
             memory,
             cpu_time,
             open_files,
+            max_procs,
             isolate,
         )
     }
@@ -433,6 +441,12 @@ impl Pool {
                 out_of_range("max_jobs_per_worker", "must be at least 1")
             ));
         }
+        if spec.max_procs == Some(0) {
+            return Err(format!(
+                "pool \"{name}\": {}",
+                out_of_range("max_procs", "must be at least 1")
+            ));
+        }
         if spec.open_files == Some(0) {
             return Err(format!(
                 "pool \"{name}\": {}",
@@ -470,6 +484,7 @@ impl Pool {
                     .cpu_time
                     .map(|d| d.0.as_secs_f64().ceil().max(1.0) as u64),
                 open_files: spec.open_files,
+                max_procs: spec.max_procs,
             },
             isolate: {
                 let mut v = spec.isolate.unwrap_or_default();
@@ -509,7 +524,7 @@ impl Pool {
             })
         };
         format!(
-            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}\n  isolate: {:?}\n",
+            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}, processes {}\n  isolate: {:?}\n",
             self.name,
             command,
             self.mode,
@@ -530,6 +545,7 @@ impl Pool {
             self.limits.memory.map_or("-".into(), |m| format!("{m} bytes")),
             self.limits.cpu_secs.map_or("-".into(), |s| format!("{s}s")),
             self.limits.open_files.map_or("-".into(), |n| n.to_string()),
+            self.limits.max_procs.map_or("-".into(), |n| n.to_string()),
             self.isolate,
         )
     }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod exit;
+pub mod guard;
 pub mod isolate;
 pub mod joblog;
 pub mod link;

@@ -194,14 +194,19 @@ impl Live {
 
     /// The last lines of the process's stderr, formatted to end an error message.
     pub async fn stderr_tail(&self) -> String {
+        match self.stderr_text().await {
+            t if t.is_empty() => String::new(),
+            t => format!("\nits stderr ends with:\n{t}"),
+        }
+    }
+
+    /// The last lines of the process's stderr, as they are.
+    pub async fn stderr_text(&self) -> String {
         // Let the stderr drain catch up with what the process wrote before it ended.
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        match self.tail.text() {
-            t if t.is_empty() => String::new(),
-            t => format!("\nits stderr ends with:\n{t}"),
-        }
+        self.tail.text()
     }
 }
 

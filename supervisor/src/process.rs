@@ -6,7 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
-use crate::cgroup::WorkerCgroup;
+use crate::cgroup::{Hits, WorkerCgroup};
 use crate::reaper::Exit;
 use crate::sandbox::signal_group;
 
@@ -20,6 +20,9 @@ pub struct Process {
     cgroup: Option<WorkerCgroup>,
     exit_rx: Option<oneshot::Receiver<Exit>>,
     exit: Option<Exit>,
+    /// The cgroup limits the kernel enforced on its tree (known once [`Process::end`] has
+    /// run).
+    limits_hit: Hits,
 }
 
 impl Process {
@@ -36,6 +39,7 @@ impl Process {
             cgroup,
             exit_rx: Some(exit_rx),
             exit: None,
+            limits_hit: Hits::default(),
         }
     }
 
@@ -111,8 +115,19 @@ impl Process {
         crate::reaper::kill_all(&crate::reaper::adopted_from(self.worker));
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill();
+            self.limits_hit = cgroup.limits_hit();
             cgroup.remove();
         }
         (exit, killed)
+    }
+
+    /// Whether its memory limit is a cgroup's (rather than `RLIMIT_AS`).
+    pub fn memory_in_cgroup(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.limits_memory())
+    }
+
+    /// The cgroup limits the kernel enforced on its tree. Known after [`Process::end`].
+    pub fn limits_hit(&self) -> Hits {
+        self.limits_hit
     }
 }

@@ -20,6 +20,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::link::{substitute, LinkError, Mode};
 use crate::live::{frame_name, Live};
+use crate::cgroup::Hits;
 use crate::reaper::{signal_name, Exit};
 use crate::record::{JobSpec, Outcome, Record};
 use crate::worker::{Control, Event, Worker};
@@ -403,10 +404,29 @@ impl Worker {
         stale
     }
 
-    /// Names the resource limit a dead worker most likely hit, so that a record says
-    /// "memory limit" rather than a bare signal number.
-    fn limit_hint(&self, exit: Exit) -> Option<String> {
+    /// Names the resource limit a worker hit, so that a record says "memory limit" rather
+    /// than a bare signal number: from the kernel's own account where a cgroup enforced it
+    /// (`hits`), otherwise from how a crashed worker died.
+    fn limit_hint(&self, exit: Exit, hits: Hits, alloc_failed: bool) -> Option<String> {
         let limits = self.settings.spawn.limits;
+        let mib = |bytes: u64| bytes / (1024 * 1024);
+        if let Some(bytes) = hits.memory {
+            return Some(format!(
+                "memory limit of {} MiB reached (--memory): the kernel's OOM killer ended a process of the worker",
+                mib(bytes)
+            ));
+        }
+        if let Some(n) = hits.max_procs {
+            return Some(format!(
+                "process limit of {n} reached (--max-procs): a fork in the worker failed"
+            ));
+        }
+        if alloc_failed {
+            return Some(format!(
+                "memory limit of {} MiB reached (--memory, as an address-space limit): the worker's stderr reports a failed allocation",
+                mib(limits.memory.unwrap_or_default())
+            ));
+        }
         match exit {
             Exit::Signal(libc::SIGXCPU) | Exit::Signal(libc::SIGKILL)
                 if limits.cpu_secs.is_some() =>
@@ -423,7 +443,7 @@ impl Worker {
             {
                 Some(format!(
                     "it ran under a memory limit of {} MiB (--memory), which a failed allocation ends this way",
-                    limits.memory.unwrap_or_default() / (1024 * 1024)
+                    mib(limits.memory.unwrap_or_default())
                 ))
             }
             _ => None,
@@ -609,8 +629,23 @@ impl Worker {
                 Crash::Protocol(msg) => format!("{msg}; worker ended with {exit}"),
             });
         }
-        if record.outcome == Outcome::Crashed && !killed_now {
-            if let Some(hint) = self.limit_hint(exit) {
+        let hits = live.process.limits_hit();
+        let failed = matches!(record.outcome, Outcome::Failed | Outcome::Crashed);
+        // Under RLIMIT_AS the kernel keeps no count: a failed allocation is known only from
+        // what the processor said about it.
+        let alloc_failed = failed
+            && self.settings.spawn.limits.memory.is_some()
+            && !live.process.memory_in_cgroup()
+            && says_out_of_memory(&live.stderr_text().await);
+        let hinted = match record.outcome {
+            Outcome::Crashed => !killed_now,
+            // A worker that reported failure because a child was OOM-killed, a fork failed
+            // or an allocation failed.
+            Outcome::Failed => hits != Hits::default() || alloc_failed,
+            _ => false,
+        };
+        if hinted {
+            if let Some(hint) = self.limit_hint(exit, hits, alloc_failed) {
                 record.error = Some(match record.error.take() {
                     Some(e) => format!("{e}; {hint}"),
                     None => hint,
@@ -620,4 +655,21 @@ impl Worker {
         // An exec worker slot goes on with a new process for its next job.
         (record, mode == Mode::Exec)
     }
+}
+
+/// Whether a processor's stderr reports running out of memory, in the words of the common
+/// runtimes (Python, C++, Go, Node, Ruby, Java, Rust, libc's strerror).
+fn says_out_of_memory(stderr: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "memoryerror",
+        "cannot allocate memory",
+        "out of memory",
+        "bad_alloc",
+        "failed to allocate",
+        "outofmemoryerror",
+        "nomemoryerror",
+        "memory allocation of",
+    ];
+    let text = stderr.to_lowercase();
+    WORDS.iter().any(|w| text.contains(w))
 }

@@ -55,7 +55,8 @@ pub struct SpawnSpec {
     pub isolation: Option<crate::isolate::Prepared>,
 }
 
-/// Resource limits set on a worker before it runs (rlimits, inherited by its children).
+/// Resource limits set on a worker before it runs: rlimits (inherited by its children), or
+/// its cgroups where [`crate::cgroup`] enforces them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     /// Address space, in bytes (`RLIMIT_AS`).
@@ -64,6 +65,9 @@ pub struct Limits {
     pub cpu_secs: Option<u64>,
     /// Open file descriptors (`RLIMIT_NOFILE`).
     pub open_files: Option<u64>,
+    /// Processes and threads in the worker's tree (cgroup `pids.max`; no rlimit fallback,
+    /// as `RLIMIT_NPROC` counts a whole user, not a worker).
+    pub max_procs: Option<u64>,
 }
 
 /// A started worker process and the supervisor's ends of its pipes.
@@ -283,6 +287,7 @@ fn spawn(
         cmd.env(key, value);
     }
     cmd.env("JOBSUP_WORKER_ID", spec.worker_id.to_string())
+        .env(crate::guard::TAG_VAR, crate::guard::tag())
         .env("JOBSUP_WORKDIR", workdir.path());
     if spec.protocol_fds {
         // Only a native worker is told it speaks the protocol: the runtime takes the
@@ -294,23 +299,35 @@ fn spawn(
     let child_fds = protocol.as_ref().map(|((job_r, _), (_, res_w))| {
         [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)]
     });
-    let limits = spec.limits;
+    let mut limits = spec.limits;
+    // Where a memory controller counts the worker's whole tree, the address-space rlimit
+    // would only misfire on programs that reserve more than they use.
+    if state.cgroups.as_ref().is_some_and(|c| c.limits_memory()) {
+        limits.memory = None;
+    }
     let isolation = spec.isolation.clone();
-    // Best effort: without its cgroup a worker is still contained by the other means.
-    let cgroup = state
-        .cgroups
-        .as_ref()
-        .and_then(|c| c.worker(spec.worker_id).ok());
-    let cgroup_procs = cgroup.as_ref().map(|c| c.procs());
+    // Best effort for the kill alone (the other means still contain the worker); not when
+    // the cgroup carries a limit the worker would otherwise run without.
+    let cgroup = match &state.cgroups {
+        Some(c) => match c.worker(spec.worker_id) {
+            Ok(w) => Some(w),
+            Err(e) if c.has_limits() => {
+                return Err(other(io::Error::other(format!(
+                    "cannot set up the worker's cgroup limits: {e}"
+                ))))
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let cgroup_procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, unshare, fork,
     // waitpid, _exit).
     unsafe {
         cmd.pre_exec(move || {
             child_setup(supervisor_pid, child_fds, limits)?;
-            if let Some(procs) = &cgroup_procs {
-                crate::cgroup::WorkerCgroup::join(procs);
-            }
+            crate::cgroup::WorkerCgroup::join(&cgroup_procs);
             match &isolation {
                 Some(p) => crate::isolate::enter(p),
                 None => Ok(()),

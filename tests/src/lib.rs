@@ -706,8 +706,15 @@ pub fn pid_alive(pid: i32) -> bool {
     matches!(proc_state(pid), Some(state) if state != 'Z' && state != 'X')
 }
 
+/// Whether `pid` is a jobsup guard process (started by every `jobsup run`, named by its
+/// `argv[0]`): jobsup's own helper, not a worker.
+pub fn is_guard(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"jobsup-guard\0"))
+}
+
 /// The processes whose parent is `pid`, from `/proc/<pid>/task/*/children` (or, where the
-/// kernel lacks that file, by scanning `/proc`).
+/// kernel lacks that file, by scanning `/proc`). jobsup's guard is left out: tests count
+/// workers and their descendants.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut out = BTreeSet::new();
     let tasks = match std::fs::read_dir(format!("/proc/{pid}/task")) {
@@ -735,7 +742,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
             }
         }
     }
-    out.into_iter().collect()
+    out.into_iter().filter(|&p| !is_guard(p)).collect()
 }
 
 /// `pid` and all its descendants, parents before children.

@@ -167,7 +167,9 @@ impl Cgroups {
             (Ok(m), Ok(o)) => (m, o),
             (Err(e), _) | (_, Err(e)) => {
                 found.kill = format!("no cgroups ({e})");
-                found.memory = wanted.memory.map(|_| format!("RLIMIT_AS (no cgroups: {e})"));
+                found.memory = wanted
+                    .memory
+                    .map(|_| format!("RLIMIT_AS (no cgroups: {e})"));
                 found.max_procs_refused = wanted.max_procs.map(|_| e.clone());
                 return (None, found);
             }
@@ -204,7 +206,11 @@ impl Cgroups {
             let Some(base) = &v2 else { return false };
             let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
             available.split_whitespace().any(|c| c == controller)
-                && fs::write(base.join("cgroup.subtree_control"), format!("+{controller}")).is_ok()
+                && fs::write(
+                    base.join("cgroup.subtree_control"),
+                    format!("+{controller}"),
+                )
+                .is_ok()
         };
         let mut v1_dirs: Vec<(String, PathBuf)> = Vec::new();
         let mut controller = |name: &str| -> Result<Base, String> {

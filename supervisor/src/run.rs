@@ -18,9 +18,9 @@ use std::time::Duration;
 use jobsup_protocol::{FromWorker, JobResult};
 use tokio::time::{sleep_until, Instant};
 
+use crate::cgroup::Hits;
 use crate::link::{substitute, LinkError, Mode};
 use crate::live::{frame_name, Live};
-use crate::cgroup::Hits;
 use crate::reaper::{signal_name, Exit};
 use crate::record::{JobSpec, Outcome, Record};
 use crate::worker::{Control, Event, Worker};

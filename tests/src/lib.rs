@@ -91,6 +91,46 @@ macro_rules! jobsup {
     };
 }
 
+/// A fresh [`Jobsup`] builder for the binary under test, already given `run`, run by
+/// `user` (a [`User`]).
+#[macro_export]
+macro_rules! jobsup_as {
+    ($user:expr) => {
+        $user.jobsup(env!("CARGO_BIN_EXE_jobsup-shim"))
+    };
+}
+
+/// Who runs jobsup in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum User {
+    /// The user running the tests (root on CI).
+    Invoker,
+    /// An unprivileged user: see [`Jobsup::unprivileged`].
+    Unprivileged,
+}
+
+impl User {
+    /// Both, for cases that must hold either way.
+    pub const BOTH: [User; 2] = [User::Invoker, User::Unprivileged];
+
+    /// `shim run`, as this user.
+    pub fn jobsup(self, shim: &str) -> Jobsup {
+        match self {
+            User::Invoker => Jobsup::new(shim).arg("run"),
+            User::Unprivileged => Jobsup::unprivileged(shim),
+        }
+    }
+}
+
+/// Whether the tests run as root (so that an unprivileged run means dropping to nobody).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The user an unprivileged run drops to when the tests run as root.
+pub const NOBODY: u32 = 65534;
+
 /// A jobsup command line to run, hermetically, in its own temporary directory.
 #[derive(Debug)]
 pub struct Jobsup {
@@ -119,6 +159,24 @@ impl Jobsup {
             keep_stdin_open: false,
             timeout: DEFAULT_RUN_TIMEOUT,
         }
+    }
+
+    /// `jobsup run` as an unprivileged user: as root, through `setpriv` to nobody (with the
+    /// test's directory opened to it, so that scripts written there can be run and files
+    /// written); as anyone else, as is.
+    pub fn unprivileged(shim: impl AsRef<Path>) -> Self {
+        if !running_as_root() {
+            return Jobsup::new(shim).arg("run");
+        }
+        let j = Jobsup::new("setpriv")
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(shim.as_ref())
+            .arg("run");
+        std::fs::set_permissions(j.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("cannot open the test directory to nobody");
+        j
     }
 
     /// The test's own temporary directory (jobsup's working directory).

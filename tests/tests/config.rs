@@ -434,3 +434,41 @@ fn toml_string(text: &str) -> String {
     assert!(!text.contains('\''), "{text}");
     format!("'{text}'")
 }
+
+#[test]
+fn limits_are_set_per_pool_and_max_procs_is_checked() {
+    let toml = format!(
+        "[pools.forks]\ncommand = \"sh\"\nargs = [\"-c\", {}]\nmode = \"exec\"\nmax_procs = 4\n\n\
+         [pools.free]\ncommand = \"sh\"\nargs = [\"-c\", {}]\nmode = \"exec\"\n",
+        toml_string(FORK_EIGHT),
+        toml_string(FORK_EIGHT),
+    );
+    let free = run_pool(&toml, "free", &[], "x\n");
+    assert_eq!(free.code(), 0, "{free}");
+    let limited = run_pool(&toml, "forks", &[], "x\n");
+    // Enforced where a pids controller is usable, refused before any job elsewhere: never
+    // silently ignored.
+    match limited.code() {
+        125 => assert_config_error(&limited, &["--max-procs needs a pids cgroup controller"]),
+        _ => {
+            let records = limited.records();
+            assert_eq!(records.len(), 1, "{limited}");
+            assert!(
+                records[0]
+                    .error()
+                    .unwrap_or_default()
+                    .contains("process limit of 4 reached"),
+                "{limited}"
+            );
+            String::new()
+        }
+    };
+    let (_, zero) = check_text(
+        "zero.toml",
+        "[pools.p]\ncommand = \"true\"\nmax_procs = 0\n",
+    );
+    assert_config_error(&zero, &["max_procs", "at least 1"]);
+}
+
+/// Eight background processes at once.
+const FORK_EIGHT: &str = "for i in 1 2 3 4 5 6 7 8; do sleep 0 & done; wait; echo done";

@@ -1,33 +1,161 @@
-//! Resource limits on request: --memory, --cpu-time, --open-files (rlimits).
+//! Resource limits on request: --memory, --cpu-time, --open-files, --max-procs. Each holds,
+//! and a job that hits one gets a record that names it. The memory and process limits are
+//! tried as the invoking user (root on CI: cgroup controllers) and as an unprivileged user
+//! (nobody: no writable cgroups, so `RLIMIT_AS` for memory and a refusal for processes).
 
-use jobsup_tests::jobsup;
+use jobsup_tests::{jobsup, jobsup_as, Jobsup, Record, Run, User};
 
-fn python_job(flags: &[&str], code: &str) -> jobsup_tests::Record {
-    let run = jobsup!()
-        .args(["--mode", "exec"])
-        .args(flags)
-        .processor("python3", ["-c", code])
-        .stdin("x\n")
-        .run();
+fn only_record(run: &Run) -> Record {
     let mut records = run.records();
     assert_eq!(records.len(), 1, "{run}");
     records.remove(0)
 }
 
-#[test]
-fn open_files_limit_holds() {
-    let code = "fs = [open('/dev/null') for _ in range(64)]; print('opened', len(fs))";
-    assert_eq!(python_job(&[], code).outcome(), "ok");
-    let limited = python_job(&["--open-files", "16"], code);
-    assert_eq!(limited.outcome(), "failed", "{limited}");
+fn job(builder: Jobsup, flags: &[&str], program: &str, code: &str) -> (Record, Run) {
+    let run = builder
+        .args(["--mode", "exec"])
+        .args(flags)
+        .processor(program, ["-c", code])
+        .stdin("x\n")
+        .run();
+    (only_record(&run), run)
 }
 
 #[test]
-fn memory_limit_holds() {
-    let code = "x = bytearray(400 * 1024 * 1024); print(len(x))";
-    assert_eq!(python_job(&[], code).outcome(), "ok");
-    let limited = python_job(&["--memory", "100MiB"], code);
-    assert_eq!(limited.outcome(), "failed", "{limited}");
+fn open_files_limit_holds() {
+    let code = "fs = [open('/dev/null') for _ in range(64)]; print('opened', len(fs))";
+    for who in User::BOTH {
+        assert_eq!(
+            job(jobsup_as!(who), &[], "python3", code).0.outcome(),
+            "ok",
+            "{who:?}"
+        );
+        let (limited, _) = job(jobsup_as!(who), &["--open-files", "16"], "python3", code);
+        assert_eq!(limited.outcome(), "failed", "{who:?}: {limited}");
+    }
+}
+
+#[test]
+fn a_memory_hog_gets_a_record_that_names_the_limit() {
+    // Touches every byte, so that resident memory (what a cgroup counts) really grows.
+    let code = "x = b'x' * (400 * 1024 * 1024); print(len(x))";
+    for who in User::BOTH {
+        assert_eq!(
+            job(jobsup_as!(who), &[], "python3", code).0.outcome(),
+            "ok",
+            "{who:?}"
+        );
+        let (r, run) = job(jobsup_as!(who), &["--memory", "100MiB"], "python3", code);
+        assert!(
+            matches!(r.outcome(), "failed" | "crashed"),
+            "{who:?}: {r}\n{run}"
+        );
+        let error = r.error().unwrap_or_default();
+        assert!(
+            error.contains("memory limit of 100 MiB reached"),
+            "{who:?}: {r}\n{run}"
+        );
+        // Which mechanism held is said at start, and the record agrees with it.
+        if run.stderr.contains("memory=\"the memory controller") {
+            assert!(error.contains("OOM killer"), "{who:?}: {r}");
+        } else {
+            assert!(error.contains("address-space limit"), "{who:?}: {r}\n{run}");
+        }
+    }
+}
+
+#[test]
+fn max_procs_holds_or_is_refused_before_any_job() {
+    // Eight background processes at once, where four are allowed.
+    let code = "for i in 1 2 3 4 5 6 7 8; do sleep 0 & done; wait; echo done";
+    for who in User::BOTH {
+        assert_eq!(
+            job(jobsup_as!(who), &[], "sh", code).0.output(),
+            Some("done\n"),
+            "{who:?}"
+        );
+        let run = jobsup_as!(who)
+            .args(["--mode", "exec", "--max-procs", "4"])
+            .processor("sh", ["-c", code])
+            .stdin("x\n")
+            .run();
+        if run.code() == 125 {
+            // No usable pids controller: said clearly, and no job was run.
+            assert!(
+                run.stderr
+                    .contains("--max-procs needs a pids cgroup controller"),
+                "{who:?}: {run}"
+            );
+            assert!(run.records().is_empty(), "{who:?}: {run}");
+            assert!(
+                who == User::Unprivileged || !pids_controller_writable(),
+                "a pids controller is writable here, yet jobsup refused: {run}"
+            );
+        } else {
+            let r = only_record(&run);
+            assert_eq!(r.outcome(), "failed", "{who:?}: {r}");
+            assert!(
+                r.error()
+                    .unwrap_or_default()
+                    .contains("process limit of 4 reached (--max-procs)"),
+                "{who:?}: {r}"
+            );
+        }
+    }
+}
+
+/// Whether this process could make a cgroup with a pids controller, in cgroup v1 or v2, as
+/// jobsup would.
+fn pids_controller_writable() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split_whitespace().collect();
+        let right: Vec<&str> = right.split_whitespace().collect();
+        let (Some(root), Some(point), Some(fstype)) = (left.get(3), left.get(4), right.first())
+        else {
+            continue;
+        };
+        let options = right.get(2).copied().unwrap_or_default();
+        let wanted = match *fstype {
+            "cgroup" if options.split(',').any(|o| o == "pids") => Some("pids"),
+            "cgroup2" => None,
+            _ => continue,
+        };
+        let Some(path) = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ok = match wanted {
+                Some(c) => list.split(',').any(|x| x == c),
+                None => list.is_empty(),
+            };
+            ok.then_some(path)
+        }) else {
+            continue;
+        };
+        let dir = std::path::Path::new(point).join(
+            path.strip_prefix(root)
+                .unwrap_or(path)
+                .trim_start_matches('/'),
+        );
+        if wanted.is_none() {
+            let controllers =
+                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            if !controllers.split_whitespace().any(|c| c == "pids") {
+                continue;
+            }
+        }
+        let probe = dir.join(format!("jobsup-test-probe-{}", std::process::id()));
+        let writable = std::fs::create_dir(&probe).is_ok();
+        let _ = std::fs::remove_dir(&probe);
+        if writable {
+            return true;
+        }
+    }
+    false
 }
 
 #[test]
@@ -37,9 +165,7 @@ fn cpu_time_limit_is_named_in_the_record() {
         .processor("sh", ["-c", "while :; do :; done"])
         .stdin("x\n")
         .run();
-    let records = run.records();
-    assert_eq!(records.len(), 1, "{run}");
-    let r = &records[0];
+    let r = only_record(&run);
     assert_eq!(r.outcome(), "crashed", "{r}");
     assert!(
         r.error().unwrap_or_default().contains("cpu time limit"),

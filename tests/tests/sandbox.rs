@@ -1,94 +1,20 @@
-//! The sandbox around every worker: private directory, no new privileges, and no process
-//! of a worker's tree surviving its hard kill, even one that left the process group.
+//! The sandbox around every worker: private directory, cleared environment, no new
+//! privileges, and no process of a worker's tree surviving its hard kill or jobsup's own
+//! death, even one that left the process group.
+//!
+//! Each case runs twice: as the invoking user (root on CI, where jobsup uses cgroups) and as
+//! an unprivileged user (nobody, through `setpriv`, where cgroups are not writable and the
+//! process group, the tree walk, the environment tag and the guard do the work).
 
-use jobsup_tests::{bin, jobsup, pid_alive, wait_until, WAIT};
+use jobsup_tests::{
+    is_guard, jobsup, jobsup_as, pid_alive, proc_ppid, wait_until, Record, Run, User, WAIT,
+};
+use nix::sys::signal::Signal;
 
-#[test]
-fn a_setsid_grandchild_dies_with_its_workers_hard_kill() {
-    let j = jobsup!();
-    let pid_file = j.dir().join("escaped.pid");
-    // The worker starts a grandchild in a session of its own (out of the worker's process
-    // group), then ignores its cleanup request.
-    let script = j.write_file(
-        "escape.sh",
-        format!(
-            "while IFS= read -r line; do\n\
-             ( setsid sh -c 'echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; exec sleep 1000' & )\n\
-             trap '' TERM\n\
-             while :; do :; done\n\
-             done\n",
-            pid = pid_file.display()
-        ),
-    );
-    let bg = j
-        .args(["--mode", "lines", "--ttl", "300ms", "--cleanup", "300ms"])
-        .processor("sh", [script])
-        .stdin("go\n")
-        .keep_stdin_open()
-        .spawn();
-    wait_until(WAIT, "the job is killed", || {
-        bg.records_so_far().iter().any(|r| r.outcome() == "killed")
-    });
-    let escaped: i32 = std::fs::read_to_string(&pid_file)
-        .expect("the grandchild wrote its pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    // jobsup is still running (its stdin is open): the kill itself must have reached it.
-    wait_until(WAIT, "the escaped grandchild is gone", || {
-        !pid_alive(escaped)
-    });
-    assert!(
-        !bg.has_exited(),
-        "jobsup must still be running for this to prove anything"
-    );
-}
-
-#[test]
-fn each_worker_gets_a_private_directory_that_is_removed_afterwards() {
-    let run = jobsup!()
-        .args(["--mode", "exec", "-j", "2"])
-        .processor(
-            "sh",
-            [
-                "-c",
-                r#"printf '%s %s %s\n' "$JOBSUP_WORKDIR" "$(stat -c %a "$JOBSUP_WORKDIR")" "$(pwd)""#,
-            ],
-        )
-        .stdin("a\nb\n")
-        .run();
-    assert_eq!(run.code(), 0, "{run}");
-    let recs = run.records();
-    assert_eq!(recs.len(), 2, "{run}");
-    let mut dirs = Vec::new();
-    for r in &recs {
-        let out = r.output().expect("output");
-        let parts: Vec<&str> = out.split_whitespace().collect();
-        assert_eq!(parts.len(), 3, "{r}");
-        assert_eq!(parts[1], "700", "private: mode 0700 ({r})");
-        assert_eq!(parts[0], parts[2], "the worker runs in it ({r})");
-        dirs.push(parts[0].to_string());
-    }
-    assert_ne!(dirs[0], dirs[1], "each worker has its own");
-    for d in dirs {
-        assert!(
-            !std::path::Path::new(&d).exists(),
-            "{d} outlived its worker"
-        );
-    }
-}
-
-#[test]
-fn workers_cannot_gain_privileges() {
-    let run = jobsup!()
-        .args(["--mode", "exec"])
-        .processor("sh", ["-c", "grep NoNewPrivs /proc/self/status"])
-        .stdin("x\n")
-        .run();
-    let recs = run.records();
-    assert_eq!(recs.len(), 1, "{run}");
-    let out = recs[0].output().unwrap_or_default().to_string();
-    assert!(out.contains("NoNewPrivs:\t1"), "{out:?}");
+fn only_record(run: &Run) -> Record {
+    let mut records = run.records();
+    assert_eq!(records.len(), 1, "{run}");
+    records.remove(0)
 }
 
 /// Live processes whose argument list is exactly `sleep <duration>`, from /proc.
@@ -108,6 +34,187 @@ fn sleepers(duration: &str) -> Vec<i32> {
     found
 }
 
+/// A `sleep` argument no other test uses at the same time.
+fn token(case: u32, user: User) -> String {
+    format!("{}.{}{}", 700 + case, std::process::id(), user as u32)
+}
+
+#[test]
+fn a_secret_in_jobsups_environment_is_invisible_unless_passed() {
+    for user in User::BOTH {
+        let show =
+            r#"echo "secret=[$MY_SECRET] path=[${PATH:+set}] workdir=[${JOBSUP_WORKDIR:+set}]""#;
+        let hidden = only_record(
+            &jobsup_as!(user)
+                .env("MY_SECRET", "hunter2")
+                .args(["--mode", "exec"])
+                .processor("sh", ["-c", show])
+                .stdin("x\n")
+                .run(),
+        );
+        assert_eq!(
+            hidden.output(),
+            Some("secret=[] path=[set] workdir=[set]\n"),
+            "{user:?}: {hidden}"
+        );
+        let passed = only_record(
+            &jobsup_as!(user)
+                .env("MY_SECRET", "hunter2")
+                .args(["--mode", "exec", "--pass-env", "MY_SECRET"])
+                .processor("sh", ["-c", show])
+                .stdin("x\n")
+                .run(),
+        );
+        assert_eq!(
+            passed.output(),
+            Some("secret=[hunter2] path=[set] workdir=[set]\n"),
+            "{user:?}: {passed}"
+        );
+    }
+}
+
+#[test]
+fn each_worker_gets_a_private_directory_that_is_removed_afterwards() {
+    for user in User::BOTH {
+        let run = jobsup_as!(user)
+            .args(["--mode", "exec", "-j", "2"])
+            .processor(
+                "sh",
+                [
+                    "-c",
+                    r#"printf '%s %s %s %s\n' "$JOBSUP_WORKDIR" "$(stat -c %a "$JOBSUP_WORKDIR")" "$(pwd)" "$(stat -c %u "$JOBSUP_WORKDIR")""#,
+                ],
+            )
+            .stdin("a\nb\n")
+            .run();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+        let recs = run.records();
+        assert_eq!(recs.len(), 2, "{run}");
+        let mut dirs = Vec::new();
+        for r in &recs {
+            let out = r.output().expect("output");
+            let parts: Vec<&str> = out.split_whitespace().collect();
+            assert_eq!(parts.len(), 4, "{r}");
+            assert_eq!(parts[1], "700", "private: mode 0700 ({user:?}: {r})");
+            assert_eq!(parts[0], parts[2], "the worker runs in it ({r})");
+            // SAFETY: getuid cannot fail.
+            let own_uid = unsafe { libc::getuid() };
+            let expected_owner = match user {
+                User::Unprivileged if jobsup_tests::running_as_root() => jobsup_tests::NOBODY,
+                _ => own_uid,
+            };
+            assert_eq!(
+                parts[3],
+                expected_owner.to_string(),
+                "owned by the worker's user ({r})"
+            );
+            dirs.push(parts[0].to_string());
+        }
+        assert_ne!(dirs[0], dirs[1], "each worker has its own");
+        for d in dirs {
+            assert!(
+                !std::path::Path::new(&d).exists(),
+                "{d} outlived its worker"
+            );
+        }
+    }
+}
+
+#[test]
+fn workers_cannot_gain_privileges_or_dump_core() {
+    let run = jobsup!()
+        .args(["--mode", "exec"])
+        .processor("sh", ["-c", "grep NoNewPrivs /proc/self/status; ulimit -c"])
+        .stdin("x\n")
+        .run();
+    let out = only_record(&run).output().unwrap_or_default().to_string();
+    assert_eq!(out, "NoNewPrivs:\t1\n0\n", "{run}");
+}
+
+#[test]
+fn a_setsid_grandchild_dies_with_its_workers_hard_kill() {
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        let pid_file = j.dir().join("escaped.pid");
+        // The worker starts a grandchild in a session of its own (out of the worker's
+        // process group), then ignores its cleanup request.
+        let script = j.write_file(
+            "escape.sh",
+            format!(
+                "while IFS= read -r line; do\n\
+                 ( setsid sh -c 'echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; exec sleep 1000' & )\n\
+                 trap '' TERM\n\
+                 while :; do :; done\n\
+                 done\n",
+                pid = pid_file.display()
+            ),
+        );
+        let bg = j
+            .args(["--mode", "lines", "--ttl", "300ms", "--cleanup", "300ms"])
+            .processor("sh", [script])
+            .stdin("go\n")
+            .keep_stdin_open()
+            .spawn();
+        wait_until(WAIT, "the job is killed", || {
+            bg.records_so_far().iter().any(|r| r.outcome() == "killed")
+        });
+        let escaped: i32 = std::fs::read_to_string(&pid_file)
+            .expect("the grandchild wrote its pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // jobsup is still running (its stdin is open): the kill itself must have reached it.
+        wait_until(WAIT, "the escaped grandchild is gone", || {
+            !pid_alive(escaped)
+        });
+        assert!(
+            !bg.has_exited(),
+            "{user:?}: jobsup must still be running for this to prove anything"
+        );
+    }
+}
+
+/// The one start-up line that says how workers are contained.
+fn sandbox_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("sandbox:")).collect();
+    assert_eq!(lines.len(), 1, "exactly one sandbox line:\n{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn the_containment_in_use_is_logged_once_at_start() {
+    let run = |user: User, flags: &[&str]| {
+        let run = jobsup_as!(user)
+            .args(["--mode", "exec"])
+            .args(flags)
+            .processor("true", [] as [&str; 0])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{run}");
+        sandbox_line(&run.stderr)
+    };
+    let default = run(User::Invoker, &[]);
+    let expected = if cgroup_v2_writable() {
+        "hard kill through their cgroup"
+    } else {
+        "hard kill through their process group"
+    };
+    assert!(default.contains(expected), "{default}");
+    let isolated = run(User::Unprivileged, &["--isolate", "pid"]);
+    assert!(
+        isolated.contains("hard kill through their pid namespace"),
+        "{isolated}"
+    );
+    if jobsup_tests::running_as_root() {
+        // nobody cannot write root's cgroups.
+        let unprivileged = run(User::Unprivileged, &[]);
+        assert!(
+            unprivileged.contains("hard kill through their process group"),
+            "{unprivileged}"
+        );
+    }
+}
+
 #[test]
 fn isolate_net_denies_a_loopback_listener_outside() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
@@ -115,91 +222,45 @@ fn isolate_net_denies_a_loopback_listener_outside() {
     let connect = format!(
         "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')"
     );
-    let run_with = |flags: &[&str]| {
-        let run = jobsup!()
-            .args(["--mode", "exec"])
-            .args(flags)
-            .processor("python3", ["-c", connect.as_str()])
-            .stdin("x\n")
-            .run();
-        let mut records = run.records();
-        assert_eq!(records.len(), 1, "{run}");
-        records.remove(0)
-    };
-    let open = run_with(&[]);
-    assert_eq!(open.output(), Some("connected\n"), "{open}");
-    let isolated = run_with(&["--isolate", "net"]);
-    assert_eq!(isolated.outcome(), "failed", "{isolated}");
+    for user in User::BOTH {
+        let run_with = |flags: &[&str]| {
+            only_record(
+                &jobsup_as!(user)
+                    .args(["--mode", "exec"])
+                    .args(flags)
+                    .processor("python3", ["-c", connect.as_str()])
+                    .stdin("x\n")
+                    .run(),
+            )
+        };
+        let open = run_with(&[]);
+        assert_eq!(open.output(), Some("connected\n"), "{user:?}: {open}");
+        let isolated = run_with(&["--isolate", "net"]);
+        assert_eq!(isolated.outcome(), "failed", "{user:?}: {isolated}");
+    }
 }
 
 #[test]
-fn isolate_pid_leaves_no_descendant_even_when_jobsup_is_killed() {
-    // A grandchild that escapes every other way: its own session, an empty environment
-    // (so no worker tag), and a parent that has already exited.
-    let token = format!("{}.{}", 900 + std::process::id() % 97, std::process::id());
-    let script =
-        format!("while IFS= read -r l; do ( setsid env -i sleep {token} & ); echo \"$l\"; done");
-    let bg = jobsup!()
-        .args(["--mode", "lines", "-j", "1", "--isolate", "pid"])
-        .processor("sh", ["-c", script.as_str()])
-        .stdin("go\n")
-        .keep_stdin_open()
-        .spawn();
-    wait_until(WAIT, "the job's record", || !bg.records_so_far().is_empty());
-    wait_until(WAIT, "the escaped grandchild runs", || {
-        !sleepers(&token).is_empty()
-    });
-    bg.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = bg.wait();
-    wait_until(WAIT, "nothing of the worker's tree survives", || {
-        sleepers(&token).is_empty()
-    });
-}
-
-#[test]
-fn isolation_works_for_an_unprivileged_user() {
-    // As root, drop to nobody for this run; as anyone else, run as is.
-    // SAFETY: geteuid cannot fail.
-    let unprivileged = unsafe { libc::geteuid() } != 0;
-    let builder = if unprivileged {
-        jobsup!()
-    } else {
-        jobsup_tests::Jobsup::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(bin!("jobsup-shim"))
-            .arg("run")
-    };
-    let run = builder
-        .args([
-            "--mode",
-            "exec",
-            "--isolate",
-            "pid,net",
-            "--workdir",
-            "/tmp",
-        ])
+fn isolate_pid_makes_the_worker_pid_1_for_an_unprivileged_user() {
+    let run = jobsup_as!(User::Unprivileged)
+        .args(["--mode", "exec", "--isolate", "pid,net"])
         .processor("sh", ["-c", "echo \"uid=$(id -u) pid=$$\""])
         .stdin("x\n")
         .run();
-    let records = run.records();
-    assert_eq!(records.len(), 1, "{run}");
-    let out = records[0].output().unwrap_or_default().to_string();
+    let out = only_record(&run).output().unwrap_or_default().to_string();
     assert!(out.ends_with("pid=1\n"), "{out:?}\n{run}");
     assert!(!out.starts_with("uid=0 "), "not root: {out:?}");
 }
 
 /// A worker whose grandchild leaves by every door (own session, empty environment,
-/// parent gone) is killed with its tree at the hard kill, while jobsup runs on: through
-/// the worker's cgroup where the machine offers cgroup v2, and always under
-/// `--isolate pid`.
-fn fully_escaped_grandchild_dies_at_the_hard_kill(flags: &[&str]) -> bool {
-    let token = format!("{}.{}", 800 + std::process::id() % 97, flags.len());
+/// parent gone) is killed with its tree at the hard kill, while jobsup runs on.
+fn fully_escaped_grandchild_dies_at_the_hard_kill(user: User, flags: &[&str]) {
+    let token = token(flags.len() as u32, user);
     let script = format!(
         "trap '' TERM; while IFS= read -r l; do ( setsid env -i sleep {token} & ); while :; do :; done; done"
     );
-    let bg = jobsup!()
+    let bg = jobsup_as!(user)
         .args([
-            "-v",
             "--mode",
             "lines",
             "-j",
@@ -220,30 +281,154 @@ fn fully_escaped_grandchild_dies_at_the_hard_kill(flags: &[&str]) -> bool {
     wait_until(WAIT, "the job is killed", || {
         bg.records_so_far().iter().any(|r| r.outcome() == "killed")
     });
-    let uses_cgroups = bg.stderr_so_far().contains("each worker gets a cgroup");
-    if uses_cgroups || !flags.is_empty() {
-        wait_until(WAIT, "nothing of the worker's tree survives", || {
-            sleepers(&token).is_empty()
-        });
-        assert!(
-            !bg.has_exited(),
-            "jobsup must still run for this to prove anything"
-        );
-    }
-    uses_cgroups
+    wait_until(WAIT, "nothing of the worker's tree survives", || {
+        sleepers(&token).is_empty()
+    });
+    assert!(
+        !bg.has_exited(),
+        "{user:?} {flags:?}: jobsup must still run for this to prove anything"
+    );
 }
 
 #[test]
 fn a_fully_escaped_grandchild_dies_at_the_hard_kill() {
-    fully_escaped_grandchild_dies_at_the_hard_kill(&["--isolate", "pid"]);
-    let uses_cgroups = fully_escaped_grandchild_dies_at_the_hard_kill(&[]);
-    // Where a writable cgroup v2 hierarchy exists (this machine has one), it is used.
+    for user in User::BOTH {
+        fully_escaped_grandchild_dies_at_the_hard_kill(user, &["--isolate", "pid"]);
+    }
+    // Without a pid namespace, only a cgroup holds such a process: where a writable cgroup
+    // v2 hierarchy exists (CI has one), jobsup must use it.
     if cgroup_v2_writable() {
+        fully_escaped_grandchild_dies_at_the_hard_kill(User::Invoker, &[]);
+    }
+}
+
+/// Voluntary context switches of a process so far (each wait of the guard's loop is one).
+fn voluntary_switches(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The guard process of the jobsup with this pid.
+fn guard_of(jobsup: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&p| proc_ppid(p) == Some(jobsup) && is_guard(p))
+}
+
+fn nothing_survives_a_killed_jobsup(user: User, flags: &[&str]) {
+    let tokens: Vec<String> = (0..3)
+        .map(|i| token(10 + i + 3 * flags.len() as u32, user))
+        .collect();
+    // One descendant of each kind: in the worker's group, in a session of its own, and in
+    // a session of its own with an empty environment (no tag).
+    let script = format!(
+        "while IFS= read -r l; do sleep {a} & ( setsid sleep {b} & ); ( setsid env -i sleep {c} & ); echo \"$l\"; done",
+        a = tokens[0],
+        b = tokens[1],
+        c = tokens[2],
+    );
+    let bg = jobsup_as!(user)
+        .args(["--mode", "lines", "-j", "1"])
+        .args(flags)
+        .processor("sh", ["-c", script.as_str()])
+        .stdin("go\n")
+        .keep_stdin_open()
+        .spawn();
+    let jobsup = bg.pid();
+    wait_until(WAIT, "the job's record", || !bg.records_so_far().is_empty());
+    wait_until(WAIT, "every descendant runs", || {
+        tokens.iter().all(|t| !sleepers(t).is_empty())
+    });
+    let worker = bg.records_so_far()[0].pid().expect("a worker pid");
+    let guard = guard_of(jobsup).expect("jobsup runs a guard");
+    // Without cgroups the guard learns of the empty-environment escapee by watching the
+    // tree between its waits: let it finish a few rounds after the escapee appeared.
+    let switches = voluntary_switches(guard).expect("the guard's status");
+    wait_until(WAIT, "the guard has looked at the tree", || {
+        voluntary_switches(guard).is_some_and(|n| n >= switches + 3)
+    });
+    let cgroups = jobsup_cgroups(jobsup);
+    bg.signal(Signal::SIGKILL);
+    let run = bg.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&run.status),
+        Some(9),
+        "{run}"
+    );
+    wait_until(WAIT, "nothing of the worker's tree survives", || {
+        !pid_alive(worker) && tokens.iter().all(|t| sleepers(t).is_empty())
+    });
+    wait_until(WAIT, "the guard is done", || !pid_alive(guard));
+    for dir in cgroups {
         assert!(
-            uses_cgroups,
-            "a writable cgroup v2 hierarchy exists but jobsup did not use it"
+            !dir.exists(),
+            "{user:?}: {} outlived the run",
+            dir.display()
         );
     }
+}
+
+#[test]
+fn killing_jobsup_with_sigkill_leaves_no_worker_or_descendant() {
+    for user in User::BOTH {
+        nothing_survives_a_killed_jobsup(user, &[]);
+        nothing_survives_a_killed_jobsup(user, &["--isolate", "pid"]);
+    }
+}
+
+#[test]
+fn a_clean_run_leaves_no_cgroup_and_no_guard() {
+    let bg = jobsup!()
+        .args(["--mode", "exec"])
+        .processor("true", [] as [&str; 0])
+        .stdin("x\n")
+        .keep_stdin_open()
+        .spawn();
+    let jobsup = bg.pid();
+    wait_until(WAIT, "the record", || !bg.records_so_far().is_empty());
+    let guard = guard_of(jobsup).expect("jobsup runs a guard");
+    let cgroups = jobsup_cgroups(jobsup);
+    if cgroup_v2_writable() {
+        assert!(!cgroups.is_empty(), "jobsup made no cgroup");
+    }
+    let mut bg = bg;
+    bg.close_stdin();
+    let run = bg.wait();
+    assert_eq!(run.code(), 0, "{run}");
+    wait_until(WAIT, "the guard is gone", || !pid_alive(guard));
+    for dir in cgroups {
+        assert!(!dir.exists(), "{} outlived the run", dir.display());
+    }
+}
+
+/// The cgroup directories jobsup made (`jobsup-<pid>` in any hierarchy), from the paths its
+/// workers' cgroups have.
+fn jobsup_cgroups(jobsup: i32) -> Vec<std::path::PathBuf> {
+    let name = format!("jobsup-{jobsup}");
+    let mut found = Vec::new();
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path().join(&name);
+            if p.is_dir() {
+                found.push(p);
+            }
+        }
+        let p = std::path::Path::new(root).join(&name);
+        if p.is_dir() {
+            found.push(p);
+        }
+    }
+    found
 }
 
 /// Whether this process could make a cgroup v2 directory under its own cgroup, as jobsup

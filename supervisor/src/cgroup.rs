@@ -105,9 +105,12 @@ struct Mount {
 fn mounts() -> Result<Vec<Mount>, String> {
     let text = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    Ok(parse_mountinfo(&text))
+}
+
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
     // Fields: id parent major:minor root mount-point options ... - fstype source super-options
-    Ok(text
-        .lines()
+    text.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let left: Vec<&str> = left.split_whitespace().collect();
@@ -119,7 +122,7 @@ fn mounts() -> Result<Vec<Mount>, String> {
                 options: right.nth(1).unwrap_or_default().to_string(),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// This process's path in the hierarchy whose `/proc/self/cgroup` controller list is
@@ -475,5 +478,56 @@ impl WorkerCgroup {
         for (dir, _) in &self.dirs {
             let _ = fs::remove_dir(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+32 25 0:28 /docker/abc /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+33 25 0:29 / /proc rw - proc proc rw";
+
+    const OWN: &str = "\
+8:pids:/user.slice
+4:memory:/docker/abc/job
+1:name=systemd:/
+0::/user.slice/session-1.scope";
+
+    #[test]
+    fn own_paths_are_found_per_hierarchy() {
+        assert_eq!(
+            own_path(OWN, None).as_deref(),
+            Some("/user.slice/session-1.scope")
+        );
+        assert_eq!(own_path(OWN, Some("pids")).as_deref(), Some("/user.slice"));
+        assert_eq!(
+            own_path(OWN, Some("memory")).as_deref(),
+            Some("/docker/abc/job")
+        );
+        assert_eq!(own_path(OWN, Some("cpu")), None);
+    }
+
+    #[test]
+    fn a_mount_of_a_subtree_is_joined_without_its_root() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        let memory = mounts
+            .iter()
+            .find(|m| m.options.split(',').any(|o| o == "memory"))
+            .expect("the memory mount");
+        // Inside a container the hierarchy is mounted from /docker/abc: the process's path
+        // /docker/abc/job is /job under the mount point.
+        assert_eq!(
+            dir_in(memory, "/docker/abc/job"),
+            PathBuf::from("/sys/fs/cgroup/memory/job")
+        );
+        let v2 = mounts.iter().find(|m| m.fstype == "cgroup2").expect("v2");
+        assert_eq!(
+            dir_in(v2, "/user.slice/session-1.scope"),
+            PathBuf::from("/sys/fs/cgroup/unified/user.slice/session-1.scope")
+        );
     }
 }

@@ -72,8 +72,8 @@ pub struct Guard {
 
 /// Starts the guard for this run. `cgroups` are the directories it removes at the end.
 pub fn start(cgroups: &[PathBuf]) -> io::Result<Guard> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+    // The running binary itself, even if its file was replaced or removed since.
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(NAME)
         .arg("__guard")
         .arg("--parent")
@@ -126,25 +126,34 @@ pub fn serve(args: &GuardArgs) -> u8 {
 /// Processes seen in jobsup's tree, with their start times (so that a recycled pid is not
 /// mistaken for one of them).
 #[derive(Default)]
-struct Seen(std::collections::HashMap<i32, u64>);
+struct Seen {
+    pids: std::collections::HashMap<i32, u64>,
+    rounds: u32,
+}
 
 impl Seen {
     fn watch(&mut self, parent: i32) {
-        self.0.retain(|&pid, start| start_time(pid) == Some(*start));
+        // Forget the dead now and then, so that a long run of short-lived processes does
+        // not grow the map; between times only new pids cost a read.
+        self.rounds = self.rounds.wrapping_add(1);
+        if self.rounds % 64 == 0 {
+            self.pids
+                .retain(|&pid, start| start_time(pid) == Some(*start));
+        }
         let me = std::process::id() as i32;
         for pid in crate::reaper::descendants(parent) {
-            if pid == me {
+            if pid == me || self.pids.contains_key(&pid) {
                 continue;
             }
             if let Some(start) = start_time(pid) {
-                self.0.entry(pid).or_insert(start);
+                self.pids.insert(pid, start);
             }
         }
     }
 
     /// Those still running as the same process.
     fn alive(&self) -> Vec<i32> {
-        self.0
+        self.pids
             .iter()
             .filter(|(&pid, &start)| start_time(pid) == Some(start))
             .map(|(&pid, _)| pid)

@@ -136,7 +136,7 @@ impl Seen {
         // Forget the dead now and then, so that a long run of short-lived processes does
         // not grow the map; between times only new pids cost a read.
         self.rounds = self.rounds.wrapping_add(1);
-        if self.rounds % 64 == 0 {
+        if self.rounds.is_multiple_of(64) {
             self.pids
                 .retain(|&pid, start| start_time(pid) == Some(*start));
         }

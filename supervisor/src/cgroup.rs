@@ -151,6 +151,16 @@ fn make_base(parent: &Path) -> Result<PathBuf, String> {
     Ok(base)
 }
 
+impl Base {
+    fn describe(&self, controller: &str) -> String {
+        format!(
+            "the {controller} controller (cgroup {:?}) in {}",
+            self.version,
+            self.dir.display()
+        )
+    }
+}
+
 impl Cgroups {
     /// Finds what the machine offers and makes jobsup's directories. Never fails: what is
     /// missing is said in [`Detected`] and left to the other mechanisms.
@@ -240,11 +250,7 @@ impl Cgroups {
         if let Some(bytes) = wanted.memory {
             match controller("memory") {
                 Ok(base) => {
-                    found.memory = Some(format!(
-                        "the memory controller (cgroup {:?}) in {}",
-                        base.version,
-                        base.dir.display()
-                    ));
+                    found.memory = Some(base.describe("memory"));
                     cg.memory = Some((base, bytes));
                 }
                 Err(why) => found.memory = Some(format!("RLIMIT_AS ({why})")),
@@ -253,11 +259,7 @@ impl Cgroups {
         if let Some(n) = wanted.max_procs {
             match controller("pids") {
                 Ok(base) => {
-                    found.max_procs = Some(format!(
-                        "the pids controller (cgroup {:?}) in {}",
-                        base.version,
-                        base.dir.display()
-                    ));
+                    found.max_procs = Some(base.describe("pids"));
                     cg.pids = Some((base, n));
                 }
                 Err(why) => found.max_procs_refused = Some(why),

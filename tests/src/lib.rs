@@ -453,6 +453,19 @@ impl Background {
         !pid_alive(pid)
     }
 
+    /// Kills jobsup with SIGKILL (no chance to clean up) and waits for it, asserting that
+    /// this is how it died.
+    pub fn kill_hard(self) -> Run {
+        self.signal(Signal::SIGKILL);
+        let run = self.wait();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&run.status),
+            Some(libc::SIGKILL),
+            "jobsup should have died of SIGKILL\n{run}"
+        );
+        run
+    }
+
     /// Waits for jobsup to exit, within the run's global deadline.
     pub fn wait(mut self) -> Run {
         let mut child = self.child.take().expect("jobsup was waited for");

@@ -2,7 +2,6 @@
 //! supervisor.
 
 use jobsup_tests::{bin, jobsup, pid_alive, records, wait_until, WAIT};
-use nix::sys::signal::Signal;
 
 #[test]
 fn processor_stdout_and_stderr_are_logged_with_ids_not_mixed_into_results() {
@@ -44,13 +43,7 @@ fn workers_die_with_a_killed_supervisor() {
         .spawn();
     wait_until(WAIT, "jobsup has two workers", || bg.children().len() >= 2);
     let workers = bg.children();
-    bg.signal(Signal::SIGKILL);
-    let run = bg.wait();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&run.status),
-        Some(9),
-        "{run}"
-    );
+    bg.kill_hard();
     // The parent-death signal kills them; nobody is left to reap them but init, so wait
     // for them to be gone (or zombies, which pid_alive counts as dead).
     wait_until(WAIT, "the workers die with jobsup", || {

@@ -9,7 +9,6 @@
 use jobsup_tests::{
     is_guard, jobsup, jobsup_as, pid_alive, proc_ppid, wait_until, Record, Run, User, WAIT,
 };
-use nix::sys::signal::Signal;
 
 fn only_record(run: &Run) -> Record {
     let mut records = run.records();
@@ -355,13 +354,7 @@ fn nothing_survives_a_killed_jobsup(user: User, flags: &[&str]) {
         voluntary_switches(guard).is_some_and(|n| n >= switches + 3)
     });
     let cgroups = jobsup_cgroups(jobsup);
-    bg.signal(Signal::SIGKILL);
-    let run = bg.wait();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&run.status),
-        Some(9),
-        "{run}"
-    );
+    bg.kill_hard();
     wait_until(WAIT, "nothing of the worker's tree survives", || {
         !pid_alive(worker) && tokens.iter().all(|t| sleepers(t).is_empty())
     });

@@ -103,6 +103,11 @@ pub fn start(cgroups: &[PathBuf]) -> io::Result<Guard> {
 
 /// The guard's life: wait for jobsup to end, then sweep.
 pub fn serve(args: &GuardArgs) -> u8 {
+    // Its own name in `ps`, `top` and for `killall jobsup`, which should leave it be.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"jobsup-guard".as_ptr(), 0, 0, 0);
+    }
     for sig in [
         libc::SIGINT,
         libc::SIGTERM,

@@ -321,10 +321,8 @@ fn guard_of(jobsup: i32) -> Option<i32> {
         .find(|&p| proc_ppid(p) == Some(jobsup) && is_guard(p))
 }
 
-fn nothing_survives_a_killed_jobsup(user: User, flags: &[&str]) {
-    let tokens: Vec<String> = (0..3)
-        .map(|i| token(10 + i + 3 * flags.len() as u32, user))
-        .collect();
+fn nothing_survives_a_killed_jobsup(case: u32, user: User, flags: &[&str]) {
+    let tokens: Vec<String> = (0..3).map(|i| token(10 + i + 3 * case, user)).collect();
     // One descendant of each kind: in the worker's group, in a session of its own, and in
     // a session of its own with an empty environment (no tag).
     let script = format!(
@@ -353,7 +351,7 @@ fn nothing_survives_a_killed_jobsup(user: User, flags: &[&str]) {
     wait_until(WAIT, "the guard has looked at the tree", || {
         voluntary_switches(guard).is_some_and(|n| n >= switches + 3)
     });
-    let cgroups = jobsup_cgroups(jobsup);
+    let cgroups = guarded_cgroups(guard);
     bg.kill_hard();
     wait_until(WAIT, "nothing of the worker's tree survives", || {
         !pid_alive(worker) && tokens.iter().all(|t| sleepers(t).is_empty())
@@ -371,9 +369,12 @@ fn nothing_survives_a_killed_jobsup(user: User, flags: &[&str]) {
 #[test]
 fn killing_jobsup_with_sigkill_leaves_no_worker_or_descendant() {
     for user in User::BOTH {
-        nothing_survives_a_killed_jobsup(user, &[]);
-        nothing_survives_a_killed_jobsup(user, &["--isolate", "pid"]);
+        nothing_survives_a_killed_jobsup(0, user, &[]);
+        nothing_survives_a_killed_jobsup(1, user, &["--isolate", "pid"]);
     }
+    // With limits, jobsup may use more hierarchies (cgroup v1 memory and pids here): the
+    // guard removes those too.
+    nothing_survives_a_killed_jobsup(2, User::Invoker, &["--memory", "1GiB"]);
 }
 
 #[test]
@@ -387,7 +388,7 @@ fn a_clean_run_leaves_no_cgroup_and_no_guard() {
     let jobsup = bg.pid();
     wait_until(WAIT, "the record", || !bg.records_so_far().is_empty());
     let guard = guard_of(jobsup).expect("jobsup runs a guard");
-    let cgroups = jobsup_cgroups(jobsup);
+    let cgroups = guarded_cgroups(guard);
     if cgroup_v2_writable() {
         assert!(!cgroups.is_empty(), "jobsup made no cgroup");
     }
@@ -401,27 +402,15 @@ fn a_clean_run_leaves_no_cgroup_and_no_guard() {
     }
 }
 
-/// The cgroup directories jobsup made (`jobsup-<pid>` in any hierarchy), from the paths its
-/// workers' cgroups have.
-fn jobsup_cgroups(jobsup: i32) -> Vec<std::path::PathBuf> {
-    let name = format!("jobsup-{jobsup}");
-    let mut found = Vec::new();
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        let Ok(entries) = std::fs::read_dir(root) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path().join(&name);
-            if p.is_dir() {
-                found.push(p);
-            }
-        }
-        let p = std::path::Path::new(root).join(&name);
-        if p.is_dir() {
-            found.push(p);
-        }
-    }
-    found
+/// The cgroup directories jobsup made (`jobsup-<pid>` in each hierarchy), as it told its
+/// guard on the guard's command line.
+fn guarded_cgroups(guard: i32) -> Vec<std::path::PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{guard}/cmdline")).expect("the guard's cmdline");
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2)
+        .filter(|w| w[0] == b"--cgroup")
+        .map(|w| std::path::PathBuf::from(String::from_utf8_lossy(w[1]).into_owned()))
+        .collect()
 }
 
 /// Whether this process could make a cgroup v2 directory under its own cgroup, as jobsup

@@ -265,11 +265,31 @@ impl Cgroups {
                 Err(why) => found.max_procs_refused = Some(why),
             }
         }
+        // Without cgroup v2, a cgroup v1 pids hierarchy still gives a kill that nothing
+        // escapes: forks are stopped (`pids.max` 0), then every listed process is killed.
+        let v1_kill = match (&v2, &cg.pids) {
+            (Some(_), _) => None,
+            (None, Some((base, _))) => Some(base.dir.clone()),
+            (None, None) => controller("pids").ok().map(|b| b.dir),
+        };
         cg.bases.extend(v1_dirs.into_iter().map(|(_, d)| d));
-        cg.kill = v2.map(|dir| Base {
-            dir,
-            version: Version::V2,
-        });
+        cg.kill = match (v2, v1_kill) {
+            (Some(dir), _) => Some(Base {
+                dir,
+                version: Version::V2,
+            }),
+            (None, Some(dir)) => {
+                found.kill = format!(
+                    "a cgroup v1 pids controller (forks stopped, then SIGKILL to each process) in {}",
+                    dir.display()
+                );
+                Some(Base {
+                    dir,
+                    version: Version::V1,
+                })
+            }
+            (None, None) => None,
+        };
         if cg.bases.is_empty() {
             return (None, found);
         }
@@ -286,7 +306,7 @@ impl Cgroups {
         self.memory.is_some() || self.pids.is_some()
     }
 
-    /// Whether the hard kill can use `cgroup.kill`.
+    /// Whether the hard kill goes through a cgroup (`cgroup.kill`, or a v1 pids cgroup).
     pub fn can_kill(&self) -> bool {
         self.kill.is_some()
     }
@@ -355,18 +375,38 @@ pub fn remove_all(bases: &[PathBuf]) {
     }
 }
 
-/// SIGKILL to every process in one cgroup: `cgroup.kill` in v2; in v1, each pid listed
-/// (the process group, the tree walk and the v2 kill do the rest).
+/// SIGKILL to every process in one cgroup: `cgroup.kill` in v2. In v1, forks are stopped
+/// first where the pids controller is there (`pids.max` 0), so that the listed processes
+/// are all there is, then each is killed.
 fn kill_dir(dir: &Path) {
     if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
         return;
     }
-    for pid in procs_of(dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    let _ = fs::write(dir.join("pids.max"), "0");
+    // A fork already past the check may land after the first listing: list again.
+    for _ in 0..3 {
+        let pids = procs_of(dir);
+        if pids.is_empty() {
+            return;
+        }
+        crate::reaper::kill_all(&pids);
     }
+}
+
+/// Kills everything in the worker cgroups under `base`; returns how many processes were
+/// still listed there (killed ones leave their cgroup as they exit).
+pub fn kill_under(base: &Path) -> usize {
+    let mut listed = 0;
+    let _ = fs::write(base.join("cgroup.kill"), "1");
+    if let Ok(entries) = fs::read_dir(base) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                listed += procs_of(&e.path()).len();
+                kill_dir(&e.path());
+            }
+        }
+    }
+    listed
 }
 
 fn procs_of(dir: &Path) -> Vec<i32> {
@@ -403,6 +443,10 @@ impl WorkerCgroup {
             // A leftover from an earlier process of the same exec slot.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
+        }
+        // A reused directory may keep the `pids.max` 0 of an earlier kill.
+        if base.version == Version::V1 {
+            let _ = fs::write(dir.join("pids.max"), "max");
         }
         self.procs.push(
             CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())

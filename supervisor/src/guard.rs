@@ -210,12 +210,10 @@ fn wait_for_end(parent: i32, mut watch: Option<&mut Seen>) {
 fn sweep(tag: &str, cgroups: &[PathBuf], seen: &Seen) {
     let needle = format!("{TAG_VAR}={tag}");
     for _ in 0..100 {
-        for base in cgroups {
-            let _ = std::fs::write(base.join("cgroup.kill"), "1");
-        }
+        let in_cgroups: usize = cgroups.iter().map(|b| crate::cgroup::kill_under(b)).sum();
         let mut left = tagged_processes(needle.as_bytes());
         left.extend(seen.alive());
-        if left.is_empty() {
+        if left.is_empty() && in_cgroups == 0 {
             break;
         }
         crate::reaper::kill_all(&left);

@@ -951,6 +951,44 @@ pub fn cpu_ticks(pid: i32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// This process's own directory in a cgroup hierarchy: cgroup v2 for `None`, else the v1
+/// hierarchy of `controller`; found as jobsup finds it (mountinfo plus /proc/self/cgroup,
+/// minus the mount's root inside containers).
+pub fn own_cgroup_dir(controller: Option<&str>) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (root, point) = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let left: Vec<&str> = left.split_whitespace().collect();
+        let right: Vec<&str> = right.split_whitespace().collect();
+        let matches = match controller {
+            None => *right.first()? == "cgroup2",
+            Some(c) => *right.first()? == "cgroup" && right.get(2)?.split(',').any(|o| o == c),
+        };
+        matches.then(|| (left.get(3).copied(), left.get(4).copied()))
+    })?;
+    let (root, point) = (root?, point?);
+    let path = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = match controller {
+            None => list.is_empty(),
+            Some(c) => list.split(',').any(|x| x == c),
+        };
+        matches.then_some(path)
+    })?;
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    Some(Path::new(point).join(rel.trim_start_matches('/')))
+}
+
+/// Whether this process can make a directory in `dir` (a cgroup, as jobsup would).
+pub fn can_make_dir_in(dir: &Path) -> bool {
+    let probe = dir.join(format!("jobsup-test-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     //! The helpers themselves, against ordinary programs (no jobsup needed).

@@ -3,7 +3,7 @@
 //! tried as the invoking user (root on CI: cgroup controllers) and as an unprivileged user
 //! (nobody: no writable cgroups, so `RLIMIT_AS` for memory and a refusal for processes).
 
-use jobsup_tests::{jobsup, jobsup_as, Jobsup, Record, Run, User};
+use jobsup_tests::{can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, Jobsup, Record, Run, User};
 
 fn only_record(run: &Run) -> Record {
     let mut records = run.records();
@@ -104,58 +104,19 @@ fn max_procs_holds_or_is_refused_before_any_job() {
     }
 }
 
-/// Whether this process could make a cgroup with a pids controller, in cgroup v1 or v2, as
-/// jobsup would.
+/// Whether this process could make a cgroup with a pids controller, in cgroup v2 (where
+/// the controller is available) or v1, as jobsup would.
 fn pids_controller_writable() -> bool {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split_whitespace().collect();
-        let right: Vec<&str> = right.split_whitespace().collect();
-        let (Some(root), Some(point), Some(fstype)) = (left.get(3), left.get(4), right.first())
-        else {
-            continue;
-        };
-        let options = right.get(2).copied().unwrap_or_default();
-        let wanted = match *fstype {
-            "cgroup" if options.split(',').any(|o| o == "pids") => Some("pids"),
-            "cgroup2" => None,
-            _ => continue,
-        };
-        let Some(path) = own.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let ok = match wanted {
-                Some(c) => list.split(',').any(|x| x == c),
-                None => list.is_empty(),
-            };
-            ok.then_some(path)
-        }) else {
-            continue;
-        };
-        let dir = std::path::Path::new(point).join(
-            path.strip_prefix(root)
-                .unwrap_or(path)
-                .trim_start_matches('/'),
-        );
-        if wanted.is_none() {
-            let controllers =
-                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-            if !controllers.split_whitespace().any(|c| c == "pids") {
-                continue;
-            }
-        }
-        let probe = dir.join(format!("jobsup-test-probe-{}", std::process::id()));
-        let writable = std::fs::create_dir(&probe).is_ok();
-        let _ = std::fs::remove_dir(&probe);
-        if writable {
-            return true;
-        }
-    }
-    false
+    let v2 = own_cgroup_dir(None).filter(|d| {
+        std::fs::read_to_string(d.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| c == "pids")
+    });
+    [v2, own_cgroup_dir(Some("pids"))]
+        .into_iter()
+        .flatten()
+        .any(|d| can_make_dir_in(&d))
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! process group, the tree walk, the environment tag and the guard do the work).
 
 use jobsup_tests::{
-    is_guard, jobsup, jobsup_as, pid_alive, proc_ppid, wait_until, Record, Run, User, WAIT,
+    bin, can_make_dir_in, is_guard, jobsup, jobsup_as, own_cgroup_dir, pid_alive, proc_ppid,
+    wait_until, Jobsup, Record, Run, User, WAIT,
 };
 
 fn only_record(run: &Run) -> Record {
@@ -254,11 +255,15 @@ fn isolate_pid_makes_the_worker_pid_1_for_an_unprivileged_user() {
 /// A worker whose grandchild leaves by every door (own session, empty environment,
 /// parent gone) is killed with its tree at the hard kill, while jobsup runs on.
 fn fully_escaped_grandchild_dies_at_the_hard_kill(user: User, flags: &[&str]) {
-    let token = token(flags.len() as u32, user);
+    fully_escaped_grandchild_dies_under(jobsup_as!(user), token(flags.len() as u32, user), flags);
+}
+
+/// The same, for any way of starting jobsup; returns jobsup's stderr so far.
+fn fully_escaped_grandchild_dies_under(jobsup: Jobsup, token: String, flags: &[&str]) -> String {
     let script = format!(
         "trap '' TERM; while IFS= read -r l; do ( setsid env -i sleep {token} & ); while :; do :; done; done"
     );
-    let bg = jobsup_as!(user)
+    let bg = jobsup
         .args([
             "--mode",
             "lines",
@@ -285,8 +290,75 @@ fn fully_escaped_grandchild_dies_at_the_hard_kill(user: User, flags: &[&str]) {
     });
     assert!(
         !bg.has_exited(),
-        "{user:?} {flags:?}: jobsup must still run for this to prove anything"
+        "{flags:?}: jobsup must still run for this to prove anything"
     );
+    bg.stderr_so_far()
+}
+
+/// Removes a test's cgroup directory however the test ends.
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // After a failure, jobsup's guard may still be emptying it.
+        let until = std::time::Instant::now() + WAIT;
+        while std::fs::remove_dir(&self.0).is_err() && self.0.exists() {
+            if std::time::Instant::now() > until {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_delegated_cgroup_v1_pids_hierarchy_contains_an_unprivileged_run() {
+    // As root, the test hands nobody a cgroup of its own in the v1 pids hierarchy (as a
+    // service manager delegates one) and starts jobsup as nobody inside it. No cgroup v2
+    // is writable for nobody, so jobsup must kill through the v1 pids cgroup: stop forks,
+    // then kill every listed process, which reaches a grandchild that escaped every other
+    // way.
+    if !jobsup_tests::running_as_root() {
+        return;
+    }
+    let Some(parent) = own_cgroup_dir(Some("pids")).filter(|d| can_make_dir_in(d)) else {
+        return;
+    };
+    let dir = TestCgroup(parent.join(format!("jobsup-test-delegated-{}", std::process::id())));
+    std::fs::create_dir(&dir.0).expect("a cgroup for the test");
+    for path in [
+        dir.0.clone(),
+        dir.0.join("cgroup.procs"),
+        dir.0.join("tasks"),
+    ] {
+        std::os::unix::fs::chown(
+            &path,
+            Some(jobsup_tests::NOBODY),
+            Some(jobsup_tests::NOBODY),
+        )
+        .expect("delegate the cgroup to nobody");
+    }
+    let jobsup = Jobsup::new("sh")
+        .args([
+            "-c",
+            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+            "sh",
+        ])
+        .arg(&dir.0)
+        .arg("setpriv")
+        .arg(format!("--reuid={}", jobsup_tests::NOBODY))
+        .arg(format!("--regid={}", jobsup_tests::NOBODY))
+        .args(["--clear-groups", bin!("jobsup-shim"), "run"]);
+    // Its HOME and TMPDIR (where workers' directories go) are the test's directory.
+    std::fs::set_permissions(
+        jobsup.dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("open the test directory to nobody");
+    let stderr = fully_escaped_grandchild_dies_under(jobsup, token(40, User::Unprivileged), &[]);
+    let line = sandbox_line(&stderr);
+    assert!(line.contains("hard kill through their cgroup"), "{line}");
+    assert!(line.contains("cgroup v1 pids controller"), "{line}");
 }
 
 #[test]
@@ -416,28 +488,5 @@ fn guarded_cgroups(guard: i32) -> Vec<std::path::PathBuf> {
 /// Whether this process could make a cgroup v2 directory under its own cgroup, as jobsup
 /// would.
 fn cgroup_v2_writable() -> bool {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let Some(mount) = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
-    }) else {
-        return false;
-    };
-    let Some(own) = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        })
-    else {
-        return false;
-    };
-    let probe = std::path::Path::new(mount)
-        .join(own.trim_start_matches('/'))
-        .join(format!("jobsup-test-probe-{}", std::process::id()));
-    let writable = std::fs::create_dir(&probe).is_ok();
-    let _ = std::fs::remove_dir(&probe);
-    writable
+    own_cgroup_dir(None).is_some_and(|d| can_make_dir_in(&d))
 }

@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Where workers' private working directories are created [default: the temp dir].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Run workers in this directory instead of their private one (which they still get,
+    /// named by JOBSUP_WORKDIR): `--cwd .` for scripts and modules given relative to here.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
     /// The processor to run, and its arguments (or `command` in the config file).
     #[arg(last = true, value_name = "PROCESSOR")]
     pub command: Vec<OsString>,
@@ -388,6 +392,10 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             worker_id: 0,
             max_frame: codec.max_frame(),
             workdir_parent: args.workdir.clone(),
+            cwd: match &args.cwd {
+                Some(dir) => Some(resolve_cwd(dir)?),
+                None => None,
+            },
             protocol_fds: pool.mode == Mode::Native,
             stdin_pipe: pool.mode != Mode::Native,
             env: extra_env,
@@ -482,6 +490,17 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         SummaryFormat::None => None,
     };
     Ok((exit::exit_code(&end, &stats), summary))
+}
+
+/// `--cwd`, made absolute and checked once, so that a typo is an error before any job.
+fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::path::absolute(dir).map_err(|e| anyhow::anyhow!("--cwd {}: {e}", dir.display()))?;
+    match std::fs::metadata(&abs) {
+        Ok(m) if m.is_dir() => Ok(abs),
+        Ok(_) => anyhow::bail!("--cwd {}: not a directory", dir.display()),
+        Err(e) => anyhow::bail!("--cwd {}: {e}", dir.display()),
+    }
 }
 
 fn regular_file_size(file: &std::fs::File) -> Option<u64> {

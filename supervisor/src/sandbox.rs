@@ -43,6 +43,8 @@ pub struct SpawnSpec {
     pub max_frame: u32,
     /// Where private working directories are created (default: the system temp dir).
     pub workdir_parent: Option<PathBuf>,
+    /// Where the process runs, when not in its private directory (`--cwd`).
+    pub cwd: Option<PathBuf>,
     /// Give the process the protocol pipes on fds 3 and 4 (native mode).
     pub protocol_fds: bool,
     /// Give the process a pipe on stdin (lines and exec modes) instead of `/dev/null`.
@@ -269,7 +271,7 @@ fn spawn(
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
-        .current_dir(workdir.path())
+        .current_dir(spec.cwd.as_deref().unwrap_or(workdir.path()))
         .stdin(if spec.stdin_pipe {
             Stdio::piped()
         } else {

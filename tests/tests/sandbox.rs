@@ -490,3 +490,34 @@ fn guarded_cgroups(guard: i32) -> Vec<std::path::PathBuf> {
 fn cgroup_v2_writable() -> bool {
     own_cgroup_dir(None).is_some_and(|d| can_make_dir_in(&d))
 }
+
+#[test]
+fn cwd_runs_workers_where_asked_and_they_keep_their_private_directory() {
+    let j = jobsup!();
+    // A script given relative to jobsup's own directory, as `python3 -m pkg` users do.
+    j.write_file(
+        "job.sh",
+        r#"printf '%s %s\n' "$(pwd)" "$(stat -c %a "$JOBSUP_WORKDIR")""#,
+    );
+    let here = j.dir().canonicalize().expect("the test directory");
+    let run = j
+        .args(["--mode", "exec", "--cwd", "."])
+        .processor("sh", ["job.sh"])
+        .stdin("x\n")
+        .run();
+    let r = only_record(&run);
+    assert_eq!(r.outcome(), "ok", "{r}\n{run}");
+    assert_eq!(
+        r.output().unwrap_or_default(),
+        format!("{} 700\n", here.display()),
+        "{r}"
+    );
+    let missing = jobsup!()
+        .args(["--mode", "exec", "--cwd", "no/such/dir"])
+        .processor("true", [] as [&str; 0])
+        .stdin("x\n")
+        .run();
+    assert_eq!(missing.code(), 125, "{missing}");
+    assert!(missing.stderr.contains("--cwd no/such/dir"), "{missing}");
+    assert!(missing.records().is_empty(), "{missing}");
+}

@@ -175,6 +175,21 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         .map_err(|_| format!("{s:?} is not a signal; try TERM, INT, HUP, USR1 or a number"))
 }
 
+/// A size for messages, in the largest binary unit it reaches: `100 MiB`, `1.5 GiB`, `512 B`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (scale, unit) in UNITS {
+        if bytes >= scale {
+            return if bytes % scale == 0 {
+                format!("{} {unit}", bytes / scale)
+            } else {
+                format!("{:.1} {unit}", bytes as f64 / scale as f64)
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
 /// Parses a size: bytes, or a number with a unit (`KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`;
 /// case does not matter).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -548,6 +563,10 @@ mod tests {
         assert!(parse_signal("NOPE").unwrap_err().contains("NOPE"));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(format_size(100 << 20), "100 MiB");
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+        assert_eq!(format_size(4096), "4 KiB");
+        assert_eq!(format_size(1), "1 B");
         assert_eq!(parse_size("10MB"), Ok(10_000_000));
         assert_eq!(parse_size("1.5 kb"), Ok(1500));
         assert!(parse_size("12 parsecs").is_err());

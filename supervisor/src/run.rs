@@ -409,11 +409,11 @@ impl Worker {
     /// (`hits`), otherwise from how a crashed worker died.
     fn limit_hint(&self, exit: Exit, hits: Hits, alloc_failed: bool) -> Option<String> {
         let limits = self.settings.spawn.limits;
-        let mib = |bytes: u64| bytes / (1024 * 1024);
+        let size = crate::cli::format_size;
         if let Some(bytes) = hits.memory {
             return Some(format!(
-                "memory limit of {} MiB reached (--memory): the kernel's OOM killer ended a process of the worker",
-                mib(bytes)
+                "memory limit of {} reached (--memory): the kernel's OOM killer ended a process of the worker",
+                size(bytes)
             ));
         }
         if let Some(n) = hits.max_procs {
@@ -423,8 +423,8 @@ impl Worker {
         }
         if alloc_failed {
             return Some(format!(
-                "memory limit of {} MiB reached (--memory, as an address-space limit): the worker's stderr reports a failed allocation",
-                mib(limits.memory.unwrap_or_default())
+                "memory limit of {} reached (--memory, as an address-space limit): the worker's stderr reports a failed allocation",
+                size(limits.memory.unwrap_or_default())
             ));
         }
         match exit {
@@ -442,8 +442,8 @@ impl Worker {
                 if limits.memory.is_some() =>
             {
                 Some(format!(
-                    "it ran under a memory limit of {} MiB (--memory), which a failed allocation ends this way",
-                    mib(limits.memory.unwrap_or_default())
+                    "it ran under a memory limit of {} (--memory), which a failed allocation ends this way",
+                    size(limits.memory.unwrap_or_default())
                 ))
             }
             _ => None,

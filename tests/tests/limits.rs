@@ -133,3 +133,51 @@ fn cpu_time_limit_is_named_in_the_record() {
         "{r}"
     );
 }
+
+#[test]
+fn a_fork_bomb_under_max_procs_is_contained_and_cleaned_up() {
+    // Each call starts a sleeper and two more calls, without end; at the limit, forks fail
+    // and the shell goes on to wait for its sleepers until the hard kill.
+    let token = format!("{}.{}", 600 + std::process::id() % 97, std::process::id());
+    let bomb = format!("b() {{ sleep {token} & b & b; }}; b; wait");
+    let run = jobsup!()
+        .args([
+            "--mode",
+            "exec",
+            "--max-procs",
+            "32",
+            "--ttl",
+            "1s",
+            "--cleanup",
+            "200ms",
+        ])
+        .processor("sh", ["-c", bomb.as_str()])
+        .stdin("x\n")
+        .run();
+    if run.code() == 125 {
+        assert!(!pids_controller_writable(), "{run}");
+        return;
+    }
+    let r = only_record(&run);
+    // A shell that gives up at the first failed fork ends the job itself, and the record
+    // says why; one that carries on is killed at its deadline.
+    match r.outcome() {
+        "killed" => {}
+        "failed" | "crashed" => assert!(
+            r.error()
+                .unwrap_or_default()
+                .contains("process limit of 32 reached"),
+            "{r}"
+        ),
+        other => panic!("unexpected outcome {other}: {r}\n{run}"),
+    }
+    let argv = format!("sleep\0{token}\0");
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == argv.as_bytes()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(survivors.is_empty(), "the bomb left {survivors:?}\n{run}");
+}

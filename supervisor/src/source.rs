@@ -215,14 +215,17 @@ impl<R: Read> Reader<R> {
                         job.ordinal = self.next_ordinal();
                         Item::Job(Box::new(job))
                     }
-                    Err((id, reason)) => {
+                    Err(Rejection { id, kind, reason }) => {
                         let ordinal = self.next_ordinal();
-                        Item::Rejected(Box::new(Record::rejected(
+                        let mut record = Record::rejected(
                             ordinal,
                             self.line_no,
                             id.unwrap_or_else(|| self.line_no.to_string()),
                             format!("line {}: {reason}", self.line_no),
-                        )))
+                        );
+                        // Counted under its kind in the summary, like the jobs that ran.
+                        record.kind = kind;
+                        Item::Rejected(Box::new(record))
                     }
                 },
             };
@@ -295,17 +298,24 @@ fn trim_newline(line: &mut Vec<u8>) {
 
 const NDJSON_KEYS: &[&str] = &["payload", "id", "ttl", "cleanup", "kind"];
 
-/// Parses one ndjson job. On error, returns the job's id when it could be read, and why.
-fn parse_ndjson(
-    line: &[u8],
-    line_no: u64,
-    defaults: &Defaults,
-) -> Result<JobSpec, (Option<String>, String)> {
+/// Why an ndjson line is not a job, with its id and kind where they could be read.
+struct Rejection {
+    id: Option<String>,
+    kind: Option<String>,
+    reason: String,
+}
+
+/// Parses one ndjson job.
+fn parse_ndjson(line: &[u8], line_no: u64, defaults: &Defaults) -> Result<JobSpec, Rejection> {
+    let bare = |reason: String| Rejection {
+        id: None,
+        kind: None,
+        reason,
+    };
     let value: Value =
-        serde_json::from_slice(line).map_err(|e| (None, format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(line).map_err(|e| bare(format!("not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
-        return Err((
-            None,
+        return Err(bare(
             "a job must be a JSON object with a \"payload\"".into(),
         ));
     };
@@ -313,9 +323,17 @@ fn parse_ndjson(
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err((None, "\"id\" must be a string or a number".into())),
+        Some(_) => return Err(bare("\"id\" must be a string or a number".into())),
     };
-    let fail = |reason: String| (id.clone(), reason);
+    let readable_kind = match map.get("kind") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let fail = |reason: String| Rejection {
+        id: id.clone(),
+        kind: readable_kind.clone(),
+        reason,
+    };
     if let Some(key) = map.keys().find(|k| !NDJSON_KEYS.contains(&k.as_str())) {
         return Err(fail(format!(
             "unknown key \"{key}\" (known keys: {})",
@@ -328,7 +346,7 @@ fn parse_ndjson(
         // Structured payloads are handed over as their JSON text.
         Some(other) => other.to_string().into_bytes(),
     };
-    let duration = |key: &str, default: Duration| -> Result<Duration, (Option<String>, String)> {
+    let duration = |key: &str, default: Duration| -> Result<Duration, Rejection> {
         match map.get(key) {
             None => Ok(default),
             Some(Value::String(s)) => {
@@ -345,9 +363,10 @@ fn parse_ndjson(
         }
     };
     let kind = match map.get("kind") {
-        None => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(_) => return Err(fail("\"kind\" must be a non-empty string".into())),
+        Some(_) if readable_kind.is_none() => {
+            return Err(fail("\"kind\" must be a non-empty string".into()))
+        }
+        _ => readable_kind.clone(),
     };
     Ok(JobSpec {
         ordinal: 0,
@@ -455,5 +474,21 @@ not json
         assert!(reasons[4].contains("JSON object"), "{}", reasons[4]);
         let Item::Rejected(r) = &got[3] else { panic!() };
         assert_eq!(r.id, "k", "the id of a rejected job is kept when readable");
+    }
+
+    #[test]
+    fn a_rejected_job_keeps_its_kind_for_the_summary() {
+        let input = r#"{"payload":"x","kind":"resize","ttl":"banana"}
+{"payload":"x","kind":""}
+"#;
+        let got = items(input, InputFormat::Ndjson);
+        let kinds: Vec<Option<&str>> = got
+            .iter()
+            .map(|i| match i {
+                Item::Rejected(r) => r.kind.as_deref(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, [Some("resize"), None]);
     }
 }

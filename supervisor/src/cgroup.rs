@@ -3,7 +3,9 @@
 //!
 //! - **Kill**: where cgroup v2 is mounted and writable, each worker runs in a cgroup of its
 //!   own and the hard kill writes `cgroup.kill`, which the kernel applies to every process
-//!   in it, whatever session, group or environment it has.
+//!   in it, whatever session, group or environment it has. Without v2, a writable v1 pids
+//!   hierarchy does the same in two steps: `pids.max` 0 (no more forks), then SIGKILL to
+//!   every listed process.
 //! - **Limits**: `--memory` and `--max-procs` go through the `memory` and `pids`
 //!   controllers: those of cgroup v2 where they are enabled for jobsup's cgroup, otherwise
 //!   those of a writable cgroup v1 hierarchy (the "hybrid" layout many machines still have).
@@ -45,21 +47,21 @@ struct Base {
 /// jobsup's own part of the cgroup hierarchies, and the limits it sets on every worker.
 #[derive(Debug)]
 pub struct Cgroups {
-    /// The cgroup v2 directory with `cgroup.kill`, when there is one.
+    /// Where the kill goes: cgroup v2 (`cgroup.kill`), else a v1 pids hierarchy.
     kill: Option<Base>,
     /// Where the memory limit is set, and its value.
     memory: Option<(Base, u64)>,
     /// Where the process limit is set, and its value.
     pids: Option<(Base, u64)>,
-    /// v1 directories other than the above are never made; this lists every base for
-    /// [`Cgroups::remove_all`].
+    /// Every directory made (the above may share one), for [`Cgroups::remove_all`] and the
+    /// guard.
     bases: Vec<PathBuf>,
 }
 
 /// What [`Cgroups::detect`] found, in words, for the one start-up log line.
 #[derive(Debug, Default)]
 pub struct Detected {
-    /// The hard kill: "cgroup.kill (…)" or why not.
+    /// How the hard kill reaches a worker's tree, or why no cgroup helps.
     pub kill: String,
     /// How `--memory` is enforced, when asked for.
     pub memory: Option<String>,
@@ -76,7 +78,7 @@ pub struct WorkerCgroup {
     dirs: Vec<(PathBuf, Version)>,
     /// `cgroup.procs` of each, ready for the child to join by writing "0".
     procs: Vec<CString>,
-    /// Index in `dirs` of the cgroup v2 one with `cgroup.kill`.
+    /// Index in `dirs` of the one the kill goes through.
     kill: Option<usize>,
     /// Index in `dirs` of the one with the memory limit, and the limit.
     memory: Option<(usize, u64)>,
@@ -151,6 +153,32 @@ fn make_base(parent: &Path) -> Result<PathBuf, String> {
     Ok(base)
 }
 
+/// Makes jobsup's directory in the cgroup v2 hierarchy, if it can kill through it.
+fn v2_base(mounts: &[Mount], own: &str) -> Result<PathBuf, String> {
+    let m = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2")
+        .ok_or("no cgroup v2 hierarchy is mounted")?;
+    let path = own_path(own, None).ok_or("this process has no cgroup v2 path")?;
+    let base = make_base(&dir_in(m, &path))?;
+    if !base.join("cgroup.kill").exists() {
+        let _ = fs::remove_dir(&base);
+        return Err("the kernel has no cgroup.kill (Linux 5.14 or later needed)".into());
+    }
+    Ok(base)
+}
+
+/// Makes jobsup's directory in the cgroup v1 hierarchy of `controller`.
+fn v1_base(mounts: &[Mount], own: &str, controller: &str) -> Result<PathBuf, String> {
+    let m = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.options.split(',').any(|o| o == controller))
+        .ok_or(format!("no {controller} controller in cgroup v2 or v1"))?;
+    let path = own_path(own, Some(controller))
+        .ok_or(format!("this process has no {controller} cgroup v1 path"))?;
+    make_base(&dir_in(m, &path))
+}
+
 impl Base {
     fn describe(&self, controller: &str) -> String {
         format!(
@@ -189,20 +217,7 @@ impl Cgroups {
         };
 
         // cgroup v2: the kill, and the controllers where they are enabled for us.
-        let v2 = (|| {
-            let m = mounts
-                .iter()
-                .find(|m| m.fstype == "cgroup2")
-                .ok_or("no cgroup v2 hierarchy is mounted")?;
-            let path = own_path(&own, None).ok_or("this process has no cgroup v2 path")?;
-            let base = make_base(&dir_in(m, &path))?;
-            if !base.join("cgroup.kill").exists() {
-                let _ = fs::remove_dir(&base);
-                return Err("the kernel has no cgroup.kill (Linux 5.14 or later needed)".into());
-            }
-            Ok::<PathBuf, String>(base)
-        })();
-        let v2 = match v2 {
+        let v2 = match v2_base(&mounts, &own) {
             Ok(base) => {
                 found.kill = format!("cgroup.kill in {}", base.display());
                 cg.bases.push(base.clone());
@@ -225,7 +240,7 @@ impl Cgroups {
                 )
                 .is_ok()
         };
-        let mut v1_dirs: Vec<(String, PathBuf)> = Vec::new();
+        let mut v1_dirs: Vec<PathBuf> = Vec::new();
         let mut controller = |name: &str| -> Result<Base, String> {
             if v2_offers(name) {
                 let dir = v2.clone().expect("offered by v2");
@@ -234,14 +249,8 @@ impl Cgroups {
                     version: Version::V2,
                 });
             }
-            let m = mounts
-                .iter()
-                .find(|m| m.fstype == "cgroup" && m.options.split(',').any(|o| o == name))
-                .ok_or(format!("no {name} controller in cgroup v2 or v1"))?;
-            let path = own_path(&own, Some(name))
-                .ok_or(format!("this process has no {name} cgroup v1 path"))?;
-            let dir = make_base(&dir_in(m, &path))?;
-            v1_dirs.push((name.to_string(), dir.clone()));
+            let dir = v1_base(&mounts, &own, name)?;
+            v1_dirs.push(dir.clone());
             Ok(Base {
                 dir,
                 version: Version::V1,
@@ -272,7 +281,7 @@ impl Cgroups {
             (None, Some((base, _))) => Some(base.dir.clone()),
             (None, None) => controller("pids").ok().map(|b| b.dir),
         };
-        cg.bases.extend(v1_dirs.into_iter().map(|(_, d)| d));
+        cg.bases.extend(v1_dirs);
         cg.kill = match (v2, v1_kill) {
             (Some(dir), _) => Some(Base {
                 dir,

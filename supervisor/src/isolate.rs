@@ -52,6 +52,13 @@ pub struct Prepared {
     gid_map_path: CString,
 }
 
+impl Prepared {
+    /// Whether entering forks (a pid namespace: the started process stays as the shim).
+    pub fn forks(&self) -> bool {
+        self.pid
+    }
+}
+
 /// Prepares `what` for the spawner; `None` when there is nothing to isolate.
 pub fn prepare(what: &[Isolate]) -> Option<Prepared> {
     if what.is_empty() {

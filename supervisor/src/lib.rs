@@ -25,6 +25,7 @@ pub mod exit;
 pub mod guard;
 pub mod isolate;
 pub mod joblog;
+pub mod launch;
 pub mod link;
 pub mod live;
 pub mod pool;

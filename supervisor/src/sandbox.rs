@@ -18,13 +18,12 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use jobsup_protocol::{ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RESULT_FD};
 use tokio::sync::oneshot;
 
+use crate::launch;
 use crate::reaper::{Exit, Reaper};
 
 /// Variables passed through from jobsup's own environment to every worker.
@@ -200,6 +199,8 @@ pub struct Spawner {
 struct SpawnerState {
     reaper: Reaper,
     cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
+    /// The children's stack (see [`crate::launch`]).
+    stack: launch::Stack,
 }
 
 impl Spawner {
@@ -211,12 +212,16 @@ impl Spawner {
     ) -> io::Result<Spawner> {
         let (tx, rx) = std::sync::mpsc::channel::<Request>();
         let supervisor_pid = std::process::id() as i32;
-        let state = SpawnerState { reaper, cgroups };
+        let mut state = SpawnerState {
+            reaper,
+            cgroups,
+            stack: launch::Stack::default(),
+        };
         std::thread::Builder::new()
             .name("jobsup-spawner".into())
             .spawn(move || {
                 for (spec, reply) in rx {
-                    let _ = reply.send(spawn(&state, supervisor_pid, &spec));
+                    let _ = reply.send(spawn(&mut state, supervisor_pid, &spec));
                 }
                 // All handles dropped: park rather than return, so that children spawned
                 // from this thread keep their parent-death signal armed until exit.
@@ -241,7 +246,7 @@ impl Spawner {
 }
 
 fn spawn(
-    state: &SpawnerState,
+    state: &mut SpawnerState,
     supervisor_pid: i32,
     spec: &SpawnSpec,
 ) -> Result<Spawned, SpawnError> {
@@ -268,35 +273,48 @@ fn spawn(
     }
     .map_err(other)?;
 
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .current_dir(spec.cwd.as_deref().unwrap_or(workdir.path()))
-        .stdin(if spec.stdin_pipe {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+    // The standard fds: stdin on a pipe or /dev/null, stdout and stderr on pipes. Every
+    // end is close-on-exec; the child's copies are placed by dup2.
+    let stdin = if spec.stdin_pipe {
+        let (r, w) = pipe().map_err(other)?;
+        (r, Some(w))
+    } else {
+        let null = File::open("/dev/null").map_err(other)?;
+        (OwnedFd::from(null), None)
+    };
+    let (stdout_r, stdout_w) = pipe().map_err(other)?;
+    let (stderr_r, stderr_w) = pipe().map_err(other)?;
+
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(key, _)| {
+            let k = key.to_string_lossy();
+            ENV_ALLOWLIST.contains(&k.as_ref()) || k.starts_with("LC_")
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if ENV_ALLOWLIST.contains(&k.as_ref()) || k.starts_with("LC_") {
-            cmd.env(&key, value);
-        }
-    }
-    for (key, value) in &spec.env {
-        cmd.env(key, value);
-    }
-    cmd.env("JOBSUP_WORKER_ID", spec.worker_id.to_string())
-        .env(crate::guard::TAG_VAR, crate::guard::tag())
-        .env("JOBSUP_WORKDIR", workdir.path());
+        .collect();
+    env.extend(spec.env.iter().cloned());
+    env.push(("JOBSUP_WORKER_ID".into(), spec.worker_id.to_string().into()));
+    env.push((crate::guard::TAG_VAR.into(), crate::guard::tag().into()));
+    env.push(("JOBSUP_WORKDIR".into(), workdir.path().into()));
     if spec.protocol_fds {
         // Only a native worker is told it speaks the protocol: the runtime takes the
         // variable as proof that fds 3 and 4 are there.
-        cmd.env(ENV_PROTOCOL, PROTOCOL_VERSION.to_string())
-            .env(ENV_MAX_FRAME, spec.max_frame.to_string());
+        env.push((ENV_PROTOCOL.into(), PROTOCOL_VERSION.to_string().into()));
+        env.push((ENV_MAX_FRAME.into(), spec.max_frame.to_string().into()));
     }
+    let plan = launch::Plan::new(
+        spec.program.as_os_str(),
+        &spec.args,
+        env,
+        spec.cwd.as_deref().unwrap_or(workdir.path()).as_os_str(),
+        [
+            stdin.0.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+        ],
+        // The PID-1 shim of `--isolate pid` needs a memory of its own.
+        !spec.isolation.as_ref().is_some_and(|p| p.forks()),
+    )
+    .map_err(other)?;
 
     let child_fds = protocol.as_ref().map(|((job_r, _), (_, res_w))| {
         [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)]
@@ -323,31 +341,24 @@ fn spawn(
         None => None,
     };
     let cgroup_procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (setsid, prctl, getppid, setrlimit, fcntl, dup2, unshare, fork,
-    // waitpid, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            child_setup(supervisor_pid, child_fds, limits)?;
-            crate::cgroup::WorkerCgroup::join(&cgroup_procs);
-            match &isolation {
-                Some(p) => crate::isolate::enter(p),
-                None => Ok(()),
-            }
-        });
-    }
-
-    let mut registration = reaper.lock();
-    let mut child = cmd.spawn().map_err(err)?;
-    let pid = child.id() as i32;
-    let exit = registration.register(pid);
-    drop(registration);
-
-    let stdout = OwnedFd::from(child.stdout.take().expect("stdout is piped"));
-    let stderr = OwnedFd::from(child.stderr.take().expect("stderr is piped"));
-    let stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
-    // `child` is dropped without waiting: the reaper owns its exit status.
-    drop(child);
+    // Runs in the child, just before exec: async-signal-safe system calls only (setsid,
+    // prctl, getppid, setrlimit, fcntl, dup2, open/write on cgroup files, unshare, fork,
+    // waitpid, _exit), on data prepared above.
+    let setup = || -> io::Result<()> {
+        child_setup(supervisor_pid, child_fds, limits)?;
+        // SAFETY: paths prepared before the clone.
+        unsafe { crate::cgroup::WorkerCgroup::join(&cgroup_procs) };
+        match &isolation {
+            // SAFETY: between clone and exec, in a child with its own memory (see above).
+            Some(p) => unsafe { crate::isolate::enter(p) },
+            None => Ok(()),
+        }
+    };
+    let (pid, exit) =
+        launch::launch(&plan, &mut state.stack, reaper.lock(), &setup).map_err(err)?;
+    // The child's ends are the child's now.
+    drop((stdin.0, stdout_w, stderr_w));
+    let stdin = stdin.1.map(File::from);
     // The child's ends are the child's now.
     let (jobs, results) = match protocol {
         Some(((job_r, job_w), (res_r, res_w))) => {
@@ -364,9 +375,9 @@ fn spawn(
             jobs,
             results,
             stdin,
-            stdout: Some(File::from(stdout)),
+            stdout: Some(File::from(stdout_r)),
         },
-        stderr: File::from(stderr),
+        stderr: File::from(stderr_r),
         workdir,
     })
 }

@@ -211,9 +211,23 @@ where
         };
         // Default dispositions (also for what jobsup ignores, such as SIGPIPE), then no
         // blocked signal: a processor starts as from a shell.
-        for sig in 1..libc::SIGRTMAX() {
+        // The system call itself: libc's wrapper refuses the two signals it reserves (32
+        // and 33), which an ignoring parent would otherwise pass on.
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &default as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
             }
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
@@ -239,6 +253,15 @@ where
         );
         fail(*libc::__errno_location())
     }
+}
+
+/// The kernel's `struct sigaction` on x86-64 and aarch64 (not libc's).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -521,3 +521,71 @@ fn cwd_runs_workers_where_asked_and_they_keep_their_private_directory() {
     assert!(missing.stderr.contains("--cwd no/such/dir"), "{missing}");
     assert!(missing.records().is_empty(), "{missing}");
 }
+
+#[test]
+fn processors_start_with_default_signal_dispositions_and_nothing_blocked() {
+    // jobsup itself ignores SIGPIPE (as every Rust program does) and blocks signals while it
+    // starts a child: neither may leak into the processor.
+    for flags in [&[][..], &["--isolate", "pid"][..]] {
+        let run = jobsup!()
+            .args(["--mode", "exec"])
+            .args(flags)
+            .processor("grep", ["-E", "^Sig(Blk|Ign)", "/proc/self/status"])
+            .stdin("x\n")
+            .run();
+        let r = only_record(&run);
+        assert_eq!(
+            r.output(),
+            Some("SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"),
+            "{flags:?}: {r}\n{run}"
+        );
+    }
+}
+
+#[test]
+fn a_variable_set_on_purpose_replaces_the_passed_through_one() {
+    let run = jobsup!()
+        .env("LANG", "C")
+        .args(["--mode", "exec", "--env", "LANG=fr_FR.UTF-8"])
+        .processor("sh", ["-c", "env | grep ^LANG="])
+        .stdin("x\n")
+        .run();
+    let r = only_record(&run);
+    assert_eq!(r.output(), Some("LANG=fr_FR.UTF-8\n"), "{r}\n{run}");
+}
+
+#[test]
+fn a_process_that_cannot_be_executed_fails_its_job_and_the_run_goes_on() {
+    let j = jobsup!();
+    // Executable by its mode, but no format the kernel knows: execve itself fails.
+    let bad = j.write_file("bad.bin", b"\x00\x01\x02garbage");
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let run = j
+        .args(["--mode", "exec"])
+        .processor(&bad, [] as [&str; 0])
+        .stdin("a\nb\n")
+        .run();
+    let records = run.records();
+    assert_eq!(records.len(), 2, "one record per job\n{run}");
+    for r in &records {
+        assert_eq!(r.outcome(), "failed", "{r}");
+        assert!(
+            r.error().unwrap_or_default().contains("Exec format error"),
+            "{r}"
+        );
+    }
+    // A NUL byte cannot be an argument: said, not crashed on.
+    let nul = only_record(
+        &jobsup!()
+            .args(["--mode", "exec"])
+            .processor("echo", ["{}"])
+            .stdin("a\0b\n")
+            .run(),
+    );
+    assert_eq!(nul.outcome(), "failed", "{nul}");
+    assert!(
+        nul.error().unwrap_or_default().contains("NUL byte"),
+        "{nul}"
+    );
+}

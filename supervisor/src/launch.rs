@@ -11,8 +11,9 @@
 //! calls on a stack of its own, on data prepared before the clone.
 //!
 //! The exception is `--isolate pid`: the child forks again and stays behind as the PID-1
-//! shim, which a shared-memory child must never do; it gets a copy of jobsup's memory (a
-//! plain fork) instead.
+//! shim, which a shared-memory child must never do; it gets a copy of jobsup's memory
+//! through libc's `fork` (whose fork handlers keep the copy's allocator usable, which
+//! that second fork needs) instead.
 //!
 //! An exec failure is reported through a close-on-exec pipe: the child writes its errno
 //! and exits with 127; end-of-file means the exec happened.
@@ -131,11 +132,7 @@ where
         setup,
         report: report_w.as_raw_fd(),
     };
-    let flags = if plan.share_memory {
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD
-    } else {
-        libc::SIGCHLD
-    };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     let top = {
         let end = stack.0.as_mut_ptr_range().end as usize;
         // The ABI wants a 16-byte aligned stack.
@@ -151,15 +148,24 @@ where
     // that outlives the child's use of it (with CLONE_VFORK this thread waits until the
     // child execs or exits; without CLONE_VM the child has its own copy), and an argument
     // that lives as long.
+    let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            child_main::<F>,
-            top,
-            flags,
-            (&child as *const Child<'_, F>).cast_mut().cast(),
-        );
+        let pid = if plan.share_memory {
+            libc::clone(child_main::<F>, top, flags, arg)
+        } else {
+            // libc's own fork, not a bare clone: its fork handlers leave the child's
+            // allocator unlocked, and the `--isolate pid` child forks again (a bare clone
+            // copied a malloc lock another thread held, and that second fork hung on it).
+            match libc::fork() {
+                0 => {
+                    child_main::<F>(arg);
+                    libc::_exit(127)
+                }
+                pid => pid,
+            }
+        };
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         pid
     };

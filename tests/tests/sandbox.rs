@@ -589,3 +589,19 @@ fn a_process_that_cannot_be_executed_fails_its_job_and_the_run_goes_on() {
         "{nul}"
     );
 }
+
+#[test]
+fn many_isolated_workers_start_while_jobsup_is_busy() {
+    // An isolated worker's first process forks again (to stay as PID 1's shim). That
+    // second fork must not meet a lock another jobsup thread held at the first: start
+    // enough of them, with the other threads busy, for such a hang to show.
+    let run = jobsup!()
+        .args(["--mode", "exec", "-j", "4", "--isolate", "pid"])
+        .processor("true", [] as [&str; 0])
+        .stdin(jobsup_tests::lines(300, |i| i.to_string()))
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    let records = run.records();
+    assert_eq!(records.len(), 300, "{run}");
+    assert!(records.iter().all(|r| r.outcome() == "ok"), "{run}");
+}

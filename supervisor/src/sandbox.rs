@@ -127,9 +127,23 @@ pub enum SpawnError {
 }
 
 impl SpawnError {
-    fn from_io(program: &Path, source: io::Error) -> Self {
-        let program = program.display().to_string();
+    fn from_io(path: &Path, source: io::Error) -> Self {
+        let program = path.display().to_string();
         match source.raw_os_error() {
+            // The file is there: what is missing is the interpreter its `#!` line names.
+            Some(libc::ENOENT) if path.is_file() => SpawnError::NotExecutable {
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    match interpreter(path) {
+                        Some(i) => format!("its interpreter {i} (from its #! line) was not found"),
+                        None => {
+                            "a file it needs to start (its interpreter or loader) was not found"
+                                .into()
+                        }
+                    },
+                ),
+                program,
+            },
             Some(libc::ENOENT) => SpawnError::NotFound { program },
             Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
                 SpawnError::NotExecutable { program, source }
@@ -137,6 +151,17 @@ impl SpawnError {
             _ => SpawnError::Other { program, source },
         }
     }
+}
+
+/// The interpreter a script's `#!` line names.
+fn interpreter(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(line);
+    line.split_whitespace().next().map(str::to_string)
 }
 
 /// Finds the processor the way a shell would, so that a missing or unusable one is reported

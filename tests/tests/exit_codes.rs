@@ -119,6 +119,25 @@ fn non_executable_processor_is_126() {
 }
 
 #[test]
+fn script_whose_interpreter_is_missing_is_126_and_names_the_interpreter() {
+    let j = jobsup!();
+    let path = j.write_file("script", "#!/no/such/interpreter -x\nexit 0\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = j
+        .args(["-j", "1", "--mode", "lines"])
+        .processor(&path, [] as [&str; 0])
+        .stdin("a\n")
+        .run();
+    // Not "not found": the script is there, as a shell would say too (126).
+    assert_eq!(run.code(), 126, "{run}");
+    assert!(
+        run.stderr
+            .contains("its interpreter /no/such/interpreter (from its #! line) was not found"),
+        "{run}"
+    );
+}
+
+#[test]
 fn processor_speaking_another_protocol_version_is_126() {
     let run = run(bin!("fx-badversion"), &["-j", "1"], "a\n");
     assert_eq!(run.code(), 126, "{run}");

@@ -24,8 +24,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::reaper::{Exit, Registration};
-
 /// Everything the child needs, as C data made before the clone (the child may not
 /// allocate: it shares jobsup's heap).
 pub struct Plan {
@@ -115,14 +113,10 @@ struct Child<'a, F> {
 
 /// Starts the process. `setup` runs in the child after the standard fds and the working
 /// directory are in place, just before exec; it must only make async-signal-safe calls and
-/// must not allocate. The new pid is registered with the reaper (`registration` holds its
-/// lock) before its exit can be collected. Returns the pid and the receiver of its exit.
-pub fn launch<F>(
-    plan: &Plan,
-    stack: &mut Stack,
-    registration: Registration<'_>,
-    setup: &F,
-) -> io::Result<(i32, tokio::sync::oneshot::Receiver<Exit>)>
+/// must not allocate. Returns the new pid once the child has exec'd, or the pid and why
+/// the exec failed (the child then exits with 127); either way the caller registers the pid
+/// with the reaper.
+pub fn launch<F>(plan: &Plan, stack: &mut Stack, setup: &F) -> io::Result<(i32, io::Result<()>)>
 where
     F: Fn() -> io::Result<()>,
 {
@@ -138,7 +132,6 @@ where
         // The ABI wants a 16-byte aligned stack.
         (end & !15) as *mut libc::c_void
     };
-    let mut registration = registration;
     // No signal handler of jobsup's may run in a child that shares its memory: all
     // signals stay blocked across the clone, and the child resets every handler before
     // it unblocks them.
@@ -172,8 +165,6 @@ where
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    let exit = registration.register(pid);
-    drop(registration);
     drop(report_w);
     // End-of-file: the exec happened (every copy of the write end was close-on-exec).
     let mut errno = [0u8; 4];
@@ -191,13 +182,16 @@ where
             0 => break,
             n if n > 0 => got += n as usize,
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => return Err(io::Error::last_os_error()),
+            _ => return Ok((pid, Err(io::Error::last_os_error()))),
         }
     }
     match got {
-        0 => Ok((pid, exit)),
+        0 => Ok((pid, Ok(()))),
         // The child has exited with 127; the reaper collects it.
-        _ => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
+        _ => Ok((
+            pid,
+            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
+        )),
     }
 }
 

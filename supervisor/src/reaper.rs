@@ -3,16 +3,18 @@
 //! jobsup is a child subreaper, so it inherits every orphaned descendant of its workers. If
 //! two parties called `waitpid(-1)`, one would steal the other's exit statuses, so exactly
 //! one thread reaps: it waits for SIGCHLD, collects every status with `WNOHANG`, and routes
-//! each worker's status to the task that registered it. Statuses of pids nobody registered
-//! (inherited orphans) are reaped and dropped.
+//! each worker's status to the task that registered it.
 //!
-//! The registry lock is held across `waitpid` and, by the spawner, across `fork`/`exec` and
-//! the registration of the new pid. That closes two races: a child that exits before it is
-//! registered, and `std::process::Command::spawn` reaping a child whose `exec` failed (it
-//! must not find its status already stolen).
+//! A child may exit before its spawner has registered it. Its status is then parked,
+//! stamped with when it was reaped, and handed over at registration. The spawner takes a
+//! timestamp before it clones; a parked status reaped before that cannot be the new
+//! child's, since a pid is only reused once its zombie has been reaped. So the lock is
+//! never held across a clone, and several threads can spawn at once. Statuses nobody
+//! claims (inherited orphans) are dropped after a while.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -46,27 +48,20 @@ pub fn signal_name(sig: i32) -> &'static str {
         .unwrap_or("unknown signal")
 }
 
-type Registry = HashMap<i32, oneshot::Sender<Exit>>;
+/// Who waits for which pid, and the statuses that came before their owner.
+#[derive(Default)]
+struct Registry {
+    waiting: HashMap<i32, oneshot::Sender<Exit>>,
+    parked: HashMap<i32, (Exit, Instant)>,
+}
+
+/// How long an unclaimed status is kept: far longer than a spawn takes to register.
+const PARKED_FOR: Duration = Duration::from_secs(30);
 
 /// A handle on the reaper thread's registry.
 #[derive(Clone)]
 pub struct Reaper {
     registry: Arc<Mutex<Registry>>,
-}
-
-/// Proof that the registry is locked: while it lives, no status can be collected, so a
-/// child can be spawned and registered atomically.
-pub struct Registration<'a> {
-    guard: MutexGuard<'a, Registry>,
-}
-
-impl Registration<'_> {
-    /// Routes `pid`'s exit status to the returned receiver.
-    pub fn register(&mut self, pid: i32) -> oneshot::Receiver<Exit> {
-        let (tx, rx) = oneshot::channel();
-        self.guard.insert(pid, tx);
-        rx
-    }
 }
 
 impl Reaper {
@@ -80,7 +75,7 @@ impl Reaper {
         }
         let mut signals = Signals::new([SIGCHLD])?;
         let reaper = Reaper {
-            registry: Arc::new(Mutex::new(HashMap::new())),
+            registry: Arc::new(Mutex::new(Registry::default())),
         };
         let registry = Arc::clone(&reaper.registry);
         std::thread::Builder::new()
@@ -95,20 +90,55 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Locks the registry for a spawn-and-register.
-    pub fn lock(&self) -> Registration<'_> {
-        Registration {
-            guard: self.registry.lock().unwrap_or_else(|e| e.into_inner()),
+    /// Routes the exit status of `pid`, a child cloned after `since`, to the returned
+    /// receiver, even if it has already been reaped.
+    pub fn register(&self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register(pid, since)
+    }
+}
+
+impl Registry {
+    fn register(&mut self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        match self.parked.remove(&pid) {
+            Some((exit, reaped)) if reaped >= since => {
+                let _ = tx.send(exit);
+            }
+            // None yet, or an earlier process's with the same pid.
+            _ => {
+                self.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
+    /// Hands a collected status to its owner, or parks it until one registers.
+    fn reaped(&mut self, pid: i32, exit: Exit, now: Instant) {
+        match self.waiting.remove(&pid) {
+            // The owner may have gone already; nothing else to tell.
+            Some(tx) => {
+                let _ = tx.send(exit);
+            }
+            None => {
+                tracing::trace!(pid, %exit, "reaped a process nobody has registered (yet)");
+                if self.parked.len() >= 64 {
+                    self.parked
+                        .retain(|_, (_, at)| now.duration_since(*at) < PARKED_FOR);
+                }
+                self.parked.insert(pid, (exit, now));
+            }
         }
     }
 }
 
 fn reap_all(registry: &Mutex<Registry>) {
     loop {
-        let mut map = registry.lock().unwrap_or_else(|e| e.into_inner());
         let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+            Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Exit::Signal(sig as i32)),
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
             Ok(_) => continue,
             Err(Errno::EINTR) => continue,
@@ -117,13 +147,10 @@ fn reap_all(registry: &Mutex<Registry>) {
                 return;
             }
         };
-        match map.remove(&pid.as_raw()) {
-            // The owner may have gone already; nothing else to tell.
-            Some(tx) => {
-                let _ = tx.send(exit);
-            }
-            None => tracing::debug!(pid = pid.as_raw(), %exit, "reaped an inherited orphan"),
-        }
+        registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reaped(pid, exit, Instant::now());
     }
 }
 
@@ -197,4 +224,44 @@ fn children_of(pid: &str) -> Vec<i32> {
     pids.sort_unstable();
     pids.dedup();
     pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reaped_before_registration_is_handed_over() {
+        let mut r = Registry::default();
+        let since = Instant::now();
+        r.reaped(42, Exit::Code(3), Instant::now());
+        let mut rx = r.register(42, since);
+        assert_eq!(rx.try_recv(), Ok(Exit::Code(3)));
+        assert!(r.parked.is_empty() && r.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_status_reaped_before_the_clone_belongs_to_an_earlier_process() {
+        let mut r = Registry::default();
+        // An orphan with pid 42 was reaped; then a new child got the recycled pid.
+        r.reaped(42, Exit::Signal(9), Instant::now());
+        let since = Instant::now() + Duration::from_millis(1);
+        let mut rx = r.register(42, since);
+        assert!(
+            rx.try_recv().is_err(),
+            "the orphan's status is not the child's"
+        );
+        r.reaped(42, Exit::Code(0), since + Duration::from_millis(1));
+        assert_eq!(rx.try_recv(), Ok(Exit::Code(0)));
+    }
+
+    #[test]
+    fn unclaimed_statuses_do_not_pile_up() {
+        let mut r = Registry::default();
+        let start = Instant::now();
+        for pid in 0..1000 {
+            r.reaped(pid, Exit::Code(0), start + PARKED_FOR * pid as u32 / 100);
+        }
+        assert!(r.parked.len() < 200, "{} parked", r.parked.len());
+    }
 }

@@ -3,16 +3,18 @@
 //! Every worker gets, before it runs a single instruction of the processor:
 //! - its own session and process group (so the hard kill reaches the whole group);
 //! - a parent-death signal (SIGKILL), so it dies with the supervisor. The signal follows the
-//!   *thread* that forked the child, so every spawn happens on one dedicated thread that
-//!   lives as long as the supervisor;
+//!   *thread* that forked the child, so every spawn happens on one of a few dedicated
+//!   threads that live as long as the supervisor;
 //! - no core dumps;
 //! - a cleared environment with a short allowlist plus jobsup's own `JOBSUP_*` variables;
 //! - a fresh private working directory (mode 0700), removed when the worker is dropped;
 //! - stdin on `/dev/null`, stdout and stderr on pipes that the worker task drains, and the
 //!   protocol pipes on fds 3 and 4.
 //!
-//! Spawning happens under the reaper's lock (see [`crate::reaper`]), so the new pid is
-//! registered before its exit status can be collected.
+//! The clone itself is [`crate::launch`]. A spawning thread waits while its child sets up
+//! and execs, so there are as many spawner threads as cores (up to 4) for workers to start
+//! side by side; each registers its child with the reaper, which keeps a status that came
+//! first (see [`crate::reaper`]).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -214,13 +216,13 @@ fn access_x(p: &Path) -> bool {
 
 type Request = (SpawnSpec, oneshot::Sender<Result<Spawned, SpawnError>>);
 
-/// A handle on the spawner thread.
+/// A handle on the spawner threads.
 #[derive(Clone)]
 pub struct Spawner {
     tx: std::sync::mpsc::Sender<Request>,
 }
 
-/// What the spawner thread holds.
+/// What each spawner thread holds.
 struct SpawnerState {
     reaper: Reaper,
     cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
@@ -229,31 +231,39 @@ struct SpawnerState {
 }
 
 impl Spawner {
-    /// Starts the spawner thread. It lives until the process exits, which is what keeps the
-    /// workers' parent-death signal from firing early.
+    /// Starts the spawner threads. They live until the process exits, which is what keeps
+    /// the workers' parent-death signal from firing early.
     pub fn start(
         reaper: Reaper,
         cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
     ) -> io::Result<Spawner> {
         let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let supervisor_pid = std::process::id() as i32;
-        let mut state = SpawnerState {
-            reaper,
-            cgroups,
-            stack: launch::Stack::default(),
-        };
-        std::thread::Builder::new()
-            .name("jobsup-spawner".into())
-            .spawn(move || {
-                for (spec, reply) in rx {
-                    let _ = reply.send(spawn(&mut state, supervisor_pid, &spec));
-                }
-                // All handles dropped: park rather than return, so that children spawned
-                // from this thread keep their parent-death signal armed until exit.
-                loop {
-                    std::thread::park();
-                }
-            })?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        for _ in 0..threads {
+            let rx = std::sync::Arc::clone(&rx);
+            let mut state = SpawnerState {
+                reaper: reaper.clone(),
+                cgroups: cgroups.clone(),
+                stack: launch::Stack::default(),
+            };
+            std::thread::Builder::new()
+                .name("jobsup-spawner".into())
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a request.
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((spec, reply)) = next else { break };
+                        let _ = reply.send(spawn(&mut state, supervisor_pid, &spec));
+                    }
+                    // All handles dropped: park rather than return, so that children
+                    // spawned from this thread keep their parent-death signal armed.
+                    loop {
+                        std::thread::park();
+                    }
+                })?;
+        }
         Ok(Spawner { tx })
     }
 
@@ -263,7 +273,7 @@ impl Spawner {
         let (reply, rx) = oneshot::channel();
         let gone = || SpawnError::Other {
             program: program.display().to_string(),
-            source: io::Error::other("the spawner thread is gone"),
+            source: io::Error::other("the spawner threads are gone"),
         };
         self.tx.send((spec, reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -379,8 +389,11 @@ fn spawn(
             None => Ok(()),
         }
     };
-    let (pid, exit) =
-        launch::launch(&plan, &mut state.stack, reaper.lock(), &setup).map_err(err)?;
+    let since = std::time::Instant::now();
+    let (pid, started) = launch::launch(&plan, &mut state.stack, &setup).map_err(other)?;
+    // Registered even when the exec failed, so that the reaper's record of it is claimed.
+    let exit = reaper.register(pid, since);
+    started.map_err(err)?;
     // The child's ends are the child's now.
     drop((stdin.0, stdout_w, stderr_w));
     let stdin = stdin.1.map(File::from);

@@ -126,7 +126,6 @@ where
         setup,
         report: report_w.as_raw_fd(),
     };
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     let top = {
         let end = stack.0.as_mut_ptr_range().end as usize;
         // The ABI wants a 16-byte aligned stack.
@@ -139,13 +138,14 @@ where
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: sigset manipulation on local values; clone with a valid entry point, a stack
     // that outlives the child's use of it (with CLONE_VFORK this thread waits until the
-    // child execs or exits; without CLONE_VM the child has its own copy), and an argument
-    // that lives as long.
+    // child execs or exits), and an argument that lives as long; or a fork whose child
+    // runs the same entry point on its own copy and never returns.
     let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
-    let pid = unsafe {
+    let (pid, clone_error) = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let pid = if plan.share_memory {
+            let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
             libc::clone(child_main::<F>, top, flags, arg)
         } else {
             // libc's own fork, not a bare clone: its fork handlers leave the child's
@@ -159,11 +159,12 @@ where
                 pid => pid,
             }
         };
+        let clone_error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        pid
+        (pid, clone_error)
     };
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(clone_error);
     }
     drop(report_w);
     // End-of-file: the exec happened (every copy of the write end was close-on-exec).

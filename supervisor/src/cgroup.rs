@@ -13,7 +13,7 @@
 //!   controller `--max-procs` is refused at start.
 //!
 //! jobsup makes `jobsup-<pid>` under its own cgroup in each hierarchy it uses, and one
-//! `w<worker>` under that per worker; a worker joins its cgroups between fork and exec.
+//! `w<worker>` under that per worker; a worker joins its cgroups between clone and exec.
 //! [`Cgroups::detect`] says what was found and why not the rest.
 
 use std::ffi::CString;

@@ -424,7 +424,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// Runs in the child between fork and exec.
+/// Runs in the child between clone and exec.
 fn child_setup(
     supervisor_pid: i32,
     fds: Option<[(RawFd, RawFd); 2]>,

@@ -84,6 +84,9 @@ pub struct WorkerCgroup {
     memory: Option<(usize, u64)>,
     /// Index in `dirs` of the one with the process limit, and the limit.
     pids: Option<(usize, u64)>,
+    /// [`WorkerCgroup::counts`] when this process joined (a reused directory keeps its
+    /// counts).
+    baseline: (u64, u64),
 }
 
 /// Which cgroup limits the kernel enforced on a worker (each with its value).
@@ -333,6 +336,7 @@ impl Cgroups {
             kill: None,
             memory: None,
             pids: None,
+            baseline: (0, 0),
         };
         if let Some(base) = &self.kill {
             w.kill = Some(w.join_dir(base, id)?);
@@ -358,6 +362,7 @@ impl Cgroups {
             fs::write(w.dirs[i].0.join("pids.max"), n.to_string())?;
             w.pids = Some((i, *n));
         }
+        w.baseline = w.counts();
         Ok(w)
     }
 
@@ -508,6 +513,22 @@ impl WorkerCgroup {
     /// The cgroup limits the kernel enforced on this worker's tree: the evidence that a
     /// worker died of `--memory` or `--max-procs` rather than of a bug.
     pub fn limits_hit(&self) -> Hits {
+        let (oom_kills, fork_failures) = self.counts();
+        Hits {
+            memory: self
+                .memory
+                .filter(|_| oom_kills > self.baseline.0)
+                .map(|(_, bytes)| bytes),
+            max_procs: self
+                .pids
+                .filter(|_| fork_failures > self.baseline.1)
+                .map(|(_, n)| n),
+        }
+    }
+
+    /// The kernel's counts of OOM kills and failed forks in these cgroups so far (which
+    /// an earlier process of the same exec slot may have started).
+    fn counts(&self) -> (u64, u64) {
         let count = |i: usize, v1: &str, v2: &str, key: &str| -> u64 {
             let (dir, version) = &self.dirs[i];
             let file = if *version == Version::V1 { v1 } else { v2 };
@@ -518,14 +539,13 @@ impl WorkerCgroup {
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or(0)
         };
-        Hits {
-            memory: self.memory.and_then(|(i, bytes)| {
-                (count(i, "memory.oom_control", "memory.events", "oom_kill ") > 0).then_some(bytes)
+        (
+            self.memory.map_or(0, |(i, _)| {
+                count(i, "memory.oom_control", "memory.events", "oom_kill ")
             }),
-            max_procs: self.pids.and_then(|(i, n)| {
-                (count(i, "pids.events", "pids.events", "max ") > 0).then_some(n)
-            }),
-        }
+            self.pids
+                .map_or(0, |(i, _)| count(i, "pids.events", "pids.events", "max ")),
+        )
     }
 
     /// Removes the cgroups once empty (left for jobsup's exit if they are not yet).

@@ -93,7 +93,14 @@ impl Live {
         let program = spec.program.display().to_string();
         let mut spawned = spawner.spawn(spec).await?;
         let pid = spawned.pid;
-        let mut process = Process::new(pid, id, spawned.cgroup.take(), spawned.exit);
+        // An exec slot starts a process per job under the same id: its cgroups are reused.
+        let mut process = Process::new(
+            pid,
+            id,
+            spawned.cgroup.take(),
+            spawned.exit,
+            settings.mode == crate::link::Mode::Exec,
+        );
         let origin = Origin {
             pool: Arc::clone(&settings.pool),
             worker: id,

@@ -184,3 +184,35 @@ fn a_fork_bomb_under_max_procs_is_contained_and_cleaned_up() {
         .collect();
     assert!(survivors.is_empty(), "the bomb left {survivors:?}\n{run}");
 }
+
+#[test]
+fn a_limit_hit_is_not_blamed_on_the_next_job_of_the_same_worker() {
+    // One exec slot runs both jobs, in the same cgroup: the second fails for a reason of
+    // its own, and its record must not inherit the first one's limit.
+    let code = r#"if [ "$1" = fork ]; then for i in 1 2 3 4 5 6 7 8; do sleep 0 & done; wait; else exit 3; fi"#;
+    let run = jobsup!()
+        .args(["--mode", "exec", "-j", "1", "--max-procs", "4"])
+        .processor("sh", ["-c", code, "sh", "{}"])
+        .stdin("fork\nplain\n")
+        .run();
+    if run.code() == 125 {
+        assert!(!pids_controller_writable(), "{run}");
+        return;
+    }
+    let records = run.records();
+    assert_eq!(records.len(), 2, "{run}");
+    assert!(
+        records[0]
+            .error()
+            .unwrap_or_default()
+            .contains("process limit of 4 reached"),
+        "{}",
+        records[0]
+    );
+    assert_eq!(records[1].exit_code(), Some(3), "{}", records[1]);
+    assert!(
+        !records[1].error().unwrap_or_default().contains("limit"),
+        "{}",
+        records[1]
+    );
+}

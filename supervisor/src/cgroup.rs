@@ -470,22 +470,31 @@ impl WorkerCgroup {
         Ok(self.dirs.len() - 1)
     }
 
-    /// Joins the calling process to these cgroups. Between fork and exec: async-signal-safe,
-    /// and best effort (the other mechanisms still hold if it fails).
+    /// Joins the calling process to these cgroups, between clone and exec: async-signal-safe
+    /// and allocation-free. Returns the first error; the caller decides whether it matters
+    /// (not for the kill alone, which other mechanisms back up; yes for a limit).
     ///
     /// # Safety
-    /// Only open/write/close on paths prepared before fork.
-    pub unsafe fn join(procs: &[CString]) {
+    /// Only open/write/close on paths prepared before the clone.
+    pub unsafe fn join(procs: &[CString]) -> io::Result<()> {
+        let mut result = Ok(());
         for path in procs {
             // SAFETY: see above.
-            unsafe {
+            let written = unsafe {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                if fd < 0 {
+                    -1
+                } else {
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
                     libc::close(fd);
+                    n
                 }
+            };
+            if written < 0 && result.is_ok() {
+                result = Err(io::Error::last_os_error());
             }
         }
+        result
     }
 
     /// The paths the child writes itself into.

@@ -512,7 +512,12 @@ fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let abs =
         std::path::absolute(dir).map_err(|e| anyhow::anyhow!("--cwd {}: {e}", dir.display()))?;
     match std::fs::metadata(&abs) {
-        Ok(m) if m.is_dir() => Ok(abs),
+        Ok(m) if m.is_dir() => {
+            // Workers run as jobsup's user: it must be able to enter it.
+            nix::unistd::access(&abs, nix::unistd::AccessFlags::X_OK)
+                .map_err(|e| anyhow::anyhow!("--cwd {}: {}", dir.display(), e.desc()))?;
+            Ok(abs)
+        }
         Ok(_) => anyhow::bail!("--cwd {}: not a directory", dir.display()),
         Err(e) => anyhow::bail!("--cwd {}: {e}", dir.display()),
     }

@@ -15,8 +15,9 @@
 //! through libc's `fork` (whose fork handlers keep the copy's allocator usable, which
 //! that second fork needs) instead.
 //!
-//! An exec failure is reported through a close-on-exec pipe: the child writes its errno
-//! and exits with 127; end-of-file means the exec happened.
+//! A failure in the child is reported through a close-on-exec pipe: the child writes the
+//! stage it was at and its errno, and exits with 127; end-of-file means the exec
+//! happened.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -113,10 +114,10 @@ struct Child<'a, F> {
 
 /// Starts the process. `setup` runs in the child after the standard fds and the working
 /// directory are in place, just before exec; it must only make async-signal-safe calls and
-/// must not allocate. Returns the new pid once the child has exec'd, or the pid and why
-/// the exec failed (the child then exits with 127); either way the caller registers the pid
-/// with the reaper.
-pub fn launch<F>(plan: &Plan, stack: &mut Stack, setup: &F) -> io::Result<(i32, io::Result<()>)>
+/// must not allocate. Returns the new pid once the child has exec'd, or the pid and where
+/// and why it failed before (the child then exits with 127); either way the caller
+/// registers the pid with the reaper.
+pub fn launch<F>(plan: &Plan, stack: &mut Stack, setup: &F) -> io::Result<(i32, Result<(), Failed>)>
 where
     F: Fn() -> io::Result<()>,
 {
@@ -168,32 +169,68 @@ where
     }
     drop(report_w);
     // End-of-file: the exec happened (every copy of the write end was close-on-exec).
-    let mut errno = [0u8; 4];
+    let mut report = [0u8; 8];
     let mut got = 0;
-    while got < errno.len() {
+    while got < report.len() {
         // SAFETY: reading into a live buffer from an fd this function owns.
         let n = unsafe {
             libc::read(
                 report_r.as_raw_fd(),
-                errno[got..].as_mut_ptr().cast(),
-                errno.len() - got,
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
             )
         };
         match n {
             0 => break,
             n if n > 0 => got += n as usize,
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => return Ok((pid, Err(io::Error::last_os_error()))),
+            _ => {
+                let error = io::Error::last_os_error();
+                return Ok((
+                    pid,
+                    Err(Failed {
+                        stage: Stage::Exec,
+                        error,
+                    }),
+                ));
+            }
         }
     }
-    match got {
-        0 => Ok((pid, Ok(()))),
-        // The child has exited with 127; the reaper collects it.
-        _ => Ok((
-            pid,
-            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
-        )),
+    if got == 0 {
+        return Ok((pid, Ok(())));
     }
+    // The child has exited with 127; the reaper collects it.
+    let word = |i: usize| i32::from_ne_bytes(report[i..i + 4].try_into().expect("4 bytes"));
+    let stage = match word(0) {
+        0 => Stage::Fds,
+        1 => Stage::Directory,
+        2 => Stage::Sandbox,
+        _ => Stage::Exec,
+    };
+    let error = io::Error::from_raw_os_error(word(4));
+    Ok((pid, Err(Failed { stage, error })))
+}
+
+/// Where a child failed before it became the processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Placing its standard fds.
+    Fds = 0,
+    /// Entering its working directory.
+    Directory = 1,
+    /// Its sandbox: session, limits, cgroups, namespaces.
+    Sandbox = 2,
+    /// The exec itself: the processor could not be run.
+    Exec = 3,
+}
+
+/// A child that did not get to exec.
+#[derive(Debug)]
+pub struct Failed {
+    /// Where.
+    pub stage: Stage,
+    /// Why.
+    pub error: io::Error,
 }
 
 /// The child's side, on its own stack.
@@ -205,9 +242,11 @@ where
     // exits; everything below is an async-signal-safe call on data prepared before clone.
     unsafe {
         let child = &*(arg as *const Child<'_, F>);
-        let fail = |errno: i32| -> ! {
-            let bytes = errno.to_ne_bytes();
-            libc::write(child.report, bytes.as_ptr().cast(), bytes.len());
+        let fail = |stage: Stage, errno: i32| -> ! {
+            let mut report = [0u8; 8];
+            report[..4].copy_from_slice(&(stage as i32).to_ne_bytes());
+            report[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(child.report, report.as_ptr().cast(), report.len());
             libc::_exit(127)
         };
         // Default dispositions (also for what jobsup ignores, such as SIGPIPE), then no
@@ -238,21 +277,21 @@ where
         for (target, &fd) in plan.stdio.iter().enumerate() {
             // dup2 leaves the new descriptor without close-on-exec: the process keeps it.
             if libc::dup2(fd, target as RawFd) < 0 {
-                fail(*libc::__errno_location());
+                fail(Stage::Fds, *libc::__errno_location());
             }
         }
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
-            fail(*libc::__errno_location());
+            fail(Stage::Directory, *libc::__errno_location());
         }
         if let Err(e) = (child.setup)() {
-            fail(e.raw_os_error().unwrap_or(libc::EINVAL));
+            fail(Stage::Sandbox, e.raw_os_error().unwrap_or(libc::EINVAL));
         }
         libc::execve(
             plan.program.as_ptr(),
             plan.argv_ptrs.as_ptr(),
             plan.envp_ptrs.as_ptr(),
         );
-        fail(*libc::__errno_location())
+        fail(Stage::Exec, *libc::__errno_location())
     }
 }
 

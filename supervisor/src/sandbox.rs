@@ -376,13 +376,18 @@ fn spawn(
         None => None,
     };
     let cgroup_procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
+    let cgroup_required = state.cgroups.as_ref().is_some_and(|c| c.has_limits());
     // Runs in the child, just before exec: async-signal-safe system calls only (setsid,
     // prctl, getppid, setrlimit, fcntl, dup2, open/write on cgroup files, unshare, fork,
     // waitpid, _exit), on data prepared above.
     let setup = || -> io::Result<()> {
         child_setup(supervisor_pid, child_fds, limits)?;
         // SAFETY: paths prepared before the clone.
-        unsafe { crate::cgroup::WorkerCgroup::join(&cgroup_procs) };
+        let joined = unsafe { crate::cgroup::WorkerCgroup::join(&cgroup_procs) };
+        // A worker must not run without a limit it was given.
+        if cgroup_required {
+            joined?;
+        }
         match &isolation {
             // SAFETY: between clone and exec, in a child with its own memory (see above).
             Some(p) => unsafe { crate::isolate::enter(p) },
@@ -393,7 +398,22 @@ fn spawn(
     let (pid, started) = launch::launch(&plan, &mut state.stack, &setup).map_err(other)?;
     // Registered even when the exec failed, so that the reaper's record of it is claimed.
     let exit = reaper.register(pid, since);
-    started.map_err(err)?;
+    started.map_err(|failed| match failed.stage {
+        launch::Stage::Exec => err(failed.error),
+        // Not the processor's fault: say where it went wrong.
+        stage => other(io::Error::new(
+            failed.error.kind(),
+            format!(
+                "{}: {}",
+                match stage {
+                    launch::Stage::Fds => "placing its standard streams failed",
+                    launch::Stage::Directory => "entering its working directory failed",
+                    _ => "setting up its sandbox (session, limits, cgroups, namespaces) failed",
+                },
+                failed.error
+            ),
+        )),
+    })?;
     // The child's ends are the child's now.
     drop((stdin.0, stdout_w, stderr_w));
     let stdin = stdin.1.map(File::from);

@@ -607,3 +607,48 @@ fn many_isolated_workers_start_while_jobsup_is_busy() {
     assert_eq!(records.len(), 300, "{run}");
     assert!(records.iter().all(|r| r.outcome() == "ok"), "{run}");
 }
+
+#[test]
+fn a_working_directory_that_cannot_be_entered_is_said_so() {
+    // Before any job: a directory jobsup's user cannot enter.
+    if jobsup_tests::running_as_root() {
+        let j = jobsup_as!(User::Unprivileged);
+        let private = j.dir().join("private");
+        std::fs::create_dir(&private).expect("mkdir");
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        let run = j
+            .args(["--mode", "exec", "--cwd"])
+            .arg(&private)
+            .processor("true", [] as [&str; 0])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 125, "{run}");
+        assert!(run.stderr.contains("Permission denied"), "{run}");
+        assert!(run.records().is_empty(), "{run}");
+    }
+    // During the run: the first job removes it; the second cannot start there, and its
+    // record says where starting went wrong (not that the processor is missing).
+    let j = jobsup!();
+    std::fs::create_dir(j.dir().join("gone")).expect("mkdir");
+    let run = j
+        .args(["--mode", "exec", "-j", "1", "--cwd", "gone"])
+        .processor("sh", ["-c", r#"rmdir "$PWD""#])
+        .stdin("a\nb\n")
+        .run();
+    let records = run.records();
+    assert_eq!(records.len(), 2, "{run}");
+    assert_eq!(records[0].outcome(), "ok", "{}", records[0]);
+    assert_eq!(records[1].outcome(), "failed", "{}", records[1]);
+    assert!(
+        records[1]
+            .error()
+            .unwrap_or_default()
+            .contains("entering its working directory failed"),
+        "{}",
+        records[1]
+    );
+}

@@ -53,15 +53,9 @@ pub struct GuardArgs {
 pub fn tag() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
-        let start = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| {
-                let after = s[s.rfind(')')? + 1..].to_string();
-                // Field 22 (starttime); `after` begins at field 3.
-                after.split_whitespace().nth(19).map(str::to_string)
-            })
-            .unwrap_or_default();
-        format!("{}.{start}", std::process::id())
+        let me = std::process::id();
+        let start = start_time(me as i32).map_or(String::new(), |t| t.to_string());
+        format!("{me}.{start}")
     })
 }
 
@@ -225,24 +219,12 @@ fn sweep(tag: &str, cgroups: &[PathBuf], seen: &Seen) {
 /// Live processes whose environment contains `needle` (`NAME=value`). Zombies have no
 /// readable environment, so a killed process is not found twice.
 pub fn tagged_processes(needle: &[u8]) -> Vec<i32> {
-    let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|&b| b == 0).any(|var| var == needle) {
-            found.push(pid);
-        }
-    }
-    found
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| crate::reaper::environ_has(pid, needle))
+        .collect()
 }

@@ -224,6 +224,20 @@ pub enum Stage {
     Exec = 3,
 }
 
+impl Stage {
+    /// What went wrong, for a message; `None` for the exec, which is the processor's.
+    pub fn failed(self) -> Option<&'static str> {
+        match self {
+            Stage::Fds => Some("placing its standard streams failed"),
+            Stage::Directory => Some("entering its working directory failed"),
+            Stage::Sandbox => {
+                Some("setting up its sandbox (session, limits, cgroups, namespaces) failed")
+            }
+            Stage::Exec => None,
+        }
+    }
+}
+
 /// A child that did not get to exec.
 #[derive(Debug)]
 pub struct Failed {
@@ -304,6 +318,7 @@ struct KernelSigaction {
     mask: u64,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe whose both ends are close-on-exec (a child gets its copies through dup2).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }

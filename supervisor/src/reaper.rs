@@ -190,15 +190,19 @@ pub fn adopted_from(worker: u64) -> Vec<i32> {
     let tag = format!("JOBSUP_WORKER_ID={worker}");
     let mut pids = Vec::new();
     for child in children_of_self() {
-        let Ok(environ) = std::fs::read(format!("/proc/{child}/environ")) else {
-            continue;
-        };
-        if environ.split(|&b| b == 0).any(|var| var == tag.as_bytes()) {
+        if environ_has(child, tag.as_bytes()) {
             pids.extend(descendants(child));
             pids.push(child);
         }
     }
     pids
+}
+
+/// Whether `pid`'s environment holds exactly `var` (`NAME=value`). A zombie's (or another
+/// user's) environment cannot be read: false.
+pub fn environ_has(pid: i32, var: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|environ| environ.split(|&b| b == 0).any(|v| v == var))
 }
 
 /// SIGKILL to each pid; "already gone" is success.

@@ -293,7 +293,10 @@ fn spawn(
     };
     // Both ends are close-on-exec; the child's copies are made by dup2 after fork.
     let protocol = if spec.protocol_fds {
-        Some((pipe().map_err(other)?, pipe().map_err(other)?))
+        Some((
+            launch::pipe().map_err(other)?,
+            launch::pipe().map_err(other)?,
+        ))
     } else {
         None
     };
@@ -311,14 +314,14 @@ fn spawn(
     // The standard fds: stdin on a pipe or /dev/null, stdout and stderr on pipes. Every
     // end is close-on-exec; the child's copies are placed by dup2.
     let stdin = if spec.stdin_pipe {
-        let (r, w) = pipe().map_err(other)?;
+        let (r, w) = launch::pipe().map_err(other)?;
         (r, Some(w))
     } else {
         let null = File::open("/dev/null").map_err(other)?;
         (OwnedFd::from(null), None)
     };
-    let (stdout_r, stdout_w) = pipe().map_err(other)?;
-    let (stderr_r, stderr_w) = pipe().map_err(other)?;
+    let (stdout_r, stdout_w) = launch::pipe().map_err(other)?;
+    let (stderr_r, stderr_w) = launch::pipe().map_err(other)?;
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(key, _)| {
@@ -398,20 +401,12 @@ fn spawn(
     let (pid, started) = launch::launch(&plan, &mut state.stack, &setup).map_err(other)?;
     // Registered even when the exec failed, so that the reaper's record of it is claimed.
     let exit = reaper.register(pid, since);
-    started.map_err(|failed| match failed.stage {
-        launch::Stage::Exec => err(failed.error),
+    started.map_err(|failed| match failed.stage.failed() {
+        None => err(failed.error),
         // Not the processor's fault: say where it went wrong.
-        stage => other(io::Error::new(
+        Some(what) => other(io::Error::new(
             failed.error.kind(),
-            format!(
-                "{}: {}",
-                match stage {
-                    launch::Stage::Fds => "placing its standard streams failed",
-                    launch::Stage::Directory => "entering its working directory failed",
-                    _ => "setting up its sandbox (session, limits, cgroups, namespaces) failed",
-                },
-                failed.error
-            ),
+            format!("{what}: {}", failed.error),
         )),
     })?;
     // The child's ends are the child's now.
@@ -438,10 +433,6 @@ fn spawn(
         stderr: File::from(stderr_r),
         workdir,
     })
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
 /// Runs in the child between clone and exec.

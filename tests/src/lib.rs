@@ -951,6 +951,23 @@ pub fn cpu_ticks(pid: i32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Live processes whose argument list is exactly `sleep <duration>`, from /proc.
+pub fn sleepers(duration: &str) -> Vec<i32> {
+    let argv = format!("sleep\0{duration}\0");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if cmdline == argv.as_bytes() && pid_alive(pid) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
 /// This process's own directory in a cgroup hierarchy: cgroup v2 for `None`, else the v1
 /// hierarchy of `controller`; found as jobsup finds it (mountinfo plus /proc/self/cgroup,
 /// minus the mount's root inside containers).

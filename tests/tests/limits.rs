@@ -3,7 +3,9 @@
 //! tried as the invoking user (root on CI: cgroup controllers) and as an unprivileged user
 //! (nobody: no writable cgroups, so `RLIMIT_AS` for memory and a refusal for processes).
 
-use jobsup_tests::{can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, Jobsup, Record, Run, User};
+use jobsup_tests::{
+    can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, sleepers, Jobsup, Record, Run, User,
+};
 
 fn only_record(run: &Run) -> Record {
     let mut records = run.records();
@@ -174,14 +176,7 @@ fn a_fork_bomb_under_max_procs_is_contained_and_cleaned_up() {
         ),
         other => panic!("unexpected outcome {other}: {r}\n{run}"),
     }
-    let argv = format!("sleep\0{token}\0");
-    let survivors: Vec<String> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == argv.as_bytes()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let survivors = sleepers(&token);
     assert!(survivors.is_empty(), "the bomb left {survivors:?}\n{run}");
 }
 

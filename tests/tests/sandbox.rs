@@ -8,30 +8,13 @@
 
 use jobsup_tests::{
     bin, can_make_dir_in, is_guard, jobsup, jobsup_as, own_cgroup_dir, pid_alive, proc_ppid,
-    wait_until, Jobsup, Record, Run, User, WAIT,
+    sleepers, wait_until, Jobsup, Record, Run, User, WAIT,
 };
 
 fn only_record(run: &Run) -> Record {
     let mut records = run.records();
     assert_eq!(records.len(), 1, "{run}");
     records.remove(0)
-}
-
-/// Live processes whose argument list is exactly `sleep <duration>`, from /proc.
-fn sleepers(duration: &str) -> Vec<i32> {
-    let argv = format!("sleep\0{duration}\0");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if cmdline == argv.as_bytes() && pid_alive(pid) {
-                found.push(pid);
-            }
-        }
-    }
-    found
 }
 
 /// A `sleep` argument no other test uses at the same time.

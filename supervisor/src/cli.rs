@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use jobsup_protocol::{Codec, DEFAULT_MAX_FRAME};
-use nix::sys::signal::Signal;
 
 use crate::config::PoolSpec;
 use crate::exit::{self, RunEnd};
@@ -122,7 +121,7 @@ pub struct RunArgs {
     pub summary: SummaryFormat,
     /// After a first SIGINT/SIGTERM, running jobs may finish for this long before they are
     /// asked to clean up and then killed [default: their own deadlines].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::units::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
     /// Where workers' private working directories are created [default: the temp dir].
     #[arg(long)]
@@ -142,80 +141,6 @@ pub struct CheckArgs {
     /// The config file to validate.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-}
-
-/// Parses a duration: humantime (`30s`, `1m30s`, `250ms`), or a bare number of seconds as
-/// in GNU `timeout` and systemd.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(format!("{s:?} is not a duration"))
-        };
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); try 30s, 1m30s or 250ms"))
-}
-
-/// Parses a signal: `TERM`, `SIGTERM`, `term` or `15`.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
-    }
-    let upper = t.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<Signal>()
-        .map_err(|_| format!("{s:?} is not a signal; try TERM, INT, HUP, USR1 or a number"))
-}
-
-/// A size for messages, in the largest binary unit it reaches: `100 MiB`, `1.5 GiB`, `512 B`.
-pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    for (scale, unit) in UNITS {
-        if bytes >= scale {
-            return if bytes.is_multiple_of(scale) {
-                format!("{} {unit}", bytes / scale)
-            } else {
-                format!("{:.1} {unit}", bytes as f64 / scale as f64)
-            };
-        }
-    }
-    format!("{bytes} B")
-}
-
-/// Parses a size: bytes, or a number with a unit (`KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`;
-/// case does not matter).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; try 4096, 64KiB or 10MB"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("{s:?}: unknown unit {other:?}; try KiB, MB or GiB")),
-    };
-    let bytes = number * scale;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
-        return Err(format!("{s:?} is not a usable size"));
-    }
-    Ok(bytes as usize)
 }
 
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
@@ -547,34 +472,5 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("banana").unwrap_err().contains("banana"));
-        assert!(parse_duration("-1").is_err());
-    }
-
-    #[test]
-    fn signals_and_sizes() {
-        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
-        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
-        assert_eq!(parse_signal("1"), Ok(Signal::SIGHUP));
-        assert!(parse_signal("NOPE").unwrap_err().contains("NOPE"));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(format_size(100 << 20), "100 MiB");
-        assert_eq!(format_size(3 << 29), "1.5 GiB");
-        assert_eq!(format_size(4096), "4 KiB");
-        assert_eq!(format_size(1), "1 B");
-        assert_eq!(parse_size("10MB"), Ok(10_000_000));
-        assert_eq!(parse_size("1.5 kb"), Ok(1500));
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("0").is_err());
     }
 }

@@ -39,7 +39,7 @@ pub struct Dur(pub Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        crate::cli::parse_duration(s).map(Dur)
+        crate::units::parse_duration(s).map(Dur)
     }
 }
 
@@ -53,10 +53,12 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match toml::Value::deserialize(d)? {
             toml::Value::String(s) => s.parse().map_err(de::Error::custom),
-            toml::Value::Integer(n) if n >= 0 => Ok(Dur(Duration::from_secs(n as u64))),
-            toml::Value::Float(x) if x.is_finite() && x >= 0.0 => {
-                Ok(Dur(Duration::from_secs_f64(x)))
-            }
+            toml::Value::Integer(n) => crate::units::duration_from_int(n)
+                .map(Dur)
+                .map_err(|e| de::Error::custom(format!("{n} {e}"))),
+            toml::Value::Float(x) => crate::units::duration_from_secs(x)
+                .map(Dur)
+                .map_err(|e| de::Error::custom(format!("{x} {e}"))),
             other => Err(de::Error::custom(format!(
                 "expected a duration such as \"30s\", got {other}"
             ))),
@@ -72,12 +74,12 @@ impl Serialize for Dur {
 
 /// A size in bytes: a number, or a number with a unit (`64KiB`, `10MB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub usize);
+pub struct Size(pub u64);
 
 impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        crate::cli::parse_size(s).map(Size)
+        crate::units::parse_size(s).map(Size)
     }
 }
 
@@ -85,7 +87,9 @@ impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match toml::Value::deserialize(d)? {
             toml::Value::String(s) => s.parse().map_err(de::Error::custom),
-            toml::Value::Integer(n) if n > 0 => Ok(Size(n as usize)),
+            toml::Value::Integer(n) => crate::units::size_from_int(n)
+                .map(Size)
+                .map_err(|e| de::Error::custom(format!("{n} {e}"))),
             other => Err(de::Error::custom(format!(
                 "expected a size such as \"64KiB\", got {other}"
             ))),
@@ -106,7 +110,7 @@ pub struct Sig(pub Signal);
 impl FromStr for Sig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        crate::cli::parse_signal(s).map(Sig)
+        crate::units::parse_signal(s).map(Sig)
     }
 }
 
@@ -197,12 +201,13 @@ pub struct PoolSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Time a job may run before its worker is asked to clean up (e.g. 30s, 1m30s, 250ms;
-    /// a bare number is seconds) [default: 30s].
+    /// a bare number is seconds; at most 100 years); 0 means no deadline, as in GNU timeout
+    /// [default: 30s].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Dur>,
-    /// Time a worker has to clean up after the ttl before its process group is killed
-    /// [default: 5s].
+    /// Time a worker has to clean up after the ttl before its process group is killed; 0
+    /// means no cleanup request: SIGKILL right at the ttl [default: 5s].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<Dur>,
@@ -252,16 +257,17 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_delay: Option<Dur>,
-    /// Time a new native worker has to complete its handshake [default: 10s].
+    /// Time a new worker has to start: a native worker's handshake; in lines mode, the
+    /// grace before its first job's clock starts; 0 means no limit [default: 10s].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_timeout: Option<Dur>,
     /// Native mode: no heartbeat or progress from a job for this long is treated like its
-    /// ttl passing (cleanup request, then kill); the record says which fired.
+    /// ttl passing (cleanup request, then kill); the record says which fired; 0 means off.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
-    /// Log a warning for a job still running after this long, while it runs.
+    /// Log a warning for a job still running after this long, while it runs; 0 means off.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow: Option<Dur>,
@@ -271,7 +277,8 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
-    /// Limit each worker's CPU time (RLIMIT_CPU; SIGXCPU, then SIGKILL a second later).
+    /// Limit each worker's CPU time (RLIMIT_CPU; SIGXCPU, then SIGKILL a second later); 0
+    /// means no limit.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_time: Option<Dur>,
@@ -467,21 +474,28 @@ impl Pool {
             env: spec.env.unwrap_or_default(),
             pass_env: spec.pass_env.unwrap_or_default(),
             cleanup_signal: spec.cleanup_signal.map_or(Signal::SIGTERM, |s| s.0),
-            max_output: spec.max_output.map_or(16 << 20, |s| s.0),
+            max_output: spec.max_output.map_or(16 << 20, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
             max_jobs_per_worker: spec.max_jobs_per_worker,
             retries: spec.retries.unwrap_or(0),
             retry_on: spec
                 .retry_on
                 .unwrap_or_else(|| vec![RetryOn::Failed, RetryOn::Crashed]),
             retry_delay: spec.retry_delay.map_or(Duration::from_secs(1), |d| d.0),
-            start_timeout: spec.start_timeout.map_or(Duration::from_secs(10), |d| d.0),
-            idle_timeout: spec.idle_timeout.map(|d| d.0),
-            slow: spec.slow.map(|d| d.0),
+            // A limit of 0 is no limit, as GNU timeout's 0 (the ttl's own 0 is the job
+            // clock's business).
+            start_timeout: match spec.start_timeout {
+                None => Duration::from_secs(10),
+                Some(Dur(Duration::ZERO)) => crate::units::MAX_DURATION,
+                Some(Dur(d)) => d,
+            },
+            idle_timeout: spec.idle_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+            slow: spec.slow.map(|d| d.0).filter(|d| !d.is_zero()),
             limits: crate::sandbox::Limits {
-                memory: spec.memory.map(|s| s.0 as u64),
+                memory: spec.memory.map(|s| s.0),
                 // RLIMIT_CPU counts whole seconds; round up so that a limit is never 0.
                 cpu_secs: spec
                     .cpu_time
+                    .filter(|d| !d.0.is_zero())
                     .map(|d| d.0.as_secs_f64().ceil().max(1.0) as u64),
                 open_files: spec.open_files,
                 max_procs: spec.max_procs,

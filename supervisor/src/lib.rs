@@ -39,4 +39,5 @@ pub mod signals;
 pub mod sink;
 pub mod source;
 pub mod summary;
+pub mod units;
 pub mod worker;

@@ -409,7 +409,7 @@ impl Worker {
     /// (`hits`), otherwise from how a crashed worker died.
     fn limit_hint(&self, exit: Exit, hits: Hits, alloc_failed: bool) -> Option<String> {
         let limits = self.settings.spawn.limits;
-        let size = crate::cli::format_size;
+        let size = crate::units::format_size;
         if let Some(bytes) = hits.memory {
             return Some(format!(
                 "memory limit of {} reached (--memory): the kernel's OOM killer ended a process of the worker",

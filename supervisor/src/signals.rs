@@ -1,4 +1,10 @@
-//! SIGINT and SIGTERM, counted exactly.
+//! The signals that end a run (SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2), counted exactly.
+//!
+//! Each of them drains the run the same way: no more jobs are read, running ones may finish
+//! by their deadlines (or the shutdown timeout), and every job read gets its record; a
+//! second one cancels the running jobs. Only the exit code (128 + the signal) tells them
+//! apart. SIGHUP is here because a closing terminal must not lose records; SIGUSR1/2
+//! because their default action would end jobsup outright, with nothing cleaned up.
 //!
 //! Signal streams coalesce: two Ctrl-C pressed before the pool looks would read as one, and
 //! the second ("stop waiting, cancel now") would be lost. So each signal also bumps a counter
@@ -9,42 +15,57 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// The signals that end a run, gracefully.
+pub const ENDING: [i32; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// The interrupting signals the pool listens to.
 pub struct Interrupts {
-    int: (Signal, Arc<AtomicUsize>),
-    term: (Signal, Arc<AtomicUsize>),
+    streams: Vec<(i32, Signal, Arc<AtomicUsize>)>,
 }
 
 impl Interrupts {
-    /// Starts listening. From now on SIGINT and SIGTERM no longer end the process.
+    /// Starts listening. From now on none of [`ENDING`] ends the process by itself.
     pub fn listen() -> std::io::Result<Interrupts> {
-        let counted = |kind: SignalKind, sig: i32| -> std::io::Result<(Signal, Arc<AtomicUsize>)> {
-            // The tokio stream first, so that the default action is replaced before the
-            // counter exists.
-            let stream = signal(kind)?;
-            let count = Arc::new(AtomicUsize::new(0));
-            let c = Arc::clone(&count);
-            // SAFETY: the action only does an atomic increment, which is async-signal-safe.
-            unsafe {
-                signal_hook::low_level::register(sig, move || {
-                    c.fetch_add(1, Ordering::SeqCst);
-                })?;
-            }
-            Ok((stream, count))
-        };
-        Ok(Interrupts {
-            int: counted(SignalKind::interrupt(), libc::SIGINT)?,
-            term: counted(SignalKind::terminate(), libc::SIGTERM)?,
-        })
+        let streams = ENDING
+            .iter()
+            .map(|&sig| {
+                // The tokio stream first, so that the default action is replaced before
+                // the counter exists.
+                let stream = signal(SignalKind::from_raw(sig))?;
+                let count = Arc::new(AtomicUsize::new(0));
+                let c = Arc::clone(&count);
+                // SAFETY: the action only does an atomic increment, which is
+                // async-signal-safe.
+                unsafe {
+                    signal_hook::low_level::register(sig, move || {
+                        c.fetch_add(1, Ordering::SeqCst);
+                    })?;
+                }
+                Ok((sig, stream, count))
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Interrupts { streams })
     }
 
     /// Waits for interrupts; returns the signal and how many arrived since the last call
     /// (0 when a wake-up was for a signal already counted). Cancel-safe.
     pub async fn recv(&mut self) -> (i32, usize) {
-        let (sig, count) = tokio::select! {
-            _ = self.int.0.recv() => (libc::SIGINT, &self.int.1),
-            _ = self.term.0.recv() => (libc::SIGTERM, &self.term.1),
-        };
-        (sig, count.swap(0, Ordering::SeqCst))
+        let woken = std::future::poll_fn(|cx| {
+            for (i, (_, stream, _)) in self.streams.iter_mut().enumerate() {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(i);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        let (sig, _, count) = &self.streams[woken];
+        (*sig, count.swap(0, Ordering::SeqCst))
     }
 }

@@ -350,13 +350,14 @@ fn parse_ndjson(line: &[u8], line_no: u64, defaults: &Defaults) -> Result<JobSpe
         match map.get(key) {
             None => Ok(default),
             Some(Value::String(s)) => {
-                crate::cli::parse_duration(s).map_err(|e| fail(format!("bad \"{key}\": {e}")))
+                crate::units::parse_duration(s).map_err(|e| fail(format!("bad \"{key}\": {e}")))
             }
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| fail(format!("bad \"{key}\": {n} is not a number of seconds"))),
+            // The same bounds as a string: `1e20` is as out of range as "1e20".
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(secs) => crate::units::duration_from_secs(secs)
+                    .map_err(|e| fail(format!("bad \"{key}\": {n} {e}"))),
+                None => Err(fail(format!("bad \"{key}\": {n} is not a number of seconds"))),
+            },
             Some(_) => Err(fail(format!(
                 "bad \"{key}\": expected a duration such as \"30s\""
             ))),

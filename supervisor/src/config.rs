@@ -474,7 +474,9 @@ impl Pool {
             env: spec.env.unwrap_or_default(),
             pass_env: spec.pass_env.unwrap_or_default(),
             cleanup_signal: spec.cleanup_signal.map_or(Signal::SIGTERM, |s| s.0),
-            max_output: spec.max_output.map_or(16 << 20, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
+            max_output: spec
+                .max_output
+                .map_or(16 << 20, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
             max_jobs_per_worker: spec.max_jobs_per_worker,
             retries: spec.retries.unwrap_or(0),
             retry_on: spec

@@ -356,7 +356,9 @@ fn parse_ndjson(line: &[u8], line_no: u64, defaults: &Defaults) -> Result<JobSpe
             Some(Value::Number(n)) => match n.as_f64() {
                 Some(secs) => crate::units::duration_from_secs(secs)
                     .map_err(|e| fail(format!("bad \"{key}\": {n} {e}"))),
-                None => Err(fail(format!("bad \"{key}\": {n} is not a number of seconds"))),
+                None => Err(fail(format!(
+                    "bad \"{key}\": {n} is not a number of seconds"
+                ))),
             },
             Some(_) => Err(fail(format!(
                 "bad \"{key}\": expected a duration such as \"30s\""

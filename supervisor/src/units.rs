@@ -156,13 +156,15 @@ mod tests {
     #[test]
     fn out_of_range_durations_are_errors_not_panics() {
         for bad in [
-            "-1", "-0.5", "1e20", "1e300", "1e19", "inf", "-inf", "NaN", "nan", "101y",
-            "1e400",
+            "-1", "-0.5", "1e20", "1e300", "1e19", "inf", "-inf", "NaN", "nan", "101y", "1e400",
         ] {
             let e = parse_duration(bad).expect_err(bad);
             assert!(e.contains(bad), "{bad}: {e}");
         }
-        assert!(parse_duration("100y").is_ok(), "the maximum itself is accepted");
+        assert!(
+            parse_duration("100y").is_ok(),
+            "the maximum itself is accepted"
+        );
         assert!(parse_duration(&MAX_DURATION.as_secs().to_string()).is_ok());
         assert!(parse_duration(&(MAX_DURATION.as_secs() + 1).to_string()).is_err());
         assert!(duration_from_int(-1).is_err());

@@ -130,7 +130,9 @@ impl WorkerHandle {
                 None
             };
             // A little jitter, so that a pool's workers do not all retire at once.
-            let max_jobs = settings.max_jobs.map(|n| n.saturating_add(fastrand::u64(0..=n / 10)));
+            let max_jobs = settings
+                .max_jobs
+                .map(|n| n.saturating_add(fastrand::u64(0..=n / 10)));
             let worker = Worker {
                 id,
                 max_jobs,

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-/// The longest duration accepted anywhere: 100 years.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest duration accepted anywhere: 100 years of 365.25 days, as humantime counts
+/// a year (so `100y` itself is accepted).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// The largest size accepted anywhere: 1 EiB.
 pub const MAX_SIZE: u64 = 1 << 60;

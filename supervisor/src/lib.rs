@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub(crate) mod deadline;
 pub mod drain;
 pub mod exit;
 pub mod guard;

@@ -42,7 +42,7 @@ impl Mode {
 }
 
 /// What can go wrong on a link, beyond the worker dying.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LinkError {
     /// The worker broke the protocol: the job is `crashed`.
     Protocol(String),

@@ -229,6 +229,22 @@ impl Record {
         }
     }
 
+    /// What the worker returned: its output, or its failure message as the error.
+    pub fn set_result(&mut self, result: jobsup_protocol::JobResult) {
+        match result {
+            jobsup_protocol::JobResult::Ok(out) => self.set_output(out),
+            jobsup_protocol::JobResult::Failed(msg) => self.error = Some(msg),
+        }
+    }
+
+    /// Puts jobsup's own words first in the error, before what the job said.
+    pub fn prefix_error(&mut self, ours: String) {
+        self.error = Some(match self.error.take() {
+            None => ours,
+            Some(said) => format!("{ours}; the job said: {said}"),
+        });
+    }
+
     /// Notes how the worker process ended.
     pub fn set_exit(&mut self, exit: Exit) {
         match exit {

@@ -1,26 +1,22 @@
-//! Running one job to its outcome: the deadline rules of DESIGN.md, in one place.
-//!
-//! - a result read before `ttl` → `ok` or `failed` (in exec mode: the process exiting, with
-//!   code 0 → `ok`, another code → `failed`, a signal jobsup did not send → `crashed`);
-//! - at `ttl` the cleanup request goes out and the outcome can only be `timeout` (the worker
-//!   acknowledged, or exited, before `ttl + cleanup`) or `killed` (it did not; its group
-//!   gets SIGKILL at `ttl + cleanup`); a result that arrives in between is kept but changes
-//!   nothing;
-//! - the worker dying or breaking the protocol mid-job → `crashed`; output past
-//!   `--max-output` → `failed`.
+//! Running one job to its outcome: the shell around [`crate::deadline::JobRun`], which holds
+//! the deadline rules of DESIGN.md. This file only moves bytes and timers: it feeds the
+//! state machine what the worker said, did and when, carries out what it answers (the
+//! cleanup request, a warning), and turns its verdict into the job's record.
 //!
 //! A passed deadline is handled before anything else the task could do, so a worker that
-//! floods its pipe cannot postpone its own kill.
+//! floods its pipe cannot postpone its own kill; what was already in the pipe when the
+//! deadline passed is fed first (a bounded amount of it), since it was sent in time.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use jobsup_protocol::{FromWorker, JobResult};
-use tokio::time::{sleep_until, Instant};
+use jobsup_protocol::FromWorker;
+use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::cgroup::Hits;
+use crate::deadline::{Act, Crash, Input, JobRun, Rules, Trigger, Verdict};
 use crate::link::{substitute, LinkError, Mode};
-use crate::live::{frame_name, Live};
+use crate::live::Live;
 use crate::reaper::{signal_name, Exit};
 use crate::record::{JobSpec, Outcome, Record};
 use crate::worker::{Control, Event, Worker};
@@ -28,73 +24,9 @@ use crate::worker::{Control, Event, Worker};
 /// Messages taken from the pipe at once when a deadline passes or the worker exits.
 const READY_BUDGET: usize = 1024;
 
-/// How a job's run ended, before the worker process has been dealt with.
-enum Verdict {
-    /// A result before `ttl`.
-    Returned(JobResult),
-    /// An exec job's process exited before `ttl`.
-    Exited(Exit),
-    /// Cleaned up in time (acknowledged or exited); maybe with a late result.
-    TimedOut(Option<JobResult>),
-    /// The hard deadline passed.
-    Killed(Option<JobResult>),
-    /// The worker died, or broke the protocol.
-    Crashed(Crash),
-    /// The output went past `--max-output`.
-    Overflow(String),
-    /// The worker died without ever taking the job: it can run elsewhere.
-    Unseen,
-}
-
-/// What made a job `crashed`.
-enum Crash {
-    /// The process exited mid-job.
-    Died,
-    /// It closed its result pipe mid-job (it usually exits a moment later).
-    PipeClosed,
-    /// It broke the protocol; the text says how.
-    Protocol(String),
-}
-
-/// Where a job stands on its clock.
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    /// Before the cleanup request.
-    Running,
-    /// The cleanup request went out; the group is killed at `kill_at`.
-    CleaningUp { kill_at: Instant },
-}
-
-/// What made jobsup ask a job to clean up.
-#[derive(Debug, Clone)]
-enum Trigger {
-    /// Nothing: the job ended on its own.
-    None,
-    /// Its ttl passed.
-    Ttl,
-    /// No heartbeat or progress for the idle timeout.
-    Idle,
-    /// The run is stopping; the text says why.
-    Stop(String),
-}
-
-/// A job's deadlines on the monotonic clock.
-struct Clock {
-    ttl_at: Instant,
-    cleanup: Duration,
-    idle: Option<Duration>,
-    slow_at: Option<Instant>,
-}
-
-impl Clock {
-    /// When the running phase ends, given the job's last sign of life.
-    fn running_deadline(&self, activity: Instant) -> (Instant, Trigger) {
-        match self.idle.map(|idle| activity + idle) {
-            Some(idle_at) if idle_at < self.ttl_at => (idle_at, Trigger::Idle),
-            _ => (self.ttl_at, Trigger::Ttl),
-        }
-    }
-}
+/// How often a line worker's pipe is looked at while its first job waits to be taken (the
+/// interval doubles up to the maximum: a slow start-up is polled less).
+const TAKE_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(16));
 
 impl Worker {
     fn live(&mut self) -> &mut Live {
@@ -105,6 +37,22 @@ impl Worker {
 
     fn pid(&self) -> Option<i32> {
         self.live.as_ref().map(|l| l.process.pid())
+    }
+
+    /// The deadline rules for `job` on this worker.
+    fn rules(&self, job: &JobSpec) -> Rules {
+        let settings = &self.settings;
+        Rules {
+            // A ttl of 0 is no deadline, as in GNU timeout.
+            ttl: (!job.ttl.is_zero()).then_some(job.ttl),
+            cleanup: job.cleanup,
+            idle: settings.idle_timeout,
+            slow: settings.slow,
+            ends_by_exit: settings.mode == Mode::Exec,
+            // A line worker proves it has started only by reading its first line.
+            start_grace: (settings.mode == Mode::Lines && self.jobs_done == 0)
+                .then_some(settings.start_timeout),
+        }
     }
 
     /// Runs one job to its verdict, then settles the process. Returns the record and
@@ -135,72 +83,48 @@ impl Worker {
                 }
             }
         }
-        let started = Instant::now();
         self.current_job.store(job.seq, Ordering::Relaxed);
-        let clock = Clock {
-            ttl_at: started + job.ttl,
-            cleanup: job.cleanup,
-            idle: self.settings.idle_timeout,
-            slow_at: self.settings.slow.map(|d| started + d),
-        };
+        let mut run = JobRun::new(self.rules(&job), job.run_id, self.last_job, Instant::now());
         let sent = self.live().link.send_job(&job);
-        let (verdict, trigger) = match sent {
-            Err(LinkError::Protocol(e)) => (Verdict::Crashed(Crash::Protocol(e)), Trigger::None),
-            Err(LinkError::Overflow(e)) => (Verdict::Overflow(e), Trigger::None),
-            Ok(()) if self.live().link.refused_job() => {
-                self.current_job.store(0, Ordering::Relaxed);
-                return Err(Box::new(job));
-            }
-            Ok(()) => self.await_verdict(&job, clock).await,
+        let done = match sent {
+            Err(e) => self.carry_out(&job, run.on(Input::Broke(e), Instant::now())),
+            Ok(()) if self.live().link.refused_job() => None,
+            Ok(()) => Some(self.await_verdict(&job, &mut run).await),
         };
         self.current_job.store(0, Ordering::Relaxed);
-        if let Verdict::Unseen = verdict {
+        let Some((verdict, trigger)) = done.filter(|(v, _)| *v != Verdict::Unseen) else {
             return Err(Box::new(job));
-        }
+        };
         self.live().link.job_ended();
-        let (record, reusable) = self.settle(&job, started, verdict, trigger).await;
+        let (record, reusable) = self.settle(&job, run.started(), verdict, trigger).await;
         Ok((record, reusable, job))
     }
 
-    async fn await_verdict(&mut self, job: &JobSpec, mut clock: Clock) -> (Verdict, Trigger) {
-        let mut late = None;
-        let mut phase = Phase::Running;
-        let mut trigger = Trigger::None;
-        self.activity = Instant::now();
+    /// Feeds the state machine until it gives its verdict.
+    async fn await_verdict(&mut self, job: &JobSpec, run: &mut JobRun) -> (Verdict, Trigger) {
+        let mut take_poll = TAKE_POLL.0;
+        let mut control_open = true;
         loop {
-            let (deadline, due) = match phase {
-                Phase::Running => clock.running_deadline(self.activity),
-                Phase::CleaningUp { kill_at } => (kill_at, Trigger::None),
-            };
-            if Instant::now() >= deadline {
+            let timer = run.next_timer();
+            if timer.is_some_and(|t| Instant::now() >= t) {
                 // Whatever was already in the pipe at the deadline was sent in time.
-                if let Some(v) = self.take_ready(job, phase, &mut late) {
-                    return (v, trigger);
+                if let Some(done) = self.feed_ready(job, run) {
+                    return done;
                 }
-                match phase {
-                    Phase::Running => {
-                        // A heartbeat just read may have moved an idle deadline.
-                        if clock.running_deadline(self.activity).0 > deadline {
-                            continue;
-                        }
-                        let kill_at = deadline + clock.cleanup;
-                        self.request_cleanup(job, kill_at);
-                        phase = Phase::CleaningUp { kill_at };
-                        trigger = due;
-                    }
-                    Phase::CleaningUp { .. } => return (Verdict::Killed(late), trigger),
+                if let Some(done) = self.carry_out(job, run.on(Input::Tick, Instant::now())) {
+                    return done;
                 }
                 continue;
             }
-            let slow_at = clock.slow_at;
             enum Heard {
                 Control(Option<Control>),
-                Deadline,
-                Slow,
+                Timer,
                 Writable,
                 Said(Result<Option<FromWorker>, LinkError>),
                 Exited,
+                TakePoll,
             }
+            let awaits_take = run.awaits_take();
             let heard = {
                 let control = &mut self.control;
                 let live = self
@@ -210,198 +134,130 @@ impl Worker {
                 let writing = live.link.tx.has_pending();
                 let open = !live.link.at_eof();
                 let Live { link, process, .. } = live;
+                let far = || Instant::now() + crate::units::MAX_DURATION;
                 tokio::select! {
                     biased;
-                    ctl = control.recv() => Heard::Control(ctl),
-                    _ = sleep_until(deadline) => Heard::Deadline,
-                    _ = sleep_until(slow_at.unwrap_or(deadline)), if slow_at.is_some() => Heard::Slow,
+                    ctl = control.recv(), if control_open => Heard::Control(ctl),
+                    _ = sleep_until(timer.unwrap_or_else(far)), if timer.is_some() => Heard::Timer,
                     _ = link.tx.writable(), if writing => Heard::Writable,
                     msg = link.rx.next(), if open => Heard::Said(msg),
                     _ = process.exited() => Heard::Exited,
+                    _ = sleep(take_poll), if awaits_take => Heard::TakePoll,
                 }
             };
-            match heard {
+            let input = match heard {
                 Heard::Control(Some(Control::Stop { reason, grace })) => {
-                    // The run is stopping: clean up now, killed after `grace` at most.
-                    let kill_at = Instant::now() + grace;
-                    match phase {
-                        Phase::Running => self.request_cleanup(job, kill_at),
-                        Phase::CleaningUp { kill_at: k } if k <= kill_at => continue,
-                        Phase::CleaningUp { .. } => {}
-                    }
-                    phase = Phase::CleaningUp { kill_at };
-                    trigger = Trigger::Stop(reason);
+                    Input::Stop { reason, grace }
                 }
                 Heard::Control(Some(Control::Run(other))) => {
                     // The pool only hands jobs to idle workers; never lose one anyway.
-                    tracing::error!(pool = %self.settings.pool,
-                worker = self.id, "job handed to a busy worker; bouncing it");
+                    tracing::error!(pool = %self.settings.pool, worker = self.id,
+                        "job handed to a busy worker; bouncing it");
                     let _ = self.events.send(Event::Bounced {
                         worker: self.id,
                         job: other,
                     });
+                    continue;
                 }
-                // Shutdown waits for the job; a closed channel means the pool is gone.
-                Heard::Control(Some(Control::Shutdown) | None) => {}
-                Heard::Deadline => {}
-                Heard::Slow => {
-                    clock.slow_at = None;
-                    tracing::warn!(
-                        pool = %self.settings.pool,
-                        worker = self.id,
-                        pid = self.pid(),
-                        job = job.seq,
-                        id = %job.id,
-                        kind = job.kind.as_deref(),
-                        "slow job: {} still running after {}",
-                        job.id,
-                        humantime::format_duration(self.settings.slow.unwrap_or_default())
-                    );
+                // Shutdown waits for the job.
+                Heard::Control(Some(Control::Shutdown)) => continue,
+                // The pool is gone: the job still runs to its deadlines.
+                Heard::Control(None) => {
+                    control_open = false;
+                    continue;
                 }
-                Heard::Writable => self.live().link.tx.write_some(),
-                Heard::Said(msg) => {
-                    if let Some(v) = self.on_message(msg, job, phase, &mut late) {
-                        return (v, trigger);
-                    }
+                Heard::Timer => continue,
+                Heard::Writable => {
+                    self.live().link.tx.write_some();
+                    continue;
                 }
+                Heard::Said(msg) => self.input_from(msg),
                 Heard::Exited => {
                     // What it wrote before dying is still in the pipe.
-                    if let Some(v) = self.take_ready(job, phase, &mut late) {
-                        return (v, trigger);
+                    if let Some(done) = self.feed_ready(job, run) {
+                        return done;
                     }
-                    let exit = self
-                        .live()
-                        .process
-                        .exit()
-                        .unwrap_or(Exit::Signal(libc::SIGKILL));
-                    let verdict = match phase {
-                        // An exec job ends by exiting: its status is its result.
-                        Phase::Running if self.settings.mode == Mode::Exec => Verdict::Exited(exit),
-                        Phase::Running if self.live().link.job_unseen() => Verdict::Unseen,
-                        Phase::Running => Verdict::Crashed(Crash::Died),
-                        // Exiting is finishing the cleanup.
-                        Phase::CleaningUp { .. } => Verdict::TimedOut(late),
-                    };
-                    return (verdict, trigger);
+                    let live = self.live();
+                    Input::Exited {
+                        exit: live.process.exit().unwrap_or(Exit::Signal(libc::SIGKILL)),
+                        unseen: live.link.job_unseen(),
+                    }
                 }
+                Heard::TakePoll => {
+                    if self.live().link.tx.untaken() != Some(0) {
+                        take_poll = (take_poll * 2).min(TAKE_POLL.1);
+                        continue;
+                    }
+                    Input::Taken
+                }
+            };
+            if let Some(done) = self.carry_out(job, run.on(input, Instant::now())) {
+                return done;
             }
         }
     }
 
-    /// Acts on the messages already in the pipe, a bounded number of them so that a worker
+    /// What a message (or the end of the stream) read from the worker is, for the rules.
+    fn input_from(&mut self, msg: Result<Option<FromWorker>, LinkError>) -> Input {
+        match msg {
+            Ok(Some(msg)) => Input::Said(msg),
+            Ok(None) => Input::Closed {
+                unseen: self.live().link.job_unseen(),
+            },
+            Err(e) => Input::Broke(e),
+        }
+    }
+
+    /// Feeds the messages already in the pipe, a bounded number of them so that a worker
     /// flooding the pipe cannot hold the task.
-    fn take_ready(
-        &mut self,
-        job: &JobSpec,
-        phase: Phase,
-        late: &mut Option<JobResult>,
-    ) -> Option<Verdict> {
+    fn feed_ready(&mut self, job: &JobSpec, run: &mut JobRun) -> Option<(Verdict, Trigger)> {
         for _ in 0..READY_BUDGET {
-            match self.live().link.try_next() {
-                Ok(None) => return None,
-                msg => {
-                    if let Some(v) = self.on_message(msg, job, phase, late) {
-                        return Some(v);
-                    }
-                }
+            let msg = self.live().link.try_next();
+            if matches!(msg, Ok(None)) {
+                return None;
+            }
+            let input = self.input_from(msg);
+            if let Some(done) = self.carry_out(job, run.on(input, Instant::now())) {
+                return Some(done);
             }
         }
         None
     }
 
-    /// One message (or the end of the stream) while a job runs.
-    fn on_message(
-        &mut self,
-        msg: Result<Option<FromWorker>, LinkError>,
-        job: &JobSpec,
-        phase: Phase,
-        late: &mut Option<JobResult>,
-    ) -> Option<Verdict> {
-        let cleaning = matches!(phase, Phase::CleaningUp { .. });
-        let pid = self.pid().unwrap_or(0);
-        let worker = self.id;
-        let protocol = move |what: String| {
-            Some(Verdict::Crashed(Crash::Protocol(format!(
-                "protocol error from worker {worker} (pid {pid}): {what}"
-            ))))
-        };
-        let msg = match msg {
-            Ok(Some(msg)) => msg,
-            // The output closed: the exit (or the deadline) will say what happened. Only a
-            // worker that goes on running without its result pipe has crashed.
-            Ok(None) if cleaning || self.settings.mode == Mode::Exec => return None,
-            // Going away without having taken the job: it can run elsewhere.
-            Ok(None) if self.live.as_ref().is_some_and(|l| l.link.job_unseen()) => {
-                return Some(Verdict::Unseen)
-            }
-            Ok(None) => return Some(Verdict::Crashed(Crash::PipeClosed)),
-            Err(LinkError::Protocol(e)) => return protocol(e),
-            Err(LinkError::Overflow(e)) => return Some(Verdict::Overflow(e)),
-        };
-        if self.is_stale(&msg) {
-            return None;
-        }
-        let running = job.run_id;
-        let wrong = move |what: &str, got: u64| {
-            protocol(format!(
-                "{what} for job {got}, but job {running} is running"
-            ))
-        };
-        match msg {
-            FromWorker::Heartbeat { job: j } | FromWorker::Progress { job: j, .. } => {
-                if j != job.run_id {
-                    return wrong("heartbeat", j);
-                }
-                self.activity = Instant::now();
+    /// Carries out what the rules said; the verdict once there is one.
+    fn carry_out(&mut self, job: &JobSpec, act: Act) -> Option<(Verdict, Trigger)> {
+        match act {
+            Act::Wait => None,
+            Act::RequestCleanup { grace } => {
+                tracing::debug!(pool = %self.settings.pool, worker = self.id, job = job.seq,
+                    "deadline reached; cleanup requested");
+                let signal = self.settings.cleanup_signal;
+                let live = self.live();
+                let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+                live.link
+                    .request_cleanup(job.run_id, grace_ms, &live.process, signal);
                 None
             }
-            FromWorker::Done { job: j, result } => {
-                if j != job.run_id {
-                    return wrong("result", j);
-                }
-                if cleaning {
-                    *late = Some(result);
-                    None
-                } else {
-                    Some(Verdict::Returned(result))
-                }
+            Act::WarnSlow { after } => {
+                tracing::warn!(
+                    pool = %self.settings.pool,
+                    worker = self.id,
+                    pid = self.pid(),
+                    job = job.seq,
+                    id = %job.id,
+                    kind = job.kind.as_deref(),
+                    "slow job: {} still running after {}",
+                    job.id,
+                    humantime::format_duration(after)
+                );
+                None
             }
-            FromWorker::CleanupDone { job: j } => {
-                if j != job.run_id {
-                    return wrong("cleanup acknowledgement", j);
-                }
-                if cleaning {
-                    Some(Verdict::TimedOut(late.take()))
-                } else {
-                    protocol("cleanup acknowledged before any request".into())
-                }
+            Act::IgnoreStale(frame) => {
+                self.log_stale(frame);
+                None
             }
-            FromWorker::Hello { .. } => protocol("hello in the middle of a job".into()),
+            Act::Finish { verdict, trigger } => Some((verdict, trigger)),
         }
-    }
-
-    /// Whether `msg` is about the job this worker finished before (a duplicate result, a
-    /// late heartbeat): logged and ignored.
-    pub(crate) fn is_stale(&self, msg: &FromWorker) -> bool {
-        let about = match msg {
-            FromWorker::Hello { .. } => return false,
-            FromWorker::Heartbeat { job }
-            | FromWorker::Progress { job, .. }
-            | FromWorker::Done { job, .. }
-            | FromWorker::CleanupDone { job } => *job,
-        };
-        let stale = self.last_job == Some(about);
-        if stale {
-            tracing::warn!(
-                pool = %self.settings.pool,
-                worker = self.id,
-                pid = self.pid(),
-                job = about,
-                "ignoring {} about a job that already ended",
-                frame_name(msg)
-            );
-        }
-        stale
     }
 
     /// Names the resource limit a worker hit, so that a record says "memory limit" rather
@@ -461,25 +317,44 @@ impl Worker {
         }
     }
 
-    /// The soft deadline: ask the worker to clean up.
-    fn request_cleanup(&mut self, job: &JobSpec, kill_at: Instant) {
-        let grace_ms = kill_at
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
-        tracing::debug!(
-            pool = %self.settings.pool,
-                worker = self.id,
-            job = job.seq,
-            "ttl reached; cleanup requested"
-        );
-        let signal = self.settings.cleanup_signal;
+    /// The words for a job that met a deadline, or was stopped with the run.
+    fn deadline_error(&self, outcome: Outcome, trigger: &Trigger, job: &JobSpec) -> Option<String> {
+        let fired = self.what_fired(trigger, job);
+        match (outcome, trigger) {
+            (_, Trigger::Stop(reason)) => Some(reason.clone()),
+            (Outcome::Timeout, _) => Some(format!("{fired}; the worker cleaned up in time")),
+            (Outcome::Killed, _) if job.cleanup.is_zero() => Some(format!(
+                "{fired}; process group killed (a cleanup of 0 allows no cleanup window)"
+            )),
+            (Outcome::Killed, _) => Some(format!(
+                "{fired} and cleanup of {} passed; process group killed",
+                humantime::format_duration(job.cleanup)
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether a worker that returned a result can take another job: it is alive and, in
+    /// lines mode, said nothing more than its one answer.
+    fn fit_after_result(&mut self, job: &JobSpec) -> bool {
         let live = self.live();
-        live.link
-            .request_cleanup(job.run_id, grace_ms, &live.process, signal);
+        let alive = live.process.exit().is_none();
+        let in_step = !live.link.has_leftovers();
+        if !in_step {
+            tracing::warn!(
+                pool = %self.settings.pool,
+                worker = self.id,
+                pid = self.pid(),
+                job = job.seq,
+                "the worker wrote more than one line for the job; replacing it"
+            );
+        }
+        alive && in_step
     }
 
     /// Turns a verdict into the job's record, ending the process unless it can serve
-    /// again. The one place a job's worker process is ended.
+    /// again. The one place a job's worker process is ended. Returns the record and
+    /// whether the worker slot goes on.
     async fn settle(
         &mut self,
         job: &JobSpec,
@@ -488,108 +363,51 @@ impl Worker {
         trigger: Trigger,
     ) -> (Record, bool) {
         let mode = self.settings.mode;
-        let mut record = Record::new(job, Outcome::Ok);
+        let outcome = verdict.outcome(&trigger);
+        let decided = started.elapsed();
+        let mut record = Record::new(job, outcome);
         record.worker = Some(self.id);
         record.pid = self.pid();
-        let decided = started.elapsed();
         record.started_at = std::time::SystemTime::now().checked_sub(decided);
-        let mut crash = None;
-        let mut exited = None;
-        let (outcome, result, error, process_reusable) = match verdict {
-            Verdict::Returned(result) => {
-                let outcome = match result {
-                    JobResult::Ok(_) => Outcome::Ok,
-                    JobResult::Failed(_) => Outcome::Failed,
-                };
-                let live = self.live();
-                let alive = live.process.exit().is_none();
-                let in_step = !live.link.has_leftovers();
-                if !in_step {
-                    tracing::warn!(
-                            pool = %self.settings.pool,
-                    worker = self.id,
-                            pid = record.pid,
-                            job = job.seq,
-                            "the worker wrote more than one line for the job; replacing it"
-                        );
-                }
-                (outcome, Some(result), None, alive && in_step)
-            }
-            Verdict::Exited(exit) => {
-                exited = Some(exit);
-                let outcome = match exit {
-                    Exit::Code(0) => Outcome::Ok,
-                    Exit::Code(_) => Outcome::Failed,
-                    Exit::Signal(_) => Outcome::Crashed,
-                };
-                (outcome, None, None, false)
-            }
-            // A stopping run decides these, not the job's own deadlines.
-            Verdict::TimedOut(late) | Verdict::Killed(late)
-                if matches!(trigger, Trigger::Stop(_)) =>
-            {
-                let Trigger::Stop(reason) = &trigger else {
-                    unreachable!()
-                };
-                (Outcome::Cancelled, late, Some(reason.clone()), false)
-            }
-            Verdict::TimedOut(late) => (
-                Outcome::Timeout,
-                late,
-                Some(format!(
-                    "{}; the worker cleaned up in time",
-                    self.what_fired(&trigger, job)
-                )),
-                false,
-            ),
-            Verdict::Killed(late) => (
-                Outcome::Killed,
-                late,
-                Some(format!(
-                    "{} and cleanup of {} passed; process group killed",
-                    self.what_fired(&trigger, job),
-                    humantime::format_duration(job.cleanup)
-                )),
-                false,
-            ),
-            Verdict::Crashed(c) => {
-                crash = Some(c);
-                (Outcome::Crashed, None, None, false)
-            }
-            Verdict::Overflow(e) => (Outcome::Failed, None, Some(e), false),
-            Verdict::Unseen => unreachable!("run_job hands an unseen job back"),
-        };
-        record.outcome = outcome;
         if matches!(outcome, Outcome::Timeout | Outcome::Killed) {
             record.deadline = Some(match trigger {
                 Trigger::Idle => "idle",
                 _ => "ttl",
             });
         }
-        match result {
-            Some(JobResult::Ok(out)) => record.set_output(out),
-            Some(JobResult::Failed(msg)) => record.error = Some(msg),
-            None => {}
+        let mut reusable = false;
+        let (mut crash, mut exited) = (None, None);
+        match verdict {
+            Verdict::Returned(result) => {
+                reusable = self.fit_after_result(job);
+                record.set_result(result);
+            }
+            Verdict::Exited(exit) => exited = Some(exit),
+            Verdict::TimedOut(late) | Verdict::Killed(late) => {
+                if let Some(result) = late {
+                    record.set_result(result);
+                }
+                if let Some(e) = self.deadline_error(outcome, &trigger, job) {
+                    record.prefix_error(e);
+                }
+            }
+            Verdict::Crashed(c) => crash = Some(c),
+            Verdict::Overflow(e) => record.prefix_error(e),
+            Verdict::Unseen => {}
         }
-        if let Some(e) = error {
-            record.error = Some(match record.error.take() {
-                None => e,
-                Some(said) => format!("{e}; the job said: {said}"),
-            });
-        }
-        if process_reusable && mode.reuses_processes() {
+        if reusable && mode.reuses_processes() {
             record.set_duration(decided);
             return (record, true);
         }
         let mut live = self.live.take().expect("a job runs only on a live process");
         // How long the process may still take to go depends on why it is going.
-        let grace = match outcome {
+        let grace = match (outcome, &crash) {
             // A clean-up acknowledged: let it exit, but never past the hard deadline.
-            Outcome::Timeout => {
+            (Outcome::Timeout, _) => {
                 (started + job.ttl + job.cleanup).saturating_duration_since(Instant::now())
             }
             // A pipe closed mid-job: the exit status is a moment away.
-            Outcome::Crashed if matches!(crash, Some(Crash::PipeClosed)) => {
+            (Outcome::Crashed, Some(Crash::PipeClosed)) => {
                 self.settings.retire_grace.min(Duration::from_secs(1))
             }
             // Done, or beyond saving.
@@ -619,16 +437,39 @@ impl Worker {
             };
         }
         if let Some(crash) = crash {
-            record.error = Some(match crash {
-                Crash::Died => format!("worker exited mid-job: {exit}"),
-                Crash::PipeClosed if killed_now => {
-                    "worker closed its result pipe mid-job and kept running; killed".into()
-                }
-                Crash::PipeClosed => format!("worker exited mid-job: {exit}"),
-                Crash::Protocol(msg) if killed_now => format!("{msg}; worker killed"),
-                Crash::Protocol(msg) => format!("{msg}; worker ended with {exit}"),
-            });
+            record.error = Some(self.crash_error(crash, exit, killed_now));
         }
+        self.name_the_limit(&mut record, &live, exit, killed_now)
+            .await;
+        // An exec worker slot goes on with a new process for its next job.
+        (record, mode == Mode::Exec)
+    }
+
+    /// Why a job crashed, in words.
+    fn crash_error(&self, crash: Crash, exit: Exit, killed_now: bool) -> String {
+        match crash {
+            Crash::Died => format!("worker exited mid-job: {exit}"),
+            Crash::PipeClosed if killed_now => {
+                "worker closed its result pipe mid-job and kept running; killed".into()
+            }
+            Crash::PipeClosed => format!("worker exited mid-job: {exit}"),
+            Crash::Protocol(what) => {
+                let pid = self.pid().unwrap_or(0);
+                let ending = if killed_now {
+                    "worker killed".to_string()
+                } else {
+                    format!("worker ended with {exit}")
+                };
+                format!(
+                    "protocol error from worker {} (pid {pid}): {what}; {ending}",
+                    self.id
+                )
+            }
+        }
+    }
+
+    /// Adds to a failed or crashed record the resource limit its worker hit, if any.
+    async fn name_the_limit(&self, record: &mut Record, live: &Live, exit: Exit, killed_now: bool) {
         let hits = live.process.limits_hit();
         let failed = matches!(record.outcome, Outcome::Failed | Outcome::Crashed);
         // Under RLIMIT_AS the kernel keeps no count: a failed allocation is known only from
@@ -652,8 +493,6 @@ impl Worker {
                 });
             }
         }
-        // An exec worker slot goes on with a new process for its next job.
-        (record, mode == Mode::Exec)
     }
 }
 

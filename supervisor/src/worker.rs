@@ -136,7 +136,6 @@ impl WorkerHandle {
             let worker = Worker {
                 id,
                 max_jobs,
-                activity: tokio::time::Instant::now(),
                 settings,
                 spawner,
                 live,
@@ -171,8 +170,6 @@ pub(crate) struct Worker {
     pub(crate) jobs_done: u64,
     /// Retire after this many jobs (the pool's setting plus jitter).
     pub(crate) max_jobs: Option<u64>,
-    /// The running job's last sign of life (start, heartbeat, progress).
-    pub(crate) activity: tokio::time::Instant,
     /// The job this worker finished last: a late duplicate about it is ignored, not blamed
     /// on the job that runs now.
     pub(crate) last_job: Option<u64>,
@@ -266,6 +263,34 @@ impl Worker {
             }
         };
         self.retire(leaving).await;
+    }
+
+    /// Whether `msg` is about the job this worker finished before (a duplicate result, a
+    /// late heartbeat): logged, and to be ignored.
+    fn is_stale(&self, msg: &FromWorker) -> bool {
+        let about = match msg {
+            FromWorker::Hello { .. } => return false,
+            FromWorker::Heartbeat { job }
+            | FromWorker::Progress { job, .. }
+            | FromWorker::Done { job, .. }
+            | FromWorker::CleanupDone { job } => *job,
+        };
+        let stale = self.last_job == Some(about);
+        if stale {
+            self.log_stale(frame_name(msg));
+        }
+        stale
+    }
+
+    /// Says that a message about the job that ended before was ignored.
+    pub(crate) fn log_stale(&self, frame: &str) {
+        tracing::warn!(
+            pool = %self.settings.pool,
+            worker = self.id,
+            pid = self.live.as_ref().map(|l| l.process.pid()),
+            job = self.last_job,
+            "ignoring {frame} about a job that already ended"
+        );
     }
 
     /// Whether the process died while idle (checked before handing it a job).

@@ -161,6 +161,7 @@ pub fn main() -> ExitCode {
     if let Command::Guard(args) = &cli.command {
         return ExitCode::from(crate::guard::serve(args));
     }
+    crate::health::install();
     let logs = init_logging(&cli);
     let (code, summary) = match cli.command {
         Command::Run(args) => match run(args, cli.quiet) {
@@ -421,14 +422,33 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     if let Some(cgroups) = &cgroups {
         cgroups.remove_all();
     }
-    let ran = matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) || stats.total() > 0;
+    let broken = crate::health::first_failure();
+    let ran = matches!(end, RunEnd::Completed | RunEnd::Interrupted(_))
+        || stats.total() > 0
+        || broken.is_some();
     let elapsed = Some(started.elapsed());
-    let summary = match args.summary {
+    let mut summary = match args.summary {
         _ if !ran => None,
         SummaryFormat::Text => Some(stats.render(elapsed)),
-        SummaryFormat::Json => Some(format!("{}\n", stats.to_json(elapsed))),
+        SummaryFormat::Json => {
+            let mut json = stats.to_json(elapsed);
+            if let (Some(what), Some(map)) = (broken, json.as_object_mut()) {
+                map.insert("internal_error".into(), what.into());
+            }
+            Some(format!("{json}\n"))
+        }
         SummaryFormat::None => None,
     };
+    // Whatever else happened, a run in which part of jobsup broke did not succeed.
+    if let Some(what) = broken {
+        if let Some(text) = summary
+            .as_mut()
+            .filter(|_| args.summary == SummaryFormat::Text)
+        {
+            text.push_str(&format!("  jobsup failed: {what}\n"));
+        }
+        return Ok((exit::JOBSUP_ERROR, summary));
+    }
     Ok((exit::exit_code(&end, &stats), summary))
 }
 

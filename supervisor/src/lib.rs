@@ -24,6 +24,7 @@ pub(crate) mod deadline;
 pub mod drain;
 pub mod exit;
 pub mod guard;
+pub mod health;
 pub mod isolate;
 pub mod joblog;
 pub mod launch;

@@ -6,10 +6,14 @@
 //! that on an interrupted run, lines not yet read stay in the input.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::RetryOn;
@@ -70,7 +74,14 @@ pub struct PoolConfig {
 
 struct Slot {
     handle: WorkerHandle,
-    busy: bool,
+    /// The job it runs (without its payload), to record it should the task fail.
+    running: Option<JobSpec>,
+}
+
+impl Slot {
+    fn busy(&self) -> bool {
+        self.running.is_some()
+    }
 }
 
 /// Runs the pool until the input is done (or the run is interrupted) and every worker is
@@ -102,8 +113,26 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
         start_failures: 0,
         interrupted: None,
         fatal: None,
+        broken: None,
+        tasks: JoinSet::new(),
+        task_workers: HashMap::new(),
+        ledger: Ledger::default(),
     };
-    pool.run().await;
+    let mut interrupts = match Interrupts::listen() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("cannot listen for signals: {e}");
+            return (RunEnd::Failed, pool.stats);
+        }
+    };
+    // A bug in the pool itself must not lose the records of the jobs it had read: its
+    // state is still there to stop the workers and record every job.
+    if let Err(what) = catching(pool.run(&mut interrupts)).await {
+        pool.on_internal_failure(&format!("internal error in the pool: {what}"));
+        if let Err(again) = catching(pool.shut_down(&mut interrupts)).await {
+            tracing::error!("internal error while stopping the run: {again}");
+        }
+    }
     let end = match (pool.fatal.take(), pool.interrupted) {
         (Some(end), _) => end,
         (None, Some(sig)) => RunEnd::Interrupted(sig),
@@ -142,18 +171,53 @@ struct Pool {
     start_failures: u32,
     interrupted: Option<i32>,
     fatal: Option<RunEnd>,
+    /// What broke inside jobsup, if anything did.
+    broken: Option<String>,
+    /// Every worker task: the pool learns of each one's end, panics included.
+    tasks: JoinSet<()>,
+    /// Which worker each task serves.
+    task_workers: HashMap<tokio::task::Id, u64>,
+    /// Which jobs have their record: the one place "exactly one record per job" is kept.
+    ledger: Ledger,
+}
+
+/// Which jobs have their record: every ordinal below `floor`, and those in `above`. Jobs
+/// finish out of order, but only the ones in flight or waiting for a retry are ever open,
+/// so this stays small however long the input is.
+#[derive(Default)]
+struct Ledger {
+    floor: u64,
+    above: std::collections::BTreeSet<u64>,
+}
+
+impl Ledger {
+    /// Notes that `ordinal` has its record; false if it already had one.
+    fn mark(&mut self, ordinal: u64) -> bool {
+        if ordinal < self.floor || !self.above.insert(ordinal) {
+            return false;
+        }
+        while self.above.remove(&self.floor) {
+            self.floor += 1;
+        }
+        true
+    }
+}
+
+/// Polls `fut` to its end, turning a panic into its message.
+async fn catching<F: Future>(fut: F) -> Result<F::Output, String> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(crate::health::panic_message(&*panic))),
+        }
+    })
+    .await
 }
 
 impl Pool {
-    async fn run(&mut self) {
-        let mut interrupts = match Interrupts::listen() {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!("cannot listen for signals: {e}");
-                self.fatal = Some(RunEnd::Failed);
-                return;
-            }
-        };
+    async fn run(&mut self, interrupts: &mut Interrupts) {
         self.spawn_missing();
         while !self.stopped() {
             if self.accepting() {
@@ -169,7 +233,9 @@ impl Pool {
             tokio::select! {
                 biased;
                 (sig, n) = interrupts.recv() => (0..n).for_each(|_| self.on_signal(sig)),
+                what = crate::health::broken(), if self.broken.is_none() => self.on_internal_failure(what),
                 Some(event) = self.events.recv() => self.on_event(event),
+                Some(ended) = self.tasks.join_next_with_id() => self.on_task_end(ended),
                 _ = sleep_until(self.respawn_at.unwrap_or_else(Instant::now)), if self.respawn_at.is_some() => {
                     self.respawn_at = None;
                     self.spawn_missing();
@@ -189,7 +255,7 @@ impl Pool {
                 item = self.source.next(), if self.accepting() && self.source.waiting() => self.on_item(item),
             }
         }
-        self.shut_down(&mut interrupts).await;
+        self.shut_down(interrupts).await;
     }
 
     /// Whether new jobs may be read.
@@ -203,7 +269,7 @@ impl Pool {
 
     /// Whether the main loop is over: nothing more to read or allowed, and no job running.
     fn stopped(&self) -> bool {
-        let busy = self.workers.values().any(|s| s.busy);
+        let busy = self.workers.values().any(Slot::busy);
         let no_more = self.interrupted.is_some()
             || self.fatal.is_some()
             || (self.source.is_done() && self.pending.is_empty() && self.delayed.is_empty());
@@ -223,12 +289,14 @@ impl Pool {
                 Arc::clone(&self.settings),
                 self.spawner.clone(),
                 self.events_tx.clone(),
+                &mut self.tasks,
             );
+            self.task_workers.insert(handle.task(), id);
             self.workers.insert(
                 id,
                 Slot {
                     handle,
-                    busy: false,
+                    running: None,
                 },
             );
         }
@@ -252,12 +320,13 @@ impl Pool {
                 job,
                 retiring,
             } => {
+                crate::health::fault("pool");
                 if record.worker.is_some() && record.outcome != Outcome::Cancelled {
                     self.start_failures = 0;
                 }
                 self.record_or_retry(*record, *job);
                 if let Some(slot) = self.workers.get_mut(&worker) {
-                    slot.busy = false;
+                    slot.running = None;
                     if !retiring {
                         self.idle.push_back(worker);
                     }
@@ -266,7 +335,7 @@ impl Pool {
             }
             Event::Bounced { worker, job } => {
                 if let Some(slot) = self.workers.get_mut(&worker) {
-                    slot.busy = false;
+                    slot.running = None;
                 }
                 self.idle.retain(|w| *w != worker);
                 if self.interrupted.is_some() || self.fatal.is_some() {
@@ -280,8 +349,7 @@ impl Pool {
                 worker,
                 start_error,
             } => {
-                self.workers.remove(&worker);
-                self.idle.retain(|w| *w != worker);
+                self.worker_gone(worker);
                 match start_error {
                     Some(e) => self.on_start_failure(e),
                     None => {
@@ -348,7 +416,7 @@ impl Pool {
 
     /// Asks every busy worker to stop its job: cleanup request now, kill after `grace`.
     fn stop_running(&mut self, reason: String, grace: Duration) {
-        for slot in self.workers.values().filter(|s| s.busy) {
+        for slot in self.workers.values().filter(|s| s.busy()) {
             let _ = slot.handle.send(Control::Stop {
                 reason: reason.clone(),
                 grace,
@@ -421,7 +489,7 @@ impl Pool {
         let name = crate::reaper::signal_name(sig);
         if self.interrupted.is_none() {
             self.interrupted = Some(sig);
-            let running = self.workers.values().filter(|s| s.busy).count();
+            let running = self.workers.values().filter(|s| s.busy()).count();
             tracing::warn!(
                 "{name} received: reading no more jobs; {running} running job(s) may finish by their deadlines (send it again to cancel them now)"
             );
@@ -459,12 +527,13 @@ impl Pool {
     fn cancel(&mut self, job: JobSpec) {
         let mut record = Record::new(&job, Outcome::Cancelled);
         record.attempts = job.attempt - 1;
-        record.error = Some(match self.interrupted {
-            Some(sig) => format!(
+        record.error = Some(match (self.interrupted, &self.broken) {
+            (Some(sig), _) => format!(
                 "not started: the run was interrupted by {}",
                 crate::reaper::signal_name(sig)
             ),
-            None => "not started: the run was stopped by an error".into(),
+            (None, Some(what)) => format!("not started: jobsup failed ({what})"),
+            (None, None) => "not started: the run was stopped by an error".into(),
         });
         self.record(record);
     }
@@ -477,11 +546,14 @@ impl Pool {
             let Some(slot) = self.workers.get_mut(&worker) else {
                 continue;
             };
-            let mut job = self.pending.pop_front().expect("checked non-empty");
+            let Some(mut job) = self.pending.pop_front() else {
+                return;
+            };
             self.next_run_id += 1;
             job.run_id = self.next_run_id;
+            let running = job.without_payload();
             match slot.handle.send(Control::Run(Box::new(job))) {
-                Ok(()) => slot.busy = true,
+                Ok(()) => slot.running = Some(running),
                 // The worker task is gone; its Exited event is on its way.
                 Err(Control::Run(job)) => self.pending.push_front(*job),
                 Err(_) => {}
@@ -489,7 +561,73 @@ impl Pool {
         }
     }
 
+    /// Forgets a worker whose task has ended. A job it was running and never reported (its
+    /// report was lost to an internal error) still gets a record.
+    fn worker_gone(&mut self, worker: u64) {
+        self.idle.retain(|w| *w != worker);
+        if let Some(job) = self.workers.remove(&worker).and_then(|slot| slot.running) {
+            let mut record = Record::new(&job, Outcome::Crashed);
+            record.worker = Some(worker);
+            record.error =
+                Some("jobsup lost track of this job (internal error); its worker is gone".into());
+            self.record(record);
+        }
+    }
+
+    /// A worker task ended. Normally it said so first (`Event::Exited`); a task that
+    /// panicked did not: its job is recorded `crashed` and the run stops.
+    fn on_task_end(&mut self, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let (task, failure) = match ended {
+            Ok((task, ())) => (task, None),
+            Err(e) => (e.id(), Some(e)),
+        };
+        let Some(worker) = self.task_workers.remove(&task) else {
+            return;
+        };
+        let Some(failure) = failure else { return };
+        let what = match failure.try_into_panic() {
+            Ok(panic) => crate::health::panic_message(&*panic),
+            Err(e) => e.to_string(),
+        };
+        let what = format!("internal error in the task of worker {worker}: {what}");
+        if let Some(job) = self.workers.get_mut(&worker).and_then(|s| s.running.take()) {
+            let mut record = Record::new(&job, Outcome::Crashed);
+            record.worker = Some(worker);
+            record.error = Some(format!(
+                "jobsup failed while running this job ({what}); its worker was killed"
+            ));
+            self.record(record);
+        }
+        self.worker_gone(worker);
+        self.on_internal_failure(&what);
+    }
+
+    /// Some part of jobsup broke: read no more, stop the running jobs (cleanup request
+    /// now, killed after the cleanup window), record every job read, and exit 125.
+    fn on_internal_failure(&mut self, what: &str) {
+        if self.broken.is_some() {
+            return;
+        }
+        tracing::error!("jobsup cannot go on ({what}): stopping the running jobs; every job read gets its record");
+        self.broken = Some(what.to_string());
+        self.fatal = Some(RunEnd::Failed);
+        self.respawn_at = None;
+        self.stop_reading();
+        self.stop_running(
+            format!("cancelled: jobsup failed ({what})"),
+            self.settings.retire_grace,
+        );
+    }
+
     fn record(&mut self, record: Record) {
+        if !self.ledger.mark(record.ordinal) {
+            tracing::error!(
+                "internal error: a second record for line {} ({}) was dropped",
+                record.seq,
+                record.outcome.as_str()
+            );
+            return;
+        }
         self.stats.observe(&record);
         self.progress.update(&self.stats);
         if let Err(e) = self.sink.push(record) {
@@ -515,10 +653,10 @@ impl Pool {
             tokio::select! {
                 biased;
                 (sig, n) = interrupts.recv() => (0..n).for_each(|_| self.on_signal(sig)),
+                what = crate::health::broken(), if self.broken.is_none() => self.on_internal_failure(what),
+                Some(ended) = self.tasks.join_next_with_id() => self.on_task_end(ended),
                 Some(event) = self.events.recv() => match event {
-                    Event::Exited { worker, .. } => {
-                        self.workers.remove(&worker);
-                    }
+                    Event::Exited { worker, .. } => self.worker_gone(worker),
                     Event::Finished { record, .. } => self.record(*record),
                     Event::Bounced { job, .. } => self.cancel(*job),
                     Event::Ready { worker } => {
@@ -537,5 +675,26 @@ impl Pool {
             self.output_failed(e);
         }
         self.progress.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_takes_each_job_once_and_stays_small() {
+        let mut ledger = Ledger::default();
+        assert!(ledger.mark(2));
+        assert!(ledger.mark(0));
+        assert!(!ledger.mark(2), "a second record for a job is refused");
+        assert!(!ledger.mark(0));
+        assert!(ledger.mark(1));
+        assert_eq!((ledger.floor, ledger.above.len()), (3, 0));
+        for n in (3..10_000).rev() {
+            assert!(ledger.mark(n));
+        }
+        assert_eq!((ledger.floor, ledger.above.len()), (10_000, 0));
+        assert!(!ledger.mark(5));
     }
 }

@@ -139,3 +139,13 @@ impl Process {
         self.limits_hit
     }
 }
+
+impl Drop for Process {
+    /// Kill-on-drop: a process whose owner went away without ending it (a task that
+    /// failed, say) dies with its group rather than running on unsupervised.
+    fn drop(&mut self) {
+        if self.exit().is_none() {
+            self.kill();
+        }
+    }
+}

@@ -53,6 +53,8 @@ pub fn signal_name(sig: i32) -> &'static str {
 struct Registry {
     waiting: HashMap<i32, oneshot::Sender<Exit>>,
     parked: HashMap<i32, (Exit, Instant)>,
+    /// The reaper thread failed: registrations are answered with a closed channel.
+    dead: bool,
 }
 
 /// How long an unclaimed status is kept: far longer than a spawn takes to register.
@@ -81,10 +83,20 @@ impl Reaper {
         std::thread::Builder::new()
             .name("jobsup-reaper".into())
             .spawn(move || {
-                // One pass before the first signal, in case a child already exited.
-                reap_all(&registry);
-                for _ in signals.forever() {
+                let reaping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // One pass before the first signal, in case a child already exited.
                     reap_all(&registry);
+                    for _ in signals.forever() {
+                        reap_all(&registry);
+                    }
+                }));
+                if reaping.is_err() {
+                    // The panic hook has told the pool. Nobody may wait for a status that
+                    // will never come: dropping the senders tells every waiter its process
+                    // is gone.
+                    let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+                    registry.dead = true;
+                    registry.waiting.clear();
                 }
             })?;
         Ok(reaper)
@@ -103,6 +115,9 @@ impl Reaper {
 impl Registry {
     fn register(&mut self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
         let (tx, rx) = oneshot::channel();
+        if self.dead {
+            return rx;
+        }
         match self.parked.remove(&pid) {
             Some((exit, reaped)) if reaped >= since => {
                 let _ = tx.send(exit);
@@ -135,6 +150,7 @@ impl Registry {
 }
 
 fn reap_all(registry: &Mutex<Registry>) {
+    crate::health::fault("reaper");
     loop {
         let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),

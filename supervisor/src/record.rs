@@ -33,6 +33,24 @@ pub struct JobSpec {
     pub previous_errors: Vec<String>,
 }
 
+impl JobSpec {
+    /// The job without its input: enough to write its record.
+    pub fn without_payload(&self) -> JobSpec {
+        JobSpec {
+            ordinal: self.ordinal,
+            seq: self.seq,
+            id: self.id.clone(),
+            payload: Vec::new(),
+            ttl: self.ttl,
+            cleanup: self.cleanup,
+            kind: self.kind.clone(),
+            attempt: self.attempt,
+            run_id: self.run_id,
+            previous_errors: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 impl JobSpec {
     /// A plain job on line `seq`, for unit tests to adjust.

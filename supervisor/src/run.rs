@@ -86,6 +86,7 @@ impl Worker {
         self.current_job.store(job.seq, Ordering::Relaxed);
         let mut run = JobRun::new(self.rules(&job), job.run_id, self.last_job, Instant::now());
         let sent = self.live().link.send_job(&job);
+        crate::health::fault("worker");
         let done = match sent {
             Err(e) => self.carry_out(&job, run.on(Input::Broke(e), Instant::now())),
             Ok(()) if self.live().link.refused_job() => None,

@@ -255,7 +255,23 @@ impl Spawner {
                         // The lock is held only while waiting for a request.
                         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok((spec, reply)) = next else { break };
-                        let _ = reply.send(spawn(&mut state, supervisor_pid, &spec));
+                        // A bug while spawning fails that spawn, not the thread: it must
+                        // live on for the parent-death signal of the children it made.
+                        let spawned =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                crate::health::fault("spawner");
+                                spawn(&mut state, supervisor_pid, &spec)
+                            }))
+                            .unwrap_or_else(|panic| {
+                                Err(SpawnError::Other {
+                                    program: spec.program.display().to_string(),
+                                    source: io::Error::other(format!(
+                                        "internal error while spawning: {}",
+                                        crate::health::panic_message(&*panic)
+                                    )),
+                                })
+                            });
+                        let _ = reply.send(spawned);
                     }
                     // All handles dropped: park rather than return, so that children
                     // spawned from this thread keep their parent-death signal armed.

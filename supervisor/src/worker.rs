@@ -12,6 +12,7 @@ use std::time::Duration;
 use jobsup_protocol::{Codec, FromWorker};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::link::{LinkError, Mode};
 use crate::live::{frame_name, Live, StartError};
@@ -100,18 +101,21 @@ pub enum Event {
 /// The pool's handle on a worker task.
 pub struct WorkerHandle {
     tx: mpsc::UnboundedSender<Control>,
+    task: tokio::task::Id,
 }
 
 impl WorkerHandle {
-    /// Starts worker number `id` in a task of its own.
+    /// Starts worker number `id` in a task of its own, owned by `tasks`: whoever owns the
+    /// set learns when the task ends, panics included.
     pub fn start(
         id: u64,
         settings: Arc<WorkerSettings>,
         spawner: Spawner,
         events: mpsc::UnboundedSender<Event>,
+        tasks: &mut JoinSet<()>,
     ) -> WorkerHandle {
         let (tx, control) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tasks.spawn(async move {
             let current_job = Arc::new(AtomicU64::new(0));
             // In exec mode the process comes with the job.
             let live = if settings.mode.reuses_processes() {
@@ -147,7 +151,15 @@ impl WorkerHandle {
             };
             worker.serve().await;
         });
-        WorkerHandle { tx }
+        WorkerHandle {
+            tx,
+            task: task.id(),
+        }
+    }
+
+    /// The id of the worker's task in its [`JoinSet`].
+    pub fn task(&self) -> tokio::task::Id {
+        self.task
     }
 
     /// Sends a control message; gives it back if the worker is gone.

@@ -50,11 +50,13 @@ impl RetryPolicy {
     /// How long to wait before attempt `next` (2, 3, ...): exponential, with jitter of
     /// ±50% so that jobs that failed together do not all come back together.
     fn backoff(&self, next: u32) -> Duration {
+        let cap = Duration::from_secs(600);
         let exp = self
             .delay
-            .saturating_mul(1 << (next.saturating_sub(2)).min(16));
-        exp.mul_f64(0.5 + fastrand::f64())
-            .min(Duration::from_secs(600))
+            .saturating_mul(1 << (next.saturating_sub(2)).min(16))
+            .min(cap);
+        // Capped before the jitter, so the multiplication cannot overflow.
+        exp.mul_f64(0.5 + fastrand::f64()).min(cap)
     }
 }
 

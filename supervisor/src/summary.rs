@@ -53,7 +53,7 @@ impl Tally {
         }
         let micros = (record.duration_ms * 1000.0).max(0.0) as u64;
         self.durations.saturating_record(micros);
-        self.total_us += micros;
+        self.total_us = self.total_us.saturating_add(micros);
         self.slowest
             .push(Reverse((micros, record.seq, record.id.clone())));
         if self.slowest.len() > SLOWEST {
@@ -298,6 +298,20 @@ mod tests {
         let mut r = Record::new(&job, outcome);
         r.set_duration(Duration::from_secs_f64(ms / 1000.0));
         r
+    }
+
+    #[test]
+    fn absurd_durations_from_a_report_file_do_not_panic() {
+        // `jobsup report` reads durations from files it did not write.
+        let mut s = Stats::default();
+        for ms in [f64::INFINITY, f64::NAN, -5.0, 1e300, f64::MAX] {
+            let mut r = record(1, Some("x"), Outcome::Ok, 1.0);
+            r.duration_ms = ms;
+            s.observe(&r);
+            s.observe(&r);
+        }
+        assert!(s.render(None).contains("x"));
+        assert!(s.to_json(None)["kinds"].is_array());
     }
 
     #[test]

@@ -195,10 +195,13 @@ struct Ledger {
 impl Ledger {
     /// Notes that `ordinal` has its record; false if it already had one.
     fn mark(&mut self, ordinal: u64) -> bool {
-        if ordinal < self.floor || !self.above.insert(ordinal) {
-            return false;
+        if ordinal != self.floor {
+            // Out of order: remembered until the ones below it are in.
+            return ordinal > self.floor && self.above.insert(ordinal);
         }
-        while self.above.remove(&self.floor) {
+        self.floor += 1;
+        while self.above.first() == Some(&self.floor) {
+            self.above.pop_first();
             self.floor += 1;
         }
         true
@@ -220,6 +223,10 @@ async fn catching<F: Future>(fut: F) -> Result<F::Output, String> {
 
 impl Pool {
     async fn run(&mut self, interrupts: &mut Interrupts) {
+        // Made once: a fresh wait on the failure signal in every turn of the loop would
+        // register and unregister a waiter each time.
+        let broken = crate::health::broken();
+        tokio::pin!(broken);
         self.spawn_missing();
         while !self.stopped() {
             if self.accepting() {
@@ -235,7 +242,7 @@ impl Pool {
             tokio::select! {
                 biased;
                 (sig, n) = interrupts.recv() => (0..n).for_each(|_| self.on_signal(sig)),
-                what = crate::health::broken(), if self.broken.is_none() => self.on_internal_failure(what),
+                what = &mut broken, if self.broken.is_none() => self.on_internal_failure(what),
                 Some(event) = self.events.recv() => self.on_event(event),
                 Some(ended) = self.tasks.join_next_with_id() => self.on_task_end(ended),
                 _ = sleep_until(self.respawn_at.unwrap_or_else(Instant::now)), if self.respawn_at.is_some() => {

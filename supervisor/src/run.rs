@@ -28,6 +28,23 @@ const READY_BUDGET: usize = 1024;
 /// interval doubles up to the maximum: a slow start-up is polled less).
 const TAKE_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(16));
 
+/// Sleeps until `at`, or forever. Lazy: nothing is made until it is first polled, so a
+/// branch that cannot fire costs nothing in a `select!` that runs once per message.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps for `d`, or forever (lazy, as [`sleep_until_some`]).
+async fn sleep_for_some(d: Option<Duration>) {
+    match d {
+        Some(d) => sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Worker {
     fn live(&mut self) -> &mut Live {
         self.live
@@ -135,15 +152,14 @@ impl Worker {
                 let writing = live.link.tx.has_pending();
                 let open = !live.link.at_eof();
                 let Live { link, process, .. } = live;
-                let far = || Instant::now() + crate::units::MAX_DURATION;
                 tokio::select! {
                     biased;
                     ctl = control.recv(), if control_open => Heard::Control(ctl),
-                    _ = sleep_until(timer.unwrap_or_else(far)), if timer.is_some() => Heard::Timer,
+                    () = sleep_until_some(timer) => Heard::Timer,
                     _ = link.tx.writable(), if writing => Heard::Writable,
                     msg = link.rx.next(), if open => Heard::Said(msg),
                     _ = process.exited() => Heard::Exited,
-                    _ = sleep(take_poll), if awaits_take => Heard::TakePoll,
+                    () = sleep_for_some(awaits_take.then_some(take_poll)) => Heard::TakePoll,
                 }
             };
             let input = match heard {

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,8 +144,61 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// Which of fds 0, 1 and 2 were closed when the process started (bit `n` for fd `n`).
+///
+/// Rust's runtime opens `/dev/null` on a closed standard fd before `main` (so that no
+/// later file can take its number), which hides `jobsup run ... >&-`: the records would
+/// go to `/dev/null`. So this is seen earlier, by [`CHECK_STD_FDS`].
+static CLOSED_AT_START: AtomicU8 = AtomicU8::new(0);
+
+/// Runs before Rust's runtime is set up (an ELF constructor), and only looks.
+#[used]
+#[link_section = ".init_array"]
+static CHECK_STD_FDS: extern "C" fn() = {
+    extern "C" fn check() {
+        CLOSED_AT_START.store(closed_std_fds(), Ordering::Relaxed);
+    }
+    check
+};
+
+/// The standard fds that are closed now (bit `n` for fd `n`).
+fn closed_std_fds() -> u8 {
+    (0..3)
+        // SAFETY: F_GETFD only reads the fd's flags; it fails only on a closed fd.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1)
+        .fold(0, |closed, fd| closed | 1 << fd)
+}
+
+/// Opens `/dev/null` onto every standard fd that is closed (as Rust's runtime already does,
+/// unless jobsup's `main` is reached some other way), so that no file jobsup opens later
+/// takes fd 0, 1 or 2. Returns the fds that were closed at start, or are now.
+fn open_closed_std_fds() -> u8 {
+    // Keeps the constructor linked: its object file is pulled in by this reference.
+    std::hint::black_box(&CHECK_STD_FDS);
+    let closed = closed_std_fds();
+    for fd in (0..3).filter(|fd| closed & 1 << fd != 0) {
+        // SAFETY: plain system calls on fds this process owns; the lowest free number is
+        // `fd` (the ones below it are open), and dup2 makes sure of it.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 && null != fd {
+                libc::dup2(null, fd);
+                libc::close(null);
+            }
+        }
+    }
+    closed | CLOSED_AT_START.load(Ordering::Relaxed)
+}
+
+/// Whether stdout was closed when jobsup started.
+pub fn stdout_was_closed() -> bool {
+    CLOSED_AT_START.load(Ordering::Relaxed) & 0b010 != 0
+}
+
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
 pub fn main() -> ExitCode {
+    // Before anything opens a file.
+    CLOSED_AT_START.store(open_closed_std_fds(), Ordering::Relaxed);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -219,7 +273,11 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
 fn print_or_fail(result: Result<String, String>) -> u8 {
     match result {
         Ok(text) => {
-            print!("{text}");
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                tracing::error!("cannot write to stdout: {e}");
+                return exit::JOBSUP_ERROR;
+            }
             exit::OK
         }
         Err(e) => {
@@ -246,6 +304,11 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
 /// `jobsup run`: returns the exit code and the summary for stderr, or an error for jobsup's
 /// own failures (125).
 pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
+    if args.output.is_none() && stdout_was_closed() {
+        anyhow::bail!(
+            "stdout is closed: there is nowhere to write the records (give --output FILE)"
+        );
+    }
     let pool = crate::config::resolve_run(
         args.spec.clone(),
         args.config
@@ -304,7 +367,12 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             std::fs::File::create(path)
                 .map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
         ),
-        None => Box::new(std::io::stdout()),
+        // fd 1 itself, without std's lock and line buffering: the writer thread batches.
+        None => Box::new(std::fs::File::from(
+            std::os::fd::AsFd::as_fd(&std::io::stdout())
+                .try_clone_to_owned()
+                .map_err(|e| anyhow::anyhow!("cannot use stdout for the records: {e}"))?,
+        )),
     };
     let workers = pool.concurrency;
     // Variables for the workers: what the pool sets, then what it passes through.

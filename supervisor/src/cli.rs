@@ -215,7 +215,13 @@ pub fn main() -> ExitCode {
     if let Command::Guard(args) = &cli.command {
         return ExitCode::from(crate::guard::serve(args));
     }
-    let logs = init_logging(&cli);
+    let logs = match init_logging(&cli) {
+        Ok(logs) => logs,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "jobsup: cannot start logging: {e}");
+            return ExitCode::from(exit::JOBSUP_ERROR);
+        }
+    };
     let (code, summary) = match cli.command {
         Command::Run(args) => match run(args, cli.quiet) {
             Ok(done) => done,
@@ -228,18 +234,20 @@ pub fn main() -> ExitCode {
         Command::Report(args) => (print_or_fail(report(&args)), None),
         Command::Guard(_) => unreachable!("served above"),
     };
-    // Flushes the log lines still queued, so that the summary comes after them.
-    drop(logs);
-    if let Some(summary) = summary {
-        eprint!("{summary}");
+    let dropped = logs.dropped();
+    if dropped > 0 {
+        tracing::warn!("{dropped} log lines were dropped: stderr was not being read");
     }
+    // After the log lines still queued; waits only while stderr is taking them.
+    logs.finish(summary.unwrap_or_default());
     ExitCode::from(code)
 }
 
-/// Logs go to stderr through a thread of their own: a processor that floods its stderr, or
-/// a terminal that stops reading, must not stall the supervisor's single async thread. When
-/// the queue is full, lines are dropped rather than deadlines missed.
-fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a thread of their own (`logs`): a processor that floods its
+/// stderr, or a terminal that stops reading, must not stall the supervisor's single async
+/// thread, nor keep jobsup from exiting. When the queue is full, lines are dropped (and
+/// counted) rather than deadlines missed.
+fn init_logging(cli: &Cli) -> std::io::Result<crate::logs::Logs> {
     use tracing_subscriber::EnvFilter;
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -248,10 +256,7 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("jobsup-log")
-        .finish(crate::progress::StderrBelowBar);
+    let (writer, logs) = crate::logs::start()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -266,7 +271,7 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
             .with_current_span(false)
             .try_init(),
     };
-    guard
+    Ok(logs)
 }
 
 /// Prints a command's text on stdout (exit 0), or logs its error (exit 125).

@@ -589,7 +589,7 @@ impl Pool {
                     match give_up {
                         Some(at) => tracing::warn!(
                             "the output is not being read: {n} records are waiting; giving up in {:?} (send the signal again to give up now)",
-                            at.saturating_duration_since(Instant::now())
+                            Duration::from_millis(at.saturating_duration_since(Instant::now()).as_millis() as u64)
                         ),
                         None => tracing::info!(
                             "waiting for the output to take the last {n} records (SIGTERM gives up after {grace:?})"

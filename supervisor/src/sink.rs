@@ -83,6 +83,8 @@ pub struct Sink {
     refused: usize,
     /// Why the output failed, once known.
     failure: Option<String>,
+    /// Whether the log has been told that the backlog stopped the input.
+    said_full: bool,
 }
 
 impl Sink {
@@ -120,6 +122,7 @@ impl Sink {
             held_bytes: 0,
             refused: 0,
             failure: None,
+            said_full: false,
         })
     }
 
@@ -127,16 +130,27 @@ impl Sink {
     /// turn. An error means the output failed (the record is counted in
     /// [`Sink::unwritten`]); it is returned for every record refused, with the same reason.
     pub fn push(&mut self, record: Record) -> io::Result<()> {
-        if !self.keep_order {
-            return self.write(record);
-        }
-        self.held_bytes += weight(&record);
-        self.held.insert(record.ordinal, record);
-        let mut result = Ok(());
-        while let Some(record) = self.held.remove(&self.next) {
-            self.held_bytes -= weight(&record);
-            result = result.and(self.write(record));
-            self.next += 1;
+        let result = match self.keep_order {
+            false => self.write(record),
+            true => {
+                self.held_bytes += weight(&record);
+                self.held.insert(record.ordinal, record);
+                let mut result = Ok(());
+                while let Some(record) = self.held.remove(&self.next) {
+                    self.held_bytes -= weight(&record);
+                    result = result.and(self.write(record));
+                    self.next += 1;
+                }
+                result
+            }
+        };
+        if !self.said_full && result.is_ok() && !self.has_room() {
+            self.said_full = true;
+            tracing::info!(
+                "the output is not keeping up: {} records ({} MiB) are waiting; reading no more input until it does",
+                self.unwritten(),
+                (self.held_bytes + self.shared.bytes.load(Ordering::Relaxed)) >> 20
+            );
         }
         result
     }

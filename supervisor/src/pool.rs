@@ -578,7 +578,7 @@ impl Pool {
                     self.interrupted = Some(sig);
                     give_up_at = Some(Instant::now() + grace);
                     tracing::warn!(
-                        "{name} received: {} records are still waiting for the output; giving it {grace:?} (send it again to give up now)",
+                        "{name} received: {} records are waiting for the output; giving up on it in {grace:?} (send {name} again to give up now)",
                         self.sink.unwritten()
                     );
                     notice_at = None;
@@ -588,7 +588,7 @@ impl Pool {
                     let n = self.sink.unwritten();
                     match give_up {
                         Some(at) => tracing::warn!(
-                            "the output is not being read: {n} records are waiting; giving up in {:?} (send the signal again to give up now)",
+                            "the output is not being read: {n} records are waiting for it; giving up on it in {:?} (send the signal again to give up now)",
                             Duration::from_millis(at.saturating_duration_since(Instant::now()).as_millis() as u64)
                         ),
                         None => tracing::info!(

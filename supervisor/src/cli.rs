@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,8 +144,61 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// Which of fds 0, 1 and 2 were closed when the process started (bit `n` for fd `n`).
+///
+/// Rust's runtime opens `/dev/null` on a closed standard fd before `main` (so that no
+/// later file can take its number), which hides `jobsup run ... >&-`: the records would
+/// go to `/dev/null`. So this is seen earlier, by [`CHECK_STD_FDS`].
+static CLOSED_AT_START: AtomicU8 = AtomicU8::new(0);
+
+/// Runs before Rust's runtime is set up (an ELF constructor), and only looks.
+#[used]
+#[link_section = ".init_array"]
+static CHECK_STD_FDS: extern "C" fn() = {
+    extern "C" fn check() {
+        CLOSED_AT_START.store(closed_std_fds(), Ordering::Relaxed);
+    }
+    check
+};
+
+/// The standard fds that are closed now (bit `n` for fd `n`).
+fn closed_std_fds() -> u8 {
+    (0..3)
+        // SAFETY: F_GETFD only reads the fd's flags; it fails only on a closed fd.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1)
+        .fold(0, |closed, fd| closed | 1 << fd)
+}
+
+/// Opens `/dev/null` onto every standard fd that is closed (as Rust's runtime already does,
+/// unless jobsup's `main` is reached some other way), so that no file jobsup opens later
+/// takes fd 0, 1 or 2. Returns the fds that were closed at start, or are now.
+fn open_closed_std_fds() -> u8 {
+    // Keeps the constructor linked: its object file is pulled in by this reference.
+    std::hint::black_box(&CHECK_STD_FDS);
+    let closed = closed_std_fds();
+    for fd in (0..3).filter(|fd| closed & 1 << fd != 0) {
+        // SAFETY: plain system calls on fds this process owns; the lowest free number is
+        // `fd` (the ones below it are open), and dup2 makes sure of it.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 && null != fd {
+                libc::dup2(null, fd);
+                libc::close(null);
+            }
+        }
+    }
+    closed | CLOSED_AT_START.load(Ordering::Relaxed)
+}
+
+/// Whether stdout was closed when jobsup started.
+pub fn stdout_was_closed() -> bool {
+    CLOSED_AT_START.load(Ordering::Relaxed) & 0b010 != 0
+}
+
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
 pub fn main() -> ExitCode {
+    // Before anything opens a file.
+    CLOSED_AT_START.store(open_closed_std_fds(), Ordering::Relaxed);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -162,7 +216,13 @@ pub fn main() -> ExitCode {
         return ExitCode::from(crate::guard::serve(args));
     }
     crate::health::install();
-    let logs = init_logging(&cli);
+    let logs = match init_logging(&cli) {
+        Ok(logs) => logs,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "jobsup: cannot start logging: {e}");
+            return ExitCode::from(exit::JOBSUP_ERROR);
+        }
+    };
     let (code, summary) = match cli.command {
         Command::Run(args) => match run(args, cli.quiet) {
             Ok(done) => done,
@@ -175,18 +235,20 @@ pub fn main() -> ExitCode {
         Command::Report(args) => (print_or_fail(report(&args)), None),
         Command::Guard(_) => unreachable!("served above"),
     };
-    // Flushes the log lines still queued, so that the summary comes after them.
-    drop(logs);
-    if let Some(summary) = summary {
-        eprint!("{summary}");
+    let dropped = logs.dropped();
+    if dropped > 0 {
+        tracing::warn!("{dropped} log lines were dropped: stderr was not being read");
     }
+    // After the log lines still queued; waits only while stderr is taking them.
+    logs.finish(summary.unwrap_or_default());
     ExitCode::from(code)
 }
 
-/// Logs go to stderr through a thread of their own: a processor that floods its stderr, or
-/// a terminal that stops reading, must not stall the supervisor's single async thread. When
-/// the queue is full, lines are dropped rather than deadlines missed.
-fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a thread of their own (`logs`): a processor that floods its
+/// stderr, or a terminal that stops reading, must not stall the supervisor's single async
+/// thread, nor keep jobsup from exiting. When the queue is full, lines are dropped (and
+/// counted) rather than deadlines missed.
+fn init_logging(cli: &Cli) -> std::io::Result<crate::logs::Logs> {
     use tracing_subscriber::EnvFilter;
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -195,10 +257,7 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("jobsup-log")
-        .finish(crate::progress::StderrBelowBar);
+    let (writer, logs) = crate::logs::start()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -213,14 +272,18 @@ fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
             .with_current_span(false)
             .try_init(),
     };
-    guard
+    Ok(logs)
 }
 
 /// Prints a command's text on stdout (exit 0), or logs its error (exit 125).
 fn print_or_fail(result: Result<String, String>) -> u8 {
     match result {
         Ok(text) => {
-            print!("{text}");
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                tracing::error!("cannot write to stdout: {e}");
+                return exit::JOBSUP_ERROR;
+            }
             exit::OK
         }
         Err(e) => {
@@ -247,6 +310,11 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
 /// `jobsup run`: returns the exit code and the summary for stderr, or an error for jobsup's
 /// own failures (125).
 pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
+    if args.output.is_none() && stdout_was_closed() {
+        anyhow::bail!(
+            "stdout is closed: there is nowhere to write the records (give --output FILE)"
+        );
+    }
     let pool = crate::config::resolve_run(
         args.spec.clone(),
         args.config
@@ -305,7 +373,12 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             std::fs::File::create(path)
                 .map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
         ),
-        None => Box::new(std::io::stdout()),
+        // fd 1 itself, without std's lock and line buffering: the writer thread batches.
+        None => Box::new(std::fs::File::from(
+            std::os::fd::AsFd::as_fd(&std::io::stdout())
+                .try_clone_to_owned()
+                .map_err(|e| anyhow::anyhow!("cannot use stdout for the records: {e}"))?,
+        )),
     };
     let workers = pool.concurrency;
     // Variables for the workers: what the pool sets, then what it passes through.

@@ -30,6 +30,7 @@ pub mod joblog;
 pub mod launch;
 pub mod link;
 pub mod live;
+pub mod logs;
 pub mod pool;
 pub mod process;
 pub mod progress;

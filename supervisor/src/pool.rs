@@ -35,6 +35,13 @@ const LOOKAHEAD: usize = 32;
 /// Start failures in a row, after the first success, that end the run.
 const MAX_START_FAILURES: u32 = 5;
 
+/// After a signal, how long the output may take to accept the last records when there is
+/// no `--shutdown-timeout`.
+const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the last records may take to be written before jobsup says it is waiting.
+const STALLED_OUTPUT: Duration = Duration::from_secs(1);
+
 /// When a job is run again.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -262,6 +269,10 @@ impl Pool {
                     self.stop_running(reason, self.settings.retire_grace);
                 }
                 item = self.source.next(), if self.accepting() && self.source.waiting() => self.on_item(item),
+                // Reading stopped for the backlog: resume when the output catches up.
+                room = self.sink.room(), if !self.sink.has_room() => if let Err(e) = room {
+                    self.output_failed(e);
+                },
             }
         }
         self.shut_down(interrupts).await;
@@ -644,11 +655,14 @@ impl Pool {
         }
     }
 
-    fn output_failed(&mut self, e: std::io::Error) {
+    /// The output failed: no more jobs are read, and those read but not started are
+    /// cancelled (their records cannot be written either). The error is said once, at the
+    /// end, with the count of records lost (`shut_down`).
+    fn output_failed(&mut self, _: std::io::Error) {
         if self.fatal.is_none() {
-            tracing::error!("cannot write results: {e}");
-            self.stop_reading();
+            // Before stop_reading, whose cancelled records fail too.
             self.fatal = Some(RunEnd::Failed);
+            self.stop_reading();
         }
     }
 
@@ -680,10 +694,75 @@ impl Pool {
         while let Some(item) = self.source.try_next() {
             self.on_read_after_stop(item);
         }
-        if let Err(e) = self.sink.finish() {
+        self.progress.finish();
+        self.finish_output(interrupts).await;
+    }
+
+    /// Waits until every record is written, however long a slow reader takes, unless the
+    /// run is interrupted: then the output gets the shutdown timeout (or [`OUTPUT_GRACE`]),
+    /// and a further signal ends the wait at once. Records still unwritten then are lost,
+    /// and the run has failed; the writer thread is left blocked, not joined.
+    async fn finish_output(&mut self, interrupts: &mut Interrupts) {
+        let grace = self.shutdown_timeout.unwrap_or(OUTPUT_GRACE);
+        let mut give_up_at = self.interrupted.map(|_| Instant::now() + grace);
+        // Said once, if the output is slow to take the last records.
+        let mut notice_at = Some(Instant::now() + STALLED_OUTPUT);
+        let finished = loop {
+            let (notice, give_up) = (notice_at, give_up_at);
+            tokio::select! {
+                biased;
+                done = self.sink.finish() => break done,
+                (sig, n) = interrupts.recv() => {
+                    if n == 0 {
+                        continue;
+                    }
+                    let name = crate::reaper::signal_name(sig);
+                    if self.interrupted.is_some() || n > 1 {
+                        self.interrupted.get_or_insert(sig);
+                        tracing::warn!("{name} received: giving up on the output");
+                        break Err(std::io::Error::other("the output is not being read"));
+                    }
+                    self.interrupted = Some(sig);
+                    give_up_at = Some(Instant::now() + grace);
+                    tracing::warn!(
+                        "{name} received: {} records are waiting for the output; giving up on it in {grace:?} (send {name} again to give up now)",
+                        self.sink.unwritten()
+                    );
+                    notice_at = None;
+                }
+                _ = sleep_until(notice.unwrap_or_else(Instant::now)), if notice.is_some() => {
+                    notice_at = None;
+                    let n = self.sink.unwritten();
+                    match give_up {
+                        Some(at) => tracing::warn!(
+                            "the output is not being read: {n} records are waiting for it; giving up on it in {:?} (send the signal again to give up now)",
+                            Duration::from_millis(at.saturating_duration_since(Instant::now()).as_millis() as u64)
+                        ),
+                        None => tracing::info!(
+                            "waiting for the output to take the last {n} records (SIGTERM gives up after {grace:?})"
+                        ),
+                    }
+                }
+                _ = sleep_until(give_up.unwrap_or_else(Instant::now)), if give_up.is_some() => {
+                    break Err(std::io::Error::other("the output is not being read"));
+                }
+            }
+        };
+        if let Err(e) = finished {
             self.output_failed(e);
         }
-        self.progress.finish();
+        let lost = self.sink.unwritten();
+        if self.fatal == Some(RunEnd::Failed) && lost > 0 {
+            let why = self
+                .sink
+                .failure()
+                .map(|f| format!("the output failed: {f}"))
+                .unwrap_or_else(|| "the output is not being read".into());
+            tracing::error!(
+                "{lost} of {} records could not be written: {why}",
+                self.stats.total()
+            );
+        }
     }
 }
 

@@ -5,13 +5,23 @@
 //! Ordering is decided here, on the pool's side; the writer thread only writes, in batches,
 //! and flushes whenever it has nothing queued, so a record appears within a millisecond of
 //! being decided.
+//!
+//! Records waiting for a slow output are bounded by count and by size ([`has_room`]); the
+//! pool stops reading input while there is no room, and [`room`] wakes it when there is.
+//! [`finish`] is awaited, never joined: the writer may stay blocked in `write(2)` on an
+//! output nobody reads, and the pool must still hear signals and keep its deadlines.
+//!
+//! [`has_room`]: Sink::has_room
+//! [`room`]: Sink::room
+//! [`finish`]: Sink::finish
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
 
 use crate::joblog::JobLog;
 use crate::record::Record;
@@ -21,14 +31,60 @@ use crate::record::Record;
 /// reads the results stops reading.
 pub const BACKLOG_LIMIT: usize = 10_000;
 
+/// How many bytes of records (as estimated by [`weight`]) may wait before the pool stops
+/// reading input: a few large outputs weigh as much as many small ones.
+pub const BACKLOG_BYTES: usize = 64 << 20;
+
+/// What a record is reckoned to cost beyond its strings: the struct, the JSON keys and
+/// numbers, the queue.
+const RECORD_OVERHEAD: usize = 256;
+
+/// A record's estimated size in memory and on the output, for [`BACKLOG_BYTES`].
+pub fn weight(r: &Record) -> usize {
+    let strings = [&r.output, &r.output_base64, &r.error, &r.kind]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+    RECORD_OVERHEAD
+        + r.id.len()
+        + strings
+        + r.previous_errors.iter().map(String::len).sum::<usize>()
+}
+
+/// What the pool and the writer thread share.
+#[derive(Default)]
+struct Shared {
+    /// Records sent to the writer thread and not yet written (or never to be: those left
+    /// in the queue when the writer stopped).
+    records: AtomicUsize,
+    /// Their [`weight`].
+    bytes: AtomicUsize,
+    /// The writer thread has stopped (after an error, or at the end).
+    stopped: AtomicBool,
+    /// Why it stopped early.
+    error: Mutex<Option<io::Error>>,
+    /// Woken when records have been written, or the writer stopped.
+    progress: Notify,
+}
+
 /// Where records go.
 pub struct Sink {
-    writer: Option<(mpsc::Sender<Record>, JoinHandle<io::Result<()>>)>,
-    /// Records sent to the writer thread and not yet written.
-    queued: Arc<AtomicUsize>,
+    records: Option<mpsc::Sender<Record>>,
+    /// Sent by the writer thread when it has written and flushed everything, or stopped.
+    done: Option<oneshot::Receiver<()>>,
+    shared: Arc<Shared>,
     keep_order: bool,
     next: u64,
     held: BTreeMap<u64, Record>,
+    /// The [`weight`] of the held records.
+    held_bytes: usize,
+    /// Records the writer could no longer take (it had stopped).
+    refused: usize,
+    /// Why the output failed, once known.
+    failure: Option<String>,
+    /// Whether the log has been told that the backlog stopped the input.
+    said_full: bool,
 }
 
 impl Sink {
@@ -40,72 +96,178 @@ impl Sink {
         keep_order: bool,
     ) -> io::Result<Sink> {
         let (tx, rx) = mpsc::channel::<Record>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let written = Arc::clone(&queued);
-        let thread = std::thread::Builder::new()
+        let (done_tx, done) = oneshot::channel();
+        let shared = Arc::new(Shared::default());
+        let theirs = Arc::clone(&shared);
+        std::thread::Builder::new()
             .name("jobsup-output".into())
-            .spawn(move || write_all(out, joblog, rx, &written))?;
+            .spawn(move || {
+                let result = write_all(out, joblog, &rx, &theirs);
+                if let Err(e) = result {
+                    *theirs.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
+                theirs.stopped.store(true, Ordering::SeqCst);
+                // Only now may sending fail: whoever sees it fail finds the error set.
+                drop(rx);
+                theirs.progress.notify_one();
+                let _ = done_tx.send(());
+            })?;
         Ok(Sink {
-            writer: Some((tx, thread)),
-            queued,
+            records: Some(tx),
+            done: Some(done),
+            shared,
             keep_order,
             next: 0,
             held: BTreeMap::new(),
+            held_bytes: 0,
+            refused: 0,
+            failure: None,
+            said_full: false,
         })
     }
 
     /// Takes a record; queues it (and any it unblocks) for writing unless it must wait its
-    /// turn.
+    /// turn. An error means the output failed (the record is counted in
+    /// [`Sink::unwritten`]); it is returned for every record refused, with the same reason.
     pub fn push(&mut self, record: Record) -> io::Result<()> {
-        if !self.keep_order {
-            return self.write(record);
-        }
-        self.held.insert(record.ordinal, record);
-        while let Some(record) = self.held.remove(&self.next) {
-            self.write(record)?;
-            self.next += 1;
-        }
-        Ok(())
-    }
-
-    /// Whether the pool may read more input.
-    pub fn has_room(&self) -> bool {
-        self.held.len() + self.queued.load(Ordering::Relaxed) < BACKLOG_LIMIT
-    }
-
-    /// Writes records still held, in order (an interrupted run leaves gaps), and waits
-    /// until everything is written and flushed.
-    pub fn finish(&mut self) -> io::Result<()> {
-        for (_, record) in std::mem::take(&mut self.held) {
-            self.write(record)?;
-        }
-        match self.writer.take() {
-            Some((tx, thread)) => {
-                drop(tx);
-                join(thread)
+        let result = match self.keep_order {
+            false => self.write(record),
+            true => {
+                self.held_bytes += weight(&record);
+                self.held.insert(record.ordinal, record);
+                let mut result = Ok(());
+                while let Some(record) = self.held.remove(&self.next) {
+                    self.held_bytes -= weight(&record);
+                    result = result.and(self.write(record));
+                    self.next += 1;
+                }
+                result
             }
-            None => Ok(()),
+        };
+        if !self.said_full && result.is_ok() && !self.has_room() {
+            self.said_full = true;
+            tracing::info!(
+                "the output is not keeping up: {} records ({} MiB) are waiting; reading no more input until it does",
+                self.unwritten(),
+                (self.held_bytes + self.shared.bytes.load(Ordering::Relaxed)) >> 20
+            );
+        }
+        result
+    }
+
+    /// Whether the pool may read more input: the records waiting, held for their turn or
+    /// queued for the output, are under both [`BACKLOG_LIMIT`] and [`BACKLOG_BYTES`], and
+    /// the output has not failed.
+    pub fn has_room(&self) -> bool {
+        let records = self.held.len() + self.shared.records.load(Ordering::Relaxed);
+        let bytes = self.held_bytes + self.shared.bytes.load(Ordering::Relaxed);
+        records < BACKLOG_LIMIT
+            && bytes < BACKLOG_BYTES
+            && !self.shared.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when [`Sink::has_room`] holds again, or with the error once the output
+    /// has failed (after which it never resolves). For the pool to await while it has
+    /// stopped reading because of the backlog; cancel-safe.
+    pub async fn room(&mut self) -> io::Result<()> {
+        loop {
+            if self.shared.stopped.load(Ordering::SeqCst) {
+                if self.failure.is_none() {
+                    return Err(self.failed());
+                }
+                return std::future::pending().await;
+            }
+            if self.has_room() {
+                return Ok(());
+            }
+            self.shared.progress.notified().await;
+        }
+    }
+
+    /// Records taken and not written: held for their turn, queued, or refused by a writer
+    /// that had stopped.
+    pub fn unwritten(&self) -> usize {
+        self.held.len() + self.shared.records.load(Ordering::SeqCst) + self.refused
+    }
+
+    /// Why the output failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Writes the records still held, in order (an interrupted run leaves gaps), and
+    /// resolves when everything is written and flushed, or the output has failed.
+    ///
+    /// Never blocks the thread, and is cancel-safe: await it in a `select!` with signals
+    /// and a deadline, and call it again to go on waiting. Giving up is dropping it: the
+    /// writer thread may stay blocked in `write(2)`, and is never joined.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for (_, record) in std::mem::take(&mut self.held) {
+            result = result.and(self.write(record));
+        }
+        self.held_bytes = 0;
+        // The writer thread ends when the queue is empty and closed.
+        self.records = None;
+        if let Some(done) = &mut self.done {
+            let _ = done.await;
+            self.done = None;
+        }
+        result?;
+        match self.shared.stopped.load(Ordering::SeqCst) && self.has_error() {
+            true => Err(self.failed()),
+            false => Ok(()),
         }
     }
 
     fn write(&mut self, record: Record) -> io::Result<()> {
-        let Some((tx, _)) = &self.writer else {
+        let Some(tx) = &self.records else {
+            self.refused += 1;
             return Err(io::Error::other("the output is closed"));
         };
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            self.refused += 1;
+            return Err(self.failed());
+        }
+        let w = weight(&record);
+        self.shared.records.fetch_add(1, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(w, Ordering::Relaxed);
         if tx.send(record).is_ok() {
             return Ok(());
         }
         // The writer thread stopped: it says why.
-        let (_, thread) = self.writer.take().expect("checked above");
-        join(thread).and(Err(io::Error::other("the output writer stopped")))
+        self.shared.records.fetch_sub(1, Ordering::Relaxed);
+        self.shared.bytes.fetch_sub(w, Ordering::Relaxed);
+        self.refused += 1;
+        Err(self.failed())
     }
-}
 
-fn join(thread: JoinHandle<io::Result<()>>) -> io::Result<()> {
-    thread
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the output writer panicked")))
+    fn has_error(&self) -> bool {
+        self.failure.is_some()
+            || self
+                .shared
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// The writer's error, as an `io::Error` (again each time), remembered as text.
+    fn failed(&mut self) -> io::Error {
+        if self.failure.is_none() {
+            let error = self
+                .shared
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            self.failure = Some(match error {
+                Some(e) => e.to_string(),
+                None => "the output writer stopped".into(),
+            });
+        }
+        io::Error::other(self.failure.clone().expect("set above"))
+    }
 }
 
 /// How long the writer rests after a flush before it looks for more records.
@@ -116,28 +278,43 @@ fn join(thread: JoinHandle<io::Result<()>>) -> io::Result<()> {
 /// a batch; a record waits at most this long to appear.
 const COALESCE: Duration = Duration::from_millis(1);
 
+/// The most records written between two flushes.
+const BATCH: usize = 1024;
+
 fn write_all(
     out: Box<dyn Write + Send>,
     mut joblog: Option<JobLog>,
-    records: mpsc::Receiver<Record>,
-    queued: &AtomicUsize,
+    records: &mpsc::Receiver<Record>,
+    shared: &Shared,
 ) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let joblog_failed = |e: io::Error| io::Error::new(e.kind(), format!("job log: {e}"));
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
-        while let Some(record) = next {
-            serde_json::to_writer(&mut out, &record)?;
-            out.write_all(b"\n")?;
-            if let Some(log) = &mut joblog {
-                log.write(&record).map_err(joblog_failed)?;
+        while next.is_some() {
+            // A record counts as written once it is flushed; batches are capped so that
+            // the count keeps falling while records keep coming.
+            let (mut count, mut bytes) = (0, 0);
+            while let Some(record) = next.take() {
+                serde_json::to_writer(&mut out, &record)?;
+                out.write_all(b"\n")?;
+                if let Some(log) = &mut joblog {
+                    log.write(&record).map_err(joblog_failed)?;
+                }
+                count += 1;
+                bytes += weight(&record);
+                if count < BATCH {
+                    next = records.try_recv().ok();
+                }
             }
-            queued.fetch_sub(1, Ordering::Relaxed);
+            out.flush()?;
+            if let Some(log) = &mut joblog {
+                log.flush().map_err(joblog_failed)?;
+            }
+            shared.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            shared.records.fetch_sub(count, Ordering::Relaxed);
+            shared.progress.notify_one();
             next = records.try_recv().ok();
-        }
-        out.flush()?;
-        if let Some(log) = &mut joblog {
-            log.flush().map_err(joblog_failed)?;
         }
         std::thread::sleep(COALESCE);
     }

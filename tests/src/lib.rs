@@ -141,6 +141,8 @@ pub struct Jobsup {
     stdin: Vec<u8>,
     keep_stdin_open: bool,
     timeout: Duration,
+    stdout_to: Option<Stdio>,
+    stderr_to: Option<Stdio>,
 }
 
 impl Jobsup {
@@ -158,6 +160,8 @@ impl Jobsup {
             stdin: Vec::new(),
             keep_stdin_open: false,
             timeout: DEFAULT_RUN_TIMEOUT,
+            stdout_to: None,
+            stderr_to: None,
         }
     }
 
@@ -238,6 +242,20 @@ impl Jobsup {
         self
     }
 
+    /// Sends jobsup's stdout to `to` (a file, [`unread_pipe`]...) instead of capturing
+    /// it: the run's stdout is then empty.
+    pub fn stdout_to(mut self, to: impl Into<Stdio>) -> Self {
+        self.stdout_to = Some(to.into());
+        self
+    }
+
+    /// Sends jobsup's stderr to `to` instead of capturing it: the run's stderr is then
+    /// empty.
+    pub fn stderr_to(mut self, to: impl Into<Stdio>) -> Self {
+        self.stderr_to = Some(to.into());
+        self
+    }
+
     /// Overrides the global deadline of this run.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -278,8 +296,14 @@ impl Jobsup {
     /// With [`Jobsup::keep_stdin_open`] the initial standard input is written before this
     /// returns, so keep it small (under a pipe buffer, 64 KiB); otherwise a thread writes it
     /// and closes the pipe.
-    pub fn spawn(self) -> Background {
+    pub fn spawn(mut self) -> Background {
         let mut cmd = self.command();
+        if let Some(to) = self.stdout_to.take() {
+            cmd.stdout(to);
+        }
+        if let Some(to) = self.stderr_to.take() {
+            cmd.stderr(to);
+        }
         let command_line = self.describe();
         let mut child = cmd
             .spawn()
@@ -287,8 +311,8 @@ impl Jobsup {
         let deadline = Instant::now() + self.timeout;
         // Both output pipes are drained concurrently from the start: a jobsup blocked on a
         // full stderr pipe would otherwise look like a hung jobsup.
-        let stdout = Captured::start(child.stdout.take().expect("stdout is piped"));
-        let stderr = Captured::start(child.stderr.take().expect("stderr is piped"));
+        let stdout = Captured::start(child.stdout.take());
+        let stderr = Captured::start(child.stderr.take());
         // jobsup may exit without reading its input (a usage error): a broken pipe here is
         // not the test's concern, the exit code is.
         let mut stdin = child.stdin.take();
@@ -325,8 +349,12 @@ struct Captured {
 }
 
 impl Captured {
-    fn start(mut pipe: impl Read + Send + 'static) -> Captured {
+    /// Reads `pipe` to its end; nothing to read when there is none (not captured).
+    fn start(pipe: Option<impl Read + Send + 'static>) -> Captured {
         let buf = Arc::new(Mutex::new(Vec::new()));
+        let Some(mut pipe) = pipe else {
+            return Captured { buf, thread: None };
+        };
         let sink = Arc::clone(&buf);
         let thread = thread::spawn(move || {
             let mut chunk = [0u8; 8192];
@@ -875,6 +903,36 @@ pub fn signal_pending(pid: i32, signal: Signal) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// A pipe whose reading end the test holds and never reads (or reads when it chooses):
+/// give the writing end to [`Jobsup::stdout_to`] or [`Jobsup::stderr_to`]. Both ends are
+/// close-on-exec, so jobsup's children do not inherit the reading end.
+pub fn unread_pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into the array, which are then owned here.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are new and owned by nothing else.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// The resident memory of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`), if it exists.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line["VmRSS:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `n` lines of input, each `line(i)` for `i` in `1..=n`, newline-terminated.

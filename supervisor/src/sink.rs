@@ -102,7 +102,17 @@ impl Sink {
         std::thread::Builder::new()
             .name("jobsup-output".into())
             .spawn(move || {
-                let result = write_all(out, joblog, &rx, &theirs);
+                // A bug in the writer must still end in "the output failed", not in a
+                // pool that waits for the writer forever.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write_all(out, joblog, &rx, &theirs)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(io::Error::other(format!(
+                        "internal error in the output writer: {}",
+                        crate::health::panic_message(&*panic)
+                    )))
+                });
                 if let Err(e) = result {
                     *theirs.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 }
@@ -296,6 +306,7 @@ fn write_all(
             // the count keeps falling while records keep coming.
             let (mut count, mut bytes) = (0, 0);
             while let Some(record) = next.take() {
+                crate::health::fault("output");
                 serde_json::to_writer(&mut out, &record)?;
                 out.write_all(b"\n")?;
                 if let Some(log) = &mut joblog {

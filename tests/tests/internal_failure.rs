@@ -116,3 +116,21 @@ fn the_json_summary_names_the_failure_too() {
         "{summary}"
     );
 }
+
+#[test]
+fn a_panicking_output_writer_ends_the_run_with_125_and_says_so() {
+    let run = run_with_fault("output:3", &[]);
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(
+        run.stderr.contains("internal error in the output writer"),
+        "the lost records are blamed on the writer\n{run}"
+    );
+    assert!(
+        run.records().len() <= 2,
+        "records after the failure are not written\n{run}"
+    );
+    assert!(
+        run.stderr.contains("could not be written"),
+        "how many records were lost is said\n{run}"
+    );
+}

@@ -1,4 +1,4 @@
-//! SIGINT / SIGTERM: the first drains (no new jobs, running ones run to their deadlines),
+//! SIGINT / SIGTERM (and SIGHUP, SIGUSR1, SIGUSR2): the first drains (no new jobs, running ones run to their deadlines),
 //! the second cancels what is running. Every job read gets a record; no worker survives.
 
 use std::collections::BTreeSet;
@@ -56,31 +56,36 @@ fn second_sigint_cancels_running_jobs_and_exits_130() {
     interrupt_twice(Signal::SIGINT, 130);
 }
 
-#[test]
-fn first_sigterm_lets_the_running_job_finish_and_reads_no_more_input() {
+/// The first `sig` drains: the running job finishes, input that comes later is not read,
+/// no worker and no worker directory is left, and the exit code is 128 + the signal.
+fn first_signal_drains(sig: Signal, expected_code: i32) {
     let mut bg = jobsup!()
         .args(["-j", "1", "--ttl", "60s", "--cleanup", "1s"])
         .processor(bin!("sleepy"), [] as [&str; 0])
         .stdin("50\n1000\n")
         .keep_stdin_open()
         .spawn();
-    bg.wait_for_handler(Signal::SIGTERM);
+    bg.wait_for_handler(sig);
     // With one worker, job 2 is handed over as soon as job 1 is done.
     wait_until(WAIT, "the first job has its record", || {
         !bg.records_so_far().is_empty()
     });
-    bg.signal_delivered(Signal::SIGTERM);
+    bg.signal_delivered(sig);
     // Input that arrives after the signal is not read: no record, or at most a cancelled
     // one if a read was already under way. stdin stays open: jobsup must not wait for it.
     bg.write_stdin("5\n");
     let run = bg.wait();
-    assert_eq!(run.code(), 143, "{run}");
+    assert_eq!(run.code(), expected_code, "{sig}\n{run}");
+    assert!(
+        run.stderr.contains(&format!("{sig} received")),
+        "{sig}: jobsup says why it stops\n{run}"
+    );
     let recs = run.by_seq();
     assert_eq!(recs[&1].outcome(), "ok", "{run}");
     assert_eq!(
         recs.get(&2).map(|r| r.outcome()),
         Some("ok"),
-        "the running job is drained, not cancelled\n{run}"
+        "{sig}: the running job is drained, not cancelled\n{run}"
     );
     if let Some(r) = recs.get(&3) {
         assert_eq!(
@@ -95,6 +100,38 @@ fn first_sigterm_lets_the_running_job_finish_and_reads_no_more_input() {
         .collect();
     assert!(
         alive.is_empty(),
-        "workers outlived jobsup: {alive:?}\n{run}"
+        "{sig}: workers outlived jobsup: {alive:?}\n{run}"
     );
+    let left: Vec<String> = std::fs::read_dir(run.dir())
+        .expect("the test directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("jobsup-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{sig}: worker directories left: {left:?}\n{run}"
+    );
+}
+
+#[test]
+fn first_sigterm_lets_the_running_job_finish_and_reads_no_more_input() {
+    first_signal_drains(Signal::SIGTERM, 143);
+}
+
+/// A closing terminal must not lose records: SIGHUP drains like SIGTERM.
+#[test]
+fn sighup_drains_the_run_and_exits_129() {
+    first_signal_drains(Signal::SIGHUP, 129);
+}
+
+/// SIGUSR1 and SIGUSR2 would end jobsup outright by default: they drain too.
+#[test]
+fn sigusr1_drains_the_run_and_exits_138() {
+    first_signal_drains(Signal::SIGUSR1, 138);
+}
+
+#[test]
+fn sigusr2_drains_the_run_and_exits_140() {
+    first_signal_drains(Signal::SIGUSR2, 140);
 }

@@ -23,6 +23,7 @@ pub mod conn;
 pub mod drain;
 pub mod exit;
 pub mod guard;
+pub mod input_fd;
 pub mod isolate;
 pub mod joblog;
 pub mod launch;

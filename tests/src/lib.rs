@@ -140,6 +140,7 @@ pub struct Jobsup {
     env: Vec<(OsString, OsString)>,
     stdin: Vec<u8>,
     keep_stdin_open: bool,
+    stdin_from: Option<Stdio>,
     timeout: Duration,
 }
 
@@ -157,6 +158,7 @@ impl Jobsup {
             env: Vec::new(),
             stdin: Vec::new(),
             keep_stdin_open: false,
+            stdin_from: None,
             timeout: DEFAULT_RUN_TIMEOUT,
         }
     }
@@ -238,6 +240,13 @@ impl Jobsup {
         self
     }
 
+    /// Gives jobsup this standard input (a pipe or file the test made, of which it may keep
+    /// a duplicate) instead of a pipe from the test; [`Jobsup::stdin`] is then ignored.
+    pub fn stdin_from(mut self, stdin: impl Into<Stdio>) -> Self {
+        self.stdin_from = Some(stdin.into());
+        self
+    }
+
     /// Overrides the global deadline of this run.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -278,8 +287,11 @@ impl Jobsup {
     /// With [`Jobsup::keep_stdin_open`] the initial standard input is written before this
     /// returns, so keep it small (under a pipe buffer, 64 KiB); otherwise a thread writes it
     /// and closes the pipe.
-    pub fn spawn(self) -> Background {
+    pub fn spawn(mut self) -> Background {
         let mut cmd = self.command();
+        if let Some(stdin) = self.stdin_from.take() {
+            cmd.stdin(stdin);
+        }
         let command_line = self.describe();
         let mut child = cmd
             .spawn()

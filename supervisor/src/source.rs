@@ -491,6 +491,11 @@ impl Reader {
                     self.input.consume(n);
                     self.input.commit()?;
                     self.line.taken = true;
+                    // A file or a busy pipe may never make the reader wait: a stop still
+                    // ends a long line here.
+                    if self.stop.is_raised() {
+                        return Ok(Some(Taken::Cut));
+                    }
                 }
                 Fill::Eof => {
                     let window = self.input.window();
@@ -676,19 +681,23 @@ mod tests {
         file
     }
 
-    /// An input of `kind` holding `bytes` and then its end, with a `window`; and a
-    /// duplicate of it to see what is left.
+    /// An input of `kind` holding `bytes` (at most a few KiB: all written before this
+    /// returns) and then its end, with a `window`; and a duplicate of it to see what is
+    /// left.
     fn input_with(kind: Kind, bytes: &[u8], window: usize) -> (Input, File) {
         let fd: OwnedFd = match kind {
-            Kind::Pipe | Kind::Bytewise => pipe_with(bytes, false).0,
+            Kind::Pipe | Kind::Bytewise => {
+                let (r, writer) = pipe_with(bytes, false);
+                writer.join().unwrap();
+                r
+            }
             Kind::File => file_with(bytes).into(),
             Kind::Socket => {
                 let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-                let bytes = bytes.to_vec();
+                b.write_all(bytes).unwrap();
+                b.shutdown(std::net::Shutdown::Write).unwrap();
+                // Held open until the reader is done, so that the end is a shutdown.
                 std::thread::spawn(move || {
-                    b.write_all(&bytes).unwrap();
-                    b.shutdown(std::net::Shutdown::Write).unwrap();
-                    // Held open until the reader is done, so that the end is a shutdown.
                     let _ = b.read(&mut [0]);
                 });
                 a.into()
@@ -923,6 +932,26 @@ mod tests {
         w.write_all(b"tail\nnext\n").unwrap();
         drop(w);
         assert_eq!(rest(dup), b"tail\nnext\n");
+    }
+
+    /// A stop ends a line longer than the window after the piece in hand, even where the
+    /// reader never waits (a file): the piece is returned and the rest left.
+    #[test]
+    fn a_stop_ends_a_long_line_after_the_piece_in_hand() {
+        let input = b"0123456789abcdefghij\nnext\n";
+        for kind in [Kind::Pipe, Kind::File, Kind::Socket] {
+            let (input_fd, dup) = input_with(kind, input, 8);
+            let mut r = reader(input_fd, InputFormat::Lines);
+            r.stop.raise();
+            let item = r.next_item(true);
+            assert_eq!(
+                jobs(&[item.unwrap()]),
+                [(1, "01234567".to_owned())],
+                "{kind:?}"
+            );
+            drop(r);
+            assert_eq!(rest(dup), &input[8..], "{kind:?}");
+        }
     }
 
     /// A panicking reader is a failure naming the panic, never an end of input; `close`

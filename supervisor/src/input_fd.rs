@@ -280,7 +280,7 @@ impl Input {
             }
             // Nothing new. Either the window is all a peek can see, or the writer is in the
             // middle of a line, or it has gone.
-            if n >= self.cap || self.queued().is_none_or(|q| q > n) {
+            if n >= self.cap || !matches!(self.queued(), Some(q) if q <= n) {
                 if self.owed == 0 {
                     return Ok(Fill::Full);
                 }
@@ -611,6 +611,53 @@ mod tests {
         assert_eq!(input.fill(&stop).unwrap(), Fill::Stopped);
         assert_eq!(input.taken_ahead(), 0);
         assert_eq!(queued(&dup), 4, "the half line is still in the pipe");
+    }
+
+    /// A reader asleep in poll on a pipe that stays empty (and open) wakes at a stop.
+    #[test]
+    fn a_stop_wakes_a_reader_asleep_on_an_empty_pipe() {
+        let (r, w) = crate::launch::pipe().unwrap();
+        let mut input = Input::new(r, WINDOW).unwrap();
+        let stop = std::sync::Arc::new(Stop::new().unwrap());
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            move || {
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                input.fill(&stop).unwrap()
+            }
+        });
+        let tid = tid_rx.recv().unwrap();
+        // Nothing it does after sending its id sleeps, except the poll.
+        let asleep = || {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .map(|rest| rest.trim_start().starts_with('S'))
+                })
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !asleep() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader never slept"
+            );
+            std::thread::yield_now();
+        }
+        stop.raise();
+        while !waiter.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stop did not wake it"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(waiter.join().unwrap(), Fill::Stopped);
+        drop(w);
     }
 
     /// The end of a pipe with half a line in it is the end of that line.

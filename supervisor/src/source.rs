@@ -907,6 +907,8 @@ mod tests {
     #[tokio::test]
     async fn a_line_cut_by_a_stop_is_returned() {
         let (fd, writer) = pipe_with(b"0123456789abcdef", true);
+        // Written before the reader starts, and the pipe left open.
+        let mut w = writer.join().unwrap().unwrap();
         let dup = File::from(fd.try_clone().unwrap());
         let mut source =
             Source::spawn(reader(Input::new(fd, 8).unwrap(), InputFormat::Lines)).unwrap();
@@ -928,7 +930,6 @@ mod tests {
         source.stop();
         let items = source.close().await;
         assert_eq!(jobs(&items), [(1, "0123456789abcdef".to_owned())]);
-        let mut w = writer.join().unwrap().unwrap();
         w.write_all(b"tail\nnext\n").unwrap();
         drop(w);
         assert_eq!(rest(dup), b"tail\nnext\n");

@@ -168,6 +168,20 @@ fn keep_order_writes_records_in_input_order() {
     assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "{run}");
 }
 
+/// A close-on-exec pipe (so that no other test's child holds an end): read end, write end.
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array, which is valid for them; each is then
+    // owned by exactly one File.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
 /// `1\n2\n...n\n`: each line is its own line number.
 fn numbered(n: u64) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()
@@ -226,7 +240,7 @@ fn cancelled_seqs(run: &Run) -> Vec<u64> {
 /// in the pipe, exactly once; none is lost in a read-ahead buffer.
 #[test]
 fn an_interrupted_run_leaves_the_lines_it_did_not_take_in_the_pipe() {
-    let (reader, mut writer) = std::io::pipe().unwrap();
+    let (reader, mut writer) = pipe();
     writer.write_all(numbered(1000).as_bytes()).unwrap();
     drop(writer);
     let mut ours = reader.try_clone().unwrap();
@@ -295,7 +309,7 @@ fn an_interrupted_run_leaves_a_file_offset_after_the_last_line_taken() {
 /// (the last one without a newline too), and nothing is left in it.
 #[test]
 fn a_closed_pipe_ends_the_run_with_every_record() {
-    let (reader, mut writer) = std::io::pipe().unwrap();
+    let (reader, mut writer) = pipe();
     let mut text = numbered(300);
     text.push_str("301");
     writer.write_all(text.as_bytes()).unwrap();

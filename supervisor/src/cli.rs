@@ -1,7 +1,7 @@
 //! The command line: parse, run, and map the result to an exit code in one place.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -340,22 +340,16 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         }
     };
     // The input's size, when it is a regular file, gives the progress bar an ETA.
-    let (input, input_size): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
-        Some(path) => {
-            let file = std::fs::File::open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?;
-            let size = regular_file_size(&file);
-            (Box::new(file), size)
-        }
-        None => {
-            let stdin = std::io::stdin();
-            let size = std::os::fd::AsFd::as_fd(&stdin)
-                .try_clone_to_owned()
-                .ok()
-                .and_then(|fd| regular_file_size(&std::fs::File::from(fd)));
-            (Box::new(stdin), size)
-        }
+    let input = match &args.input {
+        Some(path) => std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?,
+        // A duplicate shares the open file description, offset included.
+        None => std::os::fd::AsFd::as_fd(&std::io::stdin())
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| anyhow::anyhow!("cannot read the standard input: {e}"))?,
     };
+    let input_size = regular_file_size(&input);
     let command_line = std::iter::once(program.as_os_str())
         .chain(proc_args.iter().map(|a| a.as_os_str()))
         .map(|a| a.to_string_lossy().into_owned())
@@ -473,7 +467,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         .build()?;
     let started = Instant::now();
     let (end, stats) = runtime.block_on(async {
-        let source = Source::start(input, args.input_format, defaults)?;
+        let source = Source::start(input.into(), args.input_format, defaults)?;
         let sink = Sink::new(output, joblog, args.keep_order)?;
         let show_progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let cfg = PoolConfig {

@@ -25,6 +25,7 @@ pub mod drain;
 pub mod exit;
 pub mod guard;
 pub mod health;
+pub mod input_fd;
 pub mod isolate;
 pub mod joblog;
 pub mod launch;

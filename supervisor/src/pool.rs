@@ -540,7 +540,8 @@ impl Pool {
         match item {
             Item::Job(job) => self.cancel(*job),
             Item::Rejected(record) => self.record(*record),
-            Item::End | Item::Failed(_) => {}
+            Item::Failed(e) => tracing::error!("{e}"),
+            Item::End => {}
         }
     }
 
@@ -691,7 +692,7 @@ impl Pool {
             }
         }
         // A line the reader finished just as the run stopped was still read: record it.
-        while let Some(item) = self.source.try_next() {
+        for item in self.source.close().await {
             self.on_read_after_stop(item);
         }
         self.progress.finish();

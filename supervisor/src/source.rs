@@ -2,17 +2,26 @@
 //!
 //! A thread reads one line for each token the pool sends it, so memory stays bounded
 //! however long the input is, and a line is only taken from the input when the pool is
-//! ready for it: on an interrupted run, jobs not yet read stay unread.
+//! ready for it. What it takes from the input is exactly the lines it returns as items
+//! ([`crate::input_fd`]): on an interrupted run, the lines not returned are still in the
+//! pipe, or after the file offset, for whoever reads the input next, and every line
+//! returned gets a record from the pool (`cancelled` for jobs read ahead).
+//!
+//! [`Source::stop`] wakes the thread wherever it waits; [`Source::close`] collects what it
+//! produced after that, and says so if it panicked. A reader that ends without reaching
+//! the end of the input is an error, never an end of input.
 
-use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::input_fd::{Fill, Input, Stop, WINDOW};
 use crate::record::{JobSpec, Record};
 
 /// How each input line is read.
@@ -27,14 +36,23 @@ pub enum InputFormat {
 /// What the source produces.
 #[derive(Debug)]
 pub enum Item {
-    /// A job to run.
+    /// A job to run. A line cut short by a stop (one longer than the reader's window, taken
+    /// in part) is a job too, with the part read as its payload: it was read, so it gets a
+    /// record, and after a stop that record is `cancelled`.
     Job(Box<JobSpec>),
     /// A line that is not a valid job.
     Rejected(Box<Record>),
-    /// The input could not be read; the text says why.
+    /// The input could not be read, or the reader failed; the text says why.
     Failed(String),
     /// The end of the input.
     End,
+}
+
+impl Item {
+    /// Whether the reader says nothing after this item.
+    fn is_last(&self) -> bool {
+        matches!(self, Item::End | Item::Failed(_))
+    }
 }
 
 /// Per-job settings a line does not override.
@@ -50,57 +68,63 @@ pub struct Defaults {
 
 /// The pool's handle on the reader thread.
 pub struct Source {
-    want: std_mpsc::Sender<()>,
+    /// Tokens to the reader; `None` once stopped.
+    want: Option<std_mpsc::Sender<()>>,
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
     bytes_read: Arc<AtomicU64>,
     items: mpsc::UnboundedReceiver<Item>,
     /// Tokens sent whose item has not been received.
     outstanding: usize,
     done: bool,
+    /// Whether the reader's last item (`End` or `Failed`) has been received.
+    ended: bool,
 }
 
 impl Source {
     /// Starts reading `input` on a thread of its own.
     pub fn start(
-        input: Box<dyn Read + Send>,
+        input: OwnedFd,
         format: InputFormat,
         defaults: Defaults,
     ) -> std::io::Result<Source> {
+        let stop = Arc::new(Stop::new()?);
+        let reader = Reader::new(
+            Input::new(input, WINDOW)?,
+            Arc::clone(&stop),
+            format,
+            defaults,
+        );
+        Source::spawn(reader)
+    }
+
+    fn spawn(reader: Reader) -> std::io::Result<Source> {
         let (want_tx, want_rx) = std_mpsc::channel::<()>();
         let (item_tx, item_rx) = mpsc::unbounded_channel();
-        let bytes_read = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&bytes_read);
-        std::thread::Builder::new()
+        let bytes_read = Arc::clone(&reader.bytes_read);
+        let stop = Arc::clone(&reader.stop);
+        let thread = std::thread::Builder::new()
             .name("jobsup-input".into())
-            .spawn(move || {
-                let mut reader = Reader {
-                    input: BufReader::with_capacity(64 * 1024, input),
-                    format,
-                    defaults,
-                    line_no: 0,
-                    ordinal: 0,
-                    bytes_read: counter,
-                };
-                for () in want_rx {
-                    let item = reader.next_item();
-                    let end = matches!(item, Item::End | Item::Failed(_));
-                    if item_tx.send(item).is_err() || end {
-                        return;
-                    }
-                }
-            })?;
+            .spawn(move || reader.serve(&want_rx, &item_tx))?;
         Ok(Source {
-            want: want_tx,
+            want: Some(want_tx),
+            stop,
+            thread: Some(thread),
             bytes_read,
             items: item_rx,
             outstanding: 0,
             done: false,
+            ended: false,
         })
     }
 
     /// Asks for items until `n` are requested or buffered.
     pub fn request(&mut self, n: usize) {
+        let Some(want) = &self.want else {
+            return;
+        };
         while !self.done && self.outstanding < n {
-            if self.want.send(()).is_err() {
+            if want.send(()).is_err() {
                 return;
             }
             self.outstanding += 1;
@@ -122,24 +146,45 @@ impl Source {
         !self.done && self.outstanding > 0
     }
 
-    /// The next item. Cancel-safe.
+    /// The next item. Cancel-safe. A reader that ended without saying so (it panicked) is
+    /// an [`Item::Failed`] naming the panic.
     pub async fn next(&mut self) -> Item {
-        let item = self.items.recv().await.unwrap_or(Item::End);
+        let item = match self.items.recv().await {
+            Some(item) => item,
+            None => {
+                self.reader_finished().await;
+                self.reader_gone()
+            }
+        };
         self.received(&item);
         item
     }
 
     /// Items already read but not yet received, without waiting.
     pub fn try_next(&mut self) -> Option<Item> {
-        let item = self.items.try_recv().ok()?;
+        let item = match self.items.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                // A thread still unwinding is left for `next` or `close`, which can wait.
+                if self.ended || !self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                    return None;
+                }
+                match self.reader_gone() {
+                    Item::End => return None,
+                    failed => failed,
+                }
+            }
+        };
         self.received(&item);
         Some(item)
     }
 
     fn received(&mut self, item: &Item) {
         self.outstanding = self.outstanding.saturating_sub(1);
-        if matches!(item, Item::End | Item::Failed(_)) {
+        if item.is_last() {
             self.done = true;
+            self.ended = true;
         }
     }
 
@@ -148,38 +193,219 @@ impl Source {
         self.done
     }
 
-    /// Stops asking for more.
+    /// Stops asking for more, and tells the reader: it takes no further line from the
+    /// input and returns from any wait. What it read meanwhile comes from [`Source::close`].
     pub fn stop(&mut self) {
         self.done = true;
+        self.want = None;
+        self.stop.raise();
+    }
+
+    /// Stops the reader (as [`Source::stop`]), waits for its thread to end and returns
+    /// every item it produced that was not received yet. If the thread panicked, the last
+    /// item is an [`Item::Failed`] naming the panic.
+    pub async fn close(&mut self) -> Vec<Item> {
+        self.stop();
+        let mut items = Vec::new();
+        while let Some(item) = self.items.recv().await {
+            self.received(&item);
+            items.push(item);
+        }
+        self.reader_finished().await;
+        if let Some(message) = self.join() {
+            self.ended = true;
+            items.push(Item::Failed(message));
+        }
+        items
+    }
+
+    /// Waits (without blocking the async thread) until the reader's thread has returned.
+    /// Its channel is closed by then, so this is the last moments of its unwinding.
+    async fn reader_finished(&self) {
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// What a closed channel means, once the reader's thread has returned.
+    fn reader_gone(&mut self) -> Item {
+        if self.ended {
+            return Item::End;
+        }
+        match self.join() {
+            Some(message) => Item::Failed(message),
+            // It stopped because it was told to.
+            None if self.stop.is_raised() => Item::End,
+            None => Item::Failed("the input reader ended before the end of the input".into()),
+        }
+    }
+
+    /// Joins a finished reader thread: the panic's message if it panicked.
+    fn join(&mut self) -> Option<String> {
+        let thread = self.thread.take_if(|t| t.is_finished())?;
+        let payload = thread.join().err()?;
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        Some(format!("the input reader panicked: {message}"))
     }
 }
 
-struct Reader<R> {
-    input: BufReader<R>,
+impl Drop for Source {
+    fn drop(&mut self) {
+        // A reader left waiting would hold a file's offset past the lines it did not return.
+        self.stop.raise();
+    }
+}
+
+/// The line being read.
+#[derive(Debug, Default)]
+struct Line {
+    /// Its bytes, newline included, while within the limit.
+    bytes: Vec<u8>,
+    /// Bytes consumed, newline included.
+    len: usize,
+    /// Longer than the limit: `bytes` was dropped.
+    too_long: bool,
+    /// Part of it has been taken from the input already (a line longer than the window).
+    taken: bool,
+}
+
+impl Line {
+    fn push(&mut self, chunk: &[u8], max: usize) {
+        self.len += chunk.len();
+        if !self.too_long {
+            // Room for a CRLF beyond the limit; the body is checked when the line ends.
+            if self.bytes.len() + chunk.len() > max.saturating_add(2) {
+                self.too_long = true;
+                self.bytes = Vec::new();
+            } else {
+                self.bytes.extend_from_slice(chunk);
+            }
+        }
+    }
+}
+
+/// How a line read ended.
+enum Taken {
+    /// At its newline, or at the end of the input.
+    Whole,
+    /// At a stop, part of it taken already.
+    Cut,
+    /// There was no line: the end of the input.
+    Eof,
+}
+
+struct Reader {
+    input: Input,
+    stop: Arc<Stop>,
     format: InputFormat,
     defaults: Defaults,
     line_no: u64,
     ordinal: u64,
     bytes_read: Arc<AtomicU64>,
+    line: Line,
+    /// Panics when it reads this line (to test what a panicking reader does).
+    #[cfg(test)]
+    panic_at_line: Option<u64>,
 }
 
-impl<R: Read> Reader<R> {
-    fn next_item(&mut self) -> Item {
-        loop {
-            let mut line = Vec::new();
-            let (n, complete) =
-                match read_line_capped(&mut self.input, &mut line, self.defaults.max_line) {
-                    Ok(r) => r,
-                    Err(e) => return Item::Failed(format!("cannot read the input: {e}")),
-                };
-            if n == 0 {
-                return Item::End;
+impl Reader {
+    fn new(input: Input, stop: Arc<Stop>, format: InputFormat, defaults: Defaults) -> Reader {
+        Reader {
+            input,
+            stop,
+            format,
+            defaults,
+            line_no: 0,
+            ordinal: 0,
+            bytes_read: Arc::default(),
+            line: Line::default(),
+            #[cfg(test)]
+            panic_at_line: None,
+        }
+    }
+
+    /// The thread: one item per token, lines taken from the input only once they are
+    /// items, and every item sent.
+    fn serve(mut self, want: &std_mpsc::Receiver<()>, items: &mpsc::UnboundedSender<Item>) {
+        let mut batch = Vec::new();
+        'tokens: while want.recv().is_ok() {
+            let mut tokens = 1 + want.try_iter().count();
+            while tokens > 0 {
+                if self.stop.is_raised() {
+                    break 'tokens;
+                }
+                // The lines already in the window are taken with one read, however many.
+                while batch.len() < tokens {
+                    match self.next_item(false) {
+                        Some(item) => batch.push(item),
+                        None => break,
+                    }
+                }
+                if batch.is_empty() {
+                    match self.next_item(true) {
+                        Some(item) => batch.push(item),
+                        None => break 'tokens,
+                    }
+                }
+                if let Err(e) = self.input.commit() {
+                    batch.clear();
+                    batch.push(Item::Failed(format!("cannot read the input: {e}")));
+                }
+                tokens = tokens.saturating_sub(batch.len());
+                let last = batch.last().is_some_and(Item::is_last);
+                for item in batch.drain(..) {
+                    if items.send(item).is_err() {
+                        break 'tokens;
+                    }
+                }
+                if last {
+                    break 'tokens;
+                }
             }
-            self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if let Err(e) = self.input.finish() {
+            tracing::warn!(
+                "cannot set the input file's offset back to the first line not read: {e}"
+            );
+        }
+    }
+
+    /// The next item. Without `block`, only from a line already whole in the window (else
+    /// `None`); with it, waiting for the input as needed, and `None` only when stopped
+    /// before any of a line was taken.
+    fn next_item(&mut self, block: bool) -> Option<Item> {
+        loop {
+            crate::health::fault("input");
+            let taken = match self.next_line(block) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => return None,
+                Err(e) => return Some(Item::Failed(format!("cannot read the input: {e}"))),
+            };
+            let Line {
+                bytes: mut line,
+                len,
+                too_long,
+                ..
+            } = std::mem::take(&mut self.line);
+            let cut = match taken {
+                Taken::Eof => return Some(Item::End),
+                Taken::Whole => false,
+                Taken::Cut => true,
+            };
+            self.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
             self.line_no += 1;
-            if !complete {
+            #[cfg(test)]
+            if self.panic_at_line == Some(self.line_no) {
+                panic!("told to panic at line {}", self.line_no);
+            }
+            trim_newline(&mut line);
+            if too_long || line.len() > self.defaults.max_line {
                 let ordinal = self.next_ordinal();
-                return Item::Rejected(Box::new(Record::rejected(
+                return Some(Item::Rejected(Box::new(Record::rejected(
                     ordinal,
                     self.line_no,
                     self.line_no.to_string(),
@@ -187,29 +413,21 @@ impl<R: Read> Reader<R> {
                         "line {} is longer than the limit of {} bytes",
                         self.line_no, self.defaults.max_line
                     ),
-                )));
+                ))));
             }
-            trim_newline(&mut line);
             // Blank lines are spacing, not jobs (as in xargs).
             if line.iter().all(u8::is_ascii_whitespace) {
+                if cut {
+                    return None;
+                }
                 continue;
             }
-            return match self.format {
-                InputFormat::Lines => {
-                    let job = JobSpec {
-                        ordinal: self.next_ordinal(),
-                        seq: self.line_no,
-                        id: self.line_no.to_string(),
-                        payload: line,
-                        ttl: self.defaults.ttl,
-                        cleanup: self.defaults.cleanup,
-                        kind: None,
-                        attempt: 1,
-                        run_id: 0,
-                        previous_errors: Vec::new(),
-                    };
-                    Item::Job(Box::new(job))
-                }
+            if cut {
+                // Not a whole job, whatever the format; it is recorded, never run.
+                return Some(Item::Job(Box::new(self.job(line))));
+            }
+            return Some(match self.format {
+                InputFormat::Lines => Item::Job(Box::new(self.job(line))),
                 InputFormat::Ndjson => match parse_ndjson(&line, self.line_no, &self.defaults) {
                     Ok(mut job) => {
                         job.ordinal = self.next_ordinal();
@@ -228,58 +446,85 @@ impl<R: Read> Reader<R> {
                         Item::Rejected(Box::new(record))
                     }
                 },
-            };
+            });
+        }
+    }
+
+    /// A job of the line just read, with `payload`.
+    fn job(&mut self, payload: Vec<u8>) -> JobSpec {
+        JobSpec {
+            ordinal: self.next_ordinal(),
+            seq: self.line_no,
+            id: self.line_no.to_string(),
+            payload,
+            ttl: self.defaults.ttl,
+            cleanup: self.defaults.cleanup,
+            kind: None,
+            attempt: 1,
+            run_id: 0,
+            previous_errors: Vec::new(),
+        }
+    }
+
+    /// Reads one line into `self.line`, consuming it (a pipe's bytes are taken at the next
+    /// commit; a piece of a long line at once). `None`: without `block`, no whole line in
+    /// the window; with it, stopped before any of the line was taken.
+    fn next_line(&mut self, block: bool) -> std::io::Result<Option<Taken>> {
+        let max = self.defaults.max_line;
+        loop {
+            let window = self.input.window();
+            if let Some(i) = memchr(window) {
+                self.line.push(&window[..=i], max);
+                self.input.consume(i + 1);
+                return Ok(Some(Taken::Whole));
+            }
+            if !block {
+                return Ok(None);
+            }
+            match self.input.fill(&self.stop)? {
+                Fill::More => {}
+                Fill::Full => {
+                    // Longer than the window: it is the line being returned, take it in
+                    // pieces so that the window can move on.
+                    let window = self.input.window();
+                    let n = window.len();
+                    self.line.push(window, max);
+                    self.input.consume(n);
+                    self.input.commit()?;
+                    self.line.taken = true;
+                    // A file or a busy pipe may never make the reader wait: a stop still
+                    // ends a long line here.
+                    if self.stop.is_raised() {
+                        return Ok(Some(Taken::Cut));
+                    }
+                }
+                Fill::Eof => {
+                    let window = self.input.window();
+                    if window.is_empty() && self.line.len == 0 {
+                        return Ok(Some(Taken::Eof));
+                    }
+                    let n = window.len();
+                    self.line.push(window, max);
+                    self.input.consume(n);
+                    return Ok(Some(Taken::Whole));
+                }
+                Fill::Stopped => {
+                    let ahead = self.input.taken_ahead();
+                    if !self.line.taken && ahead == 0 {
+                        self.line = Line::default();
+                        return Ok(None);
+                    }
+                    self.line.push(&self.input.window()[..ahead], max);
+                    self.input.consume(ahead);
+                    return Ok(Some(Taken::Cut));
+                }
+            }
         }
     }
 
     fn next_ordinal(&mut self) -> u64 {
         self.ordinal += 1;
         self.ordinal - 1
-    }
-}
-
-/// Reads one line of at most `max` bytes (newline excluded). Returns the bytes consumed and
-/// whether the line fit; the rest of a longer line is consumed and dropped.
-fn read_line_capped<R: BufRead>(
-    input: &mut R,
-    line: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<(usize, bool)> {
-    let mut consumed = 0;
-    let mut fits = true;
-    loop {
-        let buf = match input.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok((consumed, fits));
-        }
-        let (chunk, done) = match memchr(buf) {
-            Some(i) => (&buf[..=i], true),
-            None => (buf, false),
-        };
-        let len = chunk.len();
-        if fits {
-            if line.len() + len > max + 2 {
-                fits = false;
-                line.clear();
-            } else {
-                line.extend_from_slice(chunk);
-            }
-        }
-        input.consume(len);
-        consumed += len;
-        if done {
-            let body = line
-                .len()
-                .saturating_sub(if line.ends_with(b"\r\n") { 2 } else { 1 });
-            if fits && body > max {
-                fits = false;
-            }
-            return Ok((consumed, fits));
-        }
     }
 }
 
@@ -387,6 +632,10 @@ fn parse_ndjson(line: &[u8], line_no: u64, defaults: &Defaults) -> Result<JobSpe
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     fn defaults() -> Defaults {
@@ -397,22 +646,369 @@ mod tests {
         }
     }
 
-    fn items(input: &str, format: InputFormat) -> Vec<Item> {
-        let mut r = Reader {
-            input: BufReader::new(input.as_bytes()),
-            format,
-            defaults: defaults(),
-            line_no: 0,
-            ordinal: 0,
-            bytes_read: Arc::default(),
+    /// How a test feeds a reader.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Pipe,
+        File,
+        Socket,
+        Bytewise,
+    }
+
+    const KINDS: [Kind; 4] = [Kind::Pipe, Kind::File, Kind::Socket, Kind::Bytewise];
+
+    /// Writes `bytes` into a fresh pipe from a thread (so that more than a pipe's capacity
+    /// can be written), closing it after unless `keep_open`; returns the read end and the
+    /// writer.
+    fn pipe_with(
+        bytes: &[u8],
+        keep_open: bool,
+    ) -> (OwnedFd, std::thread::JoinHandle<Option<File>>) {
+        let (r, w) = crate::launch::pipe().unwrap();
+        let bytes = bytes.to_vec();
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            w.write_all(&bytes).unwrap();
+            keep_open.then_some(w)
+        });
+        (r, writer)
+    }
+
+    /// A temporary file holding `bytes`, open at offset 0.
+    fn file_with(bytes: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file.rewind().unwrap();
+        file
+    }
+
+    /// An input of `kind` holding `bytes` (at most a few KiB: all written before this
+    /// returns) and then its end, with a `window`; and a duplicate of it to see what is
+    /// left.
+    fn input_with(kind: Kind, bytes: &[u8], window: usize) -> (Input, File) {
+        let fd: OwnedFd = match kind {
+            Kind::Pipe | Kind::Bytewise => {
+                let (r, writer) = pipe_with(bytes, false);
+                writer.join().unwrap();
+                r
+            }
+            Kind::File => file_with(bytes).into(),
+            Kind::Socket => {
+                let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+                b.write_all(bytes).unwrap();
+                b.shutdown(std::net::Shutdown::Write).unwrap();
+                // Held open until the reader is done, so that the end is a shutdown.
+                std::thread::spawn(move || {
+                    let _ = b.read(&mut [0]);
+                });
+                a.into()
+            }
         };
+        let dup = File::from(fd.try_clone().unwrap());
+        let input = match kind {
+            Kind::Bytewise => Input::bytewise(fd, window).unwrap(),
+            _ => Input::new(fd, window).unwrap(),
+        };
+        let expected = match kind {
+            Kind::Pipe => "pipe",
+            Kind::File => "file",
+            Kind::Socket => "socket",
+            Kind::Bytewise => "bytewise",
+        };
+        assert_eq!(input.kind(), expected);
+        (input, dup)
+    }
+
+    fn reader(input: Input, format: InputFormat) -> Reader {
+        Reader::new(input, Arc::new(Stop::new().unwrap()), format, defaults())
+    }
+
+    /// Reads items one at a time, as the thread does for one token each.
+    fn take(r: &mut Reader, n: usize) -> Vec<Item> {
         let mut out = Vec::new();
-        loop {
-            match r.next_item() {
-                Item::End => return out,
-                item => out.push(item),
+        while out.len() < n {
+            let item = r.next_item(true).expect("not stopped");
+            r.input.commit().unwrap();
+            let last = item.is_last();
+            out.push(item);
+            if last {
+                break;
             }
         }
+        out
+    }
+
+    fn items_of(kind: Kind, input: &[u8], window: usize, format: InputFormat) -> Vec<Item> {
+        let (input, _dup) = input_with(kind, input, window);
+        let mut r = reader(input, format);
+        let mut out = take(&mut r, usize::MAX);
+        assert!(matches!(out.pop(), Some(Item::End)), "{out:?}");
+        out
+    }
+
+    fn items(input: &str, format: InputFormat) -> Vec<Item> {
+        items_of(Kind::Pipe, input.as_bytes(), WINDOW, format)
+    }
+
+    /// (seq, payload) of each job; panics on anything else.
+    fn jobs(items: &[Item]) -> Vec<(u64, String)> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Job(j) => (j.seq, String::from_utf8_lossy(&j.payload).into_owned()),
+                other => panic!("not a job: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// What is left to read from `dup` (to its end, or what is there now for a pipe whose
+    /// writer is still open).
+    fn rest(mut dup: File) -> Vec<u8> {
+        let mut out = Vec::new();
+        dup.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    /// Every kind and window size gives the same lines: split across windows, longer than
+    /// the window, CRLF, blank lines, and a last line without a newline.
+    #[test]
+    fn lines_come_out_the_same_whatever_the_window() {
+        let input = b"alpha\n\nbe\r\n  \n\r\na line longer than most windows\nz\n\n\nlast";
+        let expected: Vec<(u64, String)> = [
+            (1, "alpha"),
+            (3, "be"),
+            (6, "a line longer than most windows"),
+            (7, "z"),
+            (10, "last"),
+        ]
+        .iter()
+        .map(|&(seq, p)| (seq, p.to_owned()))
+        .collect();
+        for kind in KINDS {
+            for window in [1, 2, 3, 5, 7, 8, 13, 64, WINDOW] {
+                let got = items_of(kind, input, window, InputFormat::Lines);
+                assert_eq!(jobs(&got), expected, "{kind:?}, window {window}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_far_longer_than_the_window_is_whole_or_rejected() {
+        let long = "y".repeat(60);
+        let too_long = "n".repeat(200);
+        let input = format!("{long}\n{too_long}\nafter\n{too_long}");
+        for kind in KINDS {
+            for window in [1, 7, 16, 64, WINDOW] {
+                let got = items_of(kind, input.as_bytes(), window, InputFormat::Lines);
+                assert_eq!(got.len(), 4, "{kind:?}, window {window}: {got:?}");
+                assert_eq!(jobs(&got[..1]), [(1, long.clone())], "{kind:?}, {window}");
+                assert_eq!(
+                    jobs(&got[2..3]),
+                    [(3, "after".into())],
+                    "{kind:?}, {window}"
+                );
+                for (i, seq) in [(1, 2), (3, 4)] {
+                    assert!(
+                        matches!(&got[i], Item::Rejected(r) if r.seq == seq
+                            && r.error.as_deref().unwrap().contains("longer than")),
+                        "{kind:?}, window {window}: {:?}",
+                        got[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// After any number of lines, the input holds exactly the lines not returned: in the
+    /// pipe, on the socket, or after the file's offset once the reader is done.
+    #[test]
+    fn only_the_lines_returned_are_taken() {
+        let input = b"one\n\ntwo\r\nthree is longer\n\n\nfour\nfive";
+        // Where the input stands after each job: just past its line.
+        let ends = [4, 10, 26, 33, 37];
+        for kind in KINDS {
+            for window in [1, 4, 8, 64, WINDOW] {
+                for n in 0..ends.len() {
+                    let (input_fd, dup) = input_with(kind, input, window);
+                    let mut r = reader(input_fd, InputFormat::Lines);
+                    let got = take(&mut r, n);
+                    assert_eq!(got.len(), n, "{kind:?}, window {window}: {got:?}");
+                    drop(r);
+                    let at = if n == 0 { 0 } else { ends[n - 1] };
+                    if kind == Kind::File {
+                        let mut dup = dup;
+                        assert_eq!(dup.stream_position().unwrap(), at as u64, "window {window}");
+                        assert_eq!(rest(dup), &input[at..], "window {window}, {n} lines");
+                    } else {
+                        assert_eq!(
+                            rest(dup),
+                            &input[at..],
+                            "{kind:?}, window {window}, {n} lines"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The thread takes the lines of several tokens with one read, and still leaves the
+    /// rest; a file's offset is set back when it stops.
+    #[tokio::test]
+    async fn a_source_takes_what_it_returns_and_leaves_the_rest() {
+        let input = lines_text(1000);
+        for kind in [Kind::Pipe, Kind::File, Kind::Socket] {
+            let (input_fd, dup) = input_with(kind, input.as_bytes(), WINDOW);
+            let mut source = Source::spawn(reader(input_fd, InputFormat::Lines)).unwrap();
+            let mut got = Vec::new();
+            while got.len() < 700 {
+                // Batches of every size up to 40.
+                source.request(1 + got.len() % 40);
+                match source.next().await {
+                    Item::Job(j) => got.push(j.seq),
+                    other => panic!("{kind:?}: {other:?}"),
+                }
+            }
+            source.stop();
+            for item in source.close().await {
+                match item {
+                    Item::Job(j) => got.push(j.seq),
+                    other => panic!("{kind:?}: {other:?}"),
+                }
+            }
+            let n = got.len();
+            assert_eq!(got, (1..=n as u64).collect::<Vec<_>>(), "{kind:?}");
+            let left = String::from_utf8(rest(dup)).unwrap();
+            let expected: String = input.lines().skip(n).map(|l| format!("{l}\n")).collect();
+            assert_eq!(left, expected, "{kind:?}: {n} lines taken");
+        }
+    }
+
+    fn lines_text(n: usize) -> String {
+        (1..=n).map(|i| format!("{i}\n")).collect()
+    }
+
+    /// A reader waiting for a pipe that stays open returns at a stop, having taken nothing.
+    #[tokio::test]
+    async fn stop_wakes_a_reader_waiting_for_input() {
+        let (fd, writer) = pipe_with(b"", true);
+        let dup = File::from(fd.try_clone().unwrap());
+        let mut source = Source::start(fd, InputFormat::Lines, defaults()).unwrap();
+        source.request(4);
+        source.stop();
+        let items = source.close().await;
+        assert!(items.is_empty(), "{items:?}");
+        // What comes after is not read.
+        let mut w = writer.join().unwrap().unwrap();
+        w.write_all(b"late\n").unwrap();
+        drop(w);
+        assert_eq!(rest(dup), b"late\n");
+    }
+
+    /// A line longer than the window, taken in part when the stop came, is still returned.
+    #[tokio::test]
+    async fn a_line_cut_by_a_stop_is_returned() {
+        let (fd, writer) = pipe_with(b"0123456789abcdef", true);
+        // Written before the reader starts, and the pipe left open.
+        let mut w = writer.join().unwrap().unwrap();
+        let dup = File::from(fd.try_clone().unwrap());
+        let mut source =
+            Source::spawn(reader(Input::new(fd, 8).unwrap(), InputFormat::Lines)).unwrap();
+        source.request(1);
+        let mut queued: libc::c_int = 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while queued > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader took nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            // SAFETY: FIONREAD writes one c_int through a valid pointer.
+            assert_eq!(
+                unsafe { libc::ioctl(dup.as_raw_fd(), libc::FIONREAD, &mut queued) },
+                0
+            );
+        }
+        source.stop();
+        let items = source.close().await;
+        assert_eq!(jobs(&items), [(1, "0123456789abcdef".to_owned())]);
+        w.write_all(b"tail\nnext\n").unwrap();
+        drop(w);
+        assert_eq!(rest(dup), b"tail\nnext\n");
+    }
+
+    /// A stop ends a line longer than the window after the piece in hand, even where the
+    /// reader never waits (a file): the piece is returned and the rest left.
+    #[test]
+    fn a_stop_ends_a_long_line_after_the_piece_in_hand() {
+        let input = b"0123456789abcdefghij\nnext\n";
+        for kind in [Kind::Pipe, Kind::File, Kind::Socket] {
+            let (input_fd, dup) = input_with(kind, input, 8);
+            let mut r = reader(input_fd, InputFormat::Lines);
+            r.stop.raise();
+            let item = r.next_item(true);
+            assert_eq!(
+                jobs(&[item.unwrap()]),
+                [(1, "01234567".to_owned())],
+                "{kind:?}"
+            );
+            drop(r);
+            assert_eq!(rest(dup), &input[8..], "{kind:?}");
+        }
+    }
+
+    /// A panicking reader is a failure naming the panic, never an end of input; `close`
+    /// says so too.
+    #[tokio::test]
+    async fn a_panicking_reader_is_a_failure() {
+        let start = || {
+            let (fd, _) = pipe_with(b"a\nb\nc\n", false);
+            let mut r = reader(Input::new(fd, WINDOW).unwrap(), InputFormat::Lines);
+            r.panic_at_line = Some(2);
+            Source::spawn(r).unwrap()
+        };
+        let mut source = start();
+        source.request(1);
+        assert_eq!(jobs(&[source.next().await]), [(1, "a".to_owned())]);
+        source.request(1);
+        match source.next().await {
+            Item::Failed(e) => assert_eq!(e, "the input reader panicked: told to panic at line 2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(source.is_done());
+        assert!(source.close().await.is_empty(), "said once");
+
+        let mut source = start();
+        source.request(1);
+        assert_eq!(jobs(&[source.next().await]), [(1, "a".to_owned())]);
+        source.request(1);
+        // Not stopped before it gets to line 2.
+        while !source.thread.as_ref().unwrap().is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let items = source.close().await;
+        assert!(
+            matches!(items.last(), Some(Item::Failed(e)) if e.contains("panicked: told to panic")),
+            "{items:?}"
+        );
+
+        let mut source = start();
+        source.request(2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // Line 1 comes first or not at all (when both tokens made one batch).
+        let item = loop {
+            match source.try_next() {
+                Some(Item::Job(j)) if j.seq == 1 => {}
+                Some(item) => break item,
+                None => {
+                    assert!(std::time::Instant::now() < deadline, "no failure");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        assert!(
+            matches!(&item, Item::Failed(e) if e.contains("panicked")),
+            "{item:?}"
+        );
     }
 
     #[test]

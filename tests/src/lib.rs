@@ -140,6 +140,7 @@ pub struct Jobsup {
     env: Vec<(OsString, OsString)>,
     stdin: Vec<u8>,
     keep_stdin_open: bool,
+    stdin_from: Option<Stdio>,
     timeout: Duration,
     stdout_to: Option<Stdio>,
     stderr_to: Option<Stdio>,
@@ -159,6 +160,7 @@ impl Jobsup {
             env: Vec::new(),
             stdin: Vec::new(),
             keep_stdin_open: false,
+            stdin_from: None,
             timeout: DEFAULT_RUN_TIMEOUT,
             stdout_to: None,
             stderr_to: None,
@@ -256,6 +258,13 @@ impl Jobsup {
         self
     }
 
+    /// Gives jobsup this standard input (a pipe or file the test made, of which it may keep
+    /// a duplicate) instead of a pipe from the test; [`Jobsup::stdin`] is then ignored.
+    pub fn stdin_from(mut self, stdin: impl Into<Stdio>) -> Self {
+        self.stdin_from = Some(stdin.into());
+        self
+    }
+
     /// Overrides the global deadline of this run.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -303,6 +312,9 @@ impl Jobsup {
         }
         if let Some(to) = self.stderr_to.take() {
             cmd.stderr(to);
+        }
+        if let Some(stdin) = self.stdin_from.take() {
+            cmd.stdin(stdin);
         }
         let command_line = self.describe();
         let mut child = cmd

@@ -134,3 +134,14 @@ fn a_panicking_output_writer_ends_the_run_with_125_and_says_so() {
         "how many records were lost is said\n{run}"
     );
 }
+
+#[test]
+fn a_panicking_input_reader_is_an_error_not_the_end_of_the_input() {
+    let run = run_with_fault("input:4", &[]);
+    let recs = assert_recorded_and_ended(&run, "input");
+    assert!(
+        run.stderr.contains("the input reader panicked"),
+        "the reader's end is not taken for the end of the input\n{run}"
+    );
+    assert!(recs.len() < JOBS, "the run stopped reading\n{run}");
+}

@@ -1,4 +1,4 @@
-//! Running one job to its outcome: the shell around [`crate::deadline::JobRun`], which holds
+//! Running one job to its outcome: the shell around `deadline::JobRun`, which holds
 //! the deadline rules of DESIGN.md. This file only moves bytes and timers: it feeds the
 //! state machine what the worker said, did and when, carries out what it answers (the
 //! cleanup request, a warning), and turns its verdict into the job's record.

@@ -8,8 +8,7 @@
 //! its end (the pool's `JoinSet` of worker tasks, the reader's and writer's join handles,
 //! the reaper's and spawners' own `catch_unwind`), so nothing waits for a part that died.
 //!
-//! With the `fault-injection` feature (for the end-to-end tests only), [`fault`] panics at
-//! the point that `JOBSUP_FAULT` names, so those paths are tested for real.
+//! The test-only fault points ([`fault`]) live in `jobsup_process::fault`.
 
 use std::sync::OnceLock;
 
@@ -57,45 +56,4 @@ pub async fn broken() -> &'static str {
     }
 }
 
-/// The message of a panic payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
-    }
-}
-
-/// Test-only: panics when `JOBSUP_FAULT` names `point` (and, with `point:N`, on its Nth
-/// visit). Compiled to nothing without the `fault-injection` feature.
-#[inline]
-pub fn fault(point: &str) {
-    #[cfg(feature = "fault-injection")]
-    injected::check(point);
-    #[cfg(not(feature = "fault-injection"))]
-    let _ = point;
-}
-
-#[cfg(feature = "fault-injection")]
-mod injected {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    static VISITS: AtomicU64 = AtomicU64::new(0);
-
-    pub(super) fn check(point: &str) {
-        let spec = SPEC.get_or_init(|| {
-            let raw = std::env::var("JOBSUP_FAULT").ok()?;
-            let (name, nth) = raw.split_once(':').unwrap_or((raw.as_str(), "1"));
-            Some((name.to_string(), nth.parse().unwrap_or(1)))
-        });
-        if let Some((name, nth)) = spec {
-            if name == point && VISITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
-                panic!("fault injected at {point} (JOBSUP_FAULT)");
-            }
-        }
-    }
-}
+pub use jobsup_process::fault::{fault, panic_message};

@@ -53,7 +53,7 @@ pub struct Stop {
 impl Stop {
     /// A stop not yet raised.
     pub fn new() -> io::Result<Stop> {
-        let (read, write) = crate::launch::pipe()?;
+        let (read, write) = jobsup_process::fd::pipe()?;
         Ok(Stop {
             raised: AtomicBool::new(false),
             read,
@@ -129,7 +129,7 @@ impl Input {
         let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
         let mut cap = window.clamp(1, WINDOW);
         let how = if kind == SFlag::S_IFIFO {
-            let (peek_r, peek_w) = crate::launch::pipe()?;
+            let (peek_r, peek_w) = jobsup_process::fd::pipe()?;
             // A peek sees at most what the private pipe holds (less than 64 KiB for a user
             // past the kernel's pipe-user-pages-soft).
             // SAFETY: F_GETPIPE_SZ reads an integer property of an fd we own.
@@ -581,7 +581,7 @@ mod tests {
     /// is taken meanwhile: not when the rest comes, not when a stop does.
     #[test]
     fn half_a_line_in_a_pipe_is_waited_for_and_left_there() {
-        let (r, w) = crate::launch::pipe().unwrap();
+        let (r, w) = jobsup_process::fd::pipe().unwrap();
         let dup = File::from(r.try_clone().unwrap());
         let mut w = File::from(w);
         let mut input = Input::new(r, WINDOW).unwrap();
@@ -616,7 +616,7 @@ mod tests {
     /// A reader asleep in poll on a pipe that stays empty (and open) wakes at a stop.
     #[test]
     fn a_stop_wakes_a_reader_asleep_on_an_empty_pipe() {
-        let (r, w) = crate::launch::pipe().unwrap();
+        let (r, w) = jobsup_process::fd::pipe().unwrap();
         let mut input = Input::new(r, WINDOW).unwrap();
         let stop = std::sync::Arc::new(Stop::new().unwrap());
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
@@ -663,7 +663,7 @@ mod tests {
     /// The end of a pipe with half a line in it is the end of that line.
     #[test]
     fn a_pipe_that_ends_mid_line_ends_the_line() {
-        let (r, w) = crate::launch::pipe().unwrap();
+        let (r, w) = jobsup_process::fd::pipe().unwrap();
         let mut input = Input::new(r, WINDOW).unwrap();
         let stop = Stop::new().unwrap();
         let mut w = File::from(w);
@@ -683,7 +683,7 @@ mod tests {
     /// A peek that cannot see the whole line asks for it to be taken in pieces.
     #[test]
     fn a_full_window_asks_to_be_consumed() {
-        let (r, w) = crate::launch::pipe().unwrap();
+        let (r, w) = jobsup_process::fd::pipe().unwrap();
         let mut input = Input::new(r, 4).unwrap();
         let stop = Stop::new().unwrap();
         File::from(w).write_all(b"abcdefgh").unwrap();

@@ -16,29 +16,25 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the invariants.
 
-pub mod cgroup;
+// The process machinery is its own crate; its modules keep their names here.
+pub use jobsup_process::{cgroup, guard, isolate, process, reaper, sandbox};
+
 pub mod cli;
 pub mod config;
 pub mod conn;
 pub(crate) mod deadline;
 pub mod drain;
 pub mod exit;
-pub mod guard;
 pub mod health;
 pub mod input_fd;
-pub mod isolate;
 pub mod joblog;
-pub mod launch;
 pub mod link;
 pub mod live;
 pub mod logs;
 pub mod pool;
-pub mod process;
 pub mod progress;
-pub mod reaper;
 pub mod record;
 pub mod run;
-pub mod sandbox;
 pub mod signals;
 pub mod sink;
 pub mod source;

@@ -664,7 +664,7 @@ mod tests {
         bytes: &[u8],
         keep_open: bool,
     ) -> (OwnedFd, std::thread::JoinHandle<Option<File>>) {
-        let (r, w) = crate::launch::pipe().unwrap();
+        let (r, w) = jobsup_process::fd::pipe().unwrap();
         let bytes = bytes.to_vec();
         let writer = std::thread::spawn(move || {
             let mut w = File::from(w);

@@ -150,7 +150,7 @@ impl Registry {
 }
 
 fn reap_all(registry: &Mutex<Registry>) {
-    crate::health::fault("reaper");
+    crate::fault::fault("reaper");
     loop {
         let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),

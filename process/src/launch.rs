@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// Everything the child needs, as C data made before the clone (the child may not
@@ -121,7 +121,7 @@ pub fn launch<F>(plan: &Plan, stack: &mut Stack, setup: &F) -> io::Result<(i32, 
 where
     F: Fn() -> io::Result<()>,
 {
-    let (report_r, report_w) = pipe()?;
+    let (report_r, report_w) = crate::fd::pipe()?;
     let child = Child {
         plan,
         setup,
@@ -316,9 +316,4 @@ struct KernelSigaction {
     flags: libc::c_ulong,
     restorer: usize,
     mask: u64,
-}
-
-/// A pipe whose both ends are close-on-exec (a child gets its copies through dup2).
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }

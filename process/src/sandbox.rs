@@ -11,7 +11,7 @@
 //! - stdin on `/dev/null`, stdout and stderr on pipes that the worker task drains, and the
 //!   protocol pipes on fds 3 and 4.
 //!
-//! The clone itself is [`crate::launch`]. A spawning thread waits while its child sets up
+//! The clone itself is `launch`'s. A spawning thread waits while its child sets up
 //! and execs, so there are as many spawner threads as cores (up to 4) for workers to start
 //! side by side; each registers its child with the reaper, which keeps a status that came
 //! first (see [`crate::reaper`]).
@@ -259,7 +259,7 @@ impl Spawner {
                         // live on for the parent-death signal of the children it made.
                         let spawned =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                crate::health::fault("spawner");
+                                crate::fault::fault("spawner");
                                 spawn(&mut state, supervisor_pid, &spec)
                             }))
                             .unwrap_or_else(|panic| {
@@ -267,7 +267,7 @@ impl Spawner {
                                     program: spec.program.display().to_string(),
                                     source: io::Error::other(format!(
                                         "internal error while spawning: {}",
-                                        crate::health::panic_message(&*panic)
+                                        crate::fault::panic_message(&*panic)
                                     )),
                                 })
                             });
@@ -310,8 +310,8 @@ fn spawn(
     // Both ends are close-on-exec; the child's copies are made by dup2 after fork.
     let protocol = if spec.protocol_fds {
         Some((
-            launch::pipe().map_err(other)?,
-            launch::pipe().map_err(other)?,
+            crate::fd::pipe().map_err(other)?,
+            crate::fd::pipe().map_err(other)?,
         ))
     } else {
         None
@@ -330,14 +330,14 @@ fn spawn(
     // The standard fds: stdin on a pipe or /dev/null, stdout and stderr on pipes. Every
     // end is close-on-exec; the child's copies are placed by dup2.
     let stdin = if spec.stdin_pipe {
-        let (r, w) = launch::pipe().map_err(other)?;
+        let (r, w) = crate::fd::pipe().map_err(other)?;
         (r, Some(w))
     } else {
         let null = File::open("/dev/null").map_err(other)?;
         (OwnedFd::from(null), None)
     };
-    let (stdout_r, stdout_w) = launch::pipe().map_err(other)?;
-    let (stderr_r, stderr_w) = launch::pipe().map_err(other)?;
+    let (stdout_r, stdout_w) = crate::fd::pipe().map_err(other)?;
+    let (stderr_r, stderr_w) = crate::fd::pipe().map_err(other)?;
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(key, _)| {

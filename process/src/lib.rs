@@ -1,0 +1,42 @@
+//! jobsup-process: the Linux process machinery of the jobsup supervisor, behind a small safe
+//! API. Every `unsafe` block of the supervisor side lives in this crate.
+//!
+//! # Theory of operation
+//!
+//! A [`sandbox::Spawner`] starts worker processes from a few long-lived threads (a child's
+//! parent-death signal follows the thread that spawned it, so those threads never exit).
+//! Each child is set up between clone and exec by `launch` in one ordered routine:
+//! session and process group, parent-death signal, namespaces ([`isolate`]), the fd table,
+//! resource limits, `no_new_privs`, the environment and the directory; a failure before
+//! exec comes back as an error naming the stage, never as a processor that "exited 127".
+//!
+//! A started worker is a [`process::Process`]: its pid (which is also its process group),
+//! its cgroup where the machine offers one ([`cgroup`]), and its exit status, which the one
+//! [`reaper`] thread collects (jobsup is a child subreaper; exactly one party may call
+//! `waitpid`). [`process::Process::end`] is the one kill-wait-reap sequence: SIGKILL to the
+//! group, the cgroup and the descendants that left the group, then the reaped status. A
+//! `Process` dropped without being ended is killed.
+//!
+//! The [`guard`] is a small process that outlives a killed supervisor just long enough to
+//! kill what its workers left behind.
+//!
+//! # Guarantees
+//!
+//! - No worker outlives the supervisor: parent-death signal for the worker itself, the
+//!   guard for its descendants, `--isolate pid` for everything.
+//! - A limit a worker is started with is never silently dropped: a worker whose cgroup
+//!   limits cannot be set is not started.
+//! - Between clone and exec the child (which may share the supervisor's memory) runs no
+//!   code that allocates or takes a lock.
+//! - The reaper and spawner threads survive a bug in one spawn or reap: a panic there is
+//!   an error for that spawn, or closes every waiter's channel, never a hang.
+
+pub mod cgroup;
+pub mod fault;
+pub mod fd;
+pub mod guard;
+pub mod isolate;
+pub(crate) mod launch;
+pub mod process;
+pub mod reaper;
+pub mod sandbox;

@@ -1,9 +1,171 @@
-//! File descriptors as the supervisor uses them: safe wrappers over the few calls it needs.
+//! File descriptors as the supervisor uses them: safe wrappers over the few system calls it
+//! needs beyond std and nix, so that the supervisor crate itself holds no `unsafe`.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 /// A pipe whose both ends are close-on-exec (a child gets its copies through dup2).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Bytes waiting to be read in a pipe or socket (`FIONREAD`; on a pipe, from either end).
+pub fn unread(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid for it; the
+    // fd is open for the borrow's lifetime.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The capacity of a pipe (`F_GETPIPE_SZ`).
+pub fn pipe_capacity(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: F_GETPIPE_SZ reads an integer property of an open fd; no memory is passed.
+    let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(size).map_err(|_| io::Error::last_os_error())
+}
+
+/// Copies up to `len` bytes from the pipe `from` into the pipe `to` without taking them
+/// from `from` (`tee(2)`, non-blocking). Returns how many; 0 at end of file.
+pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: tee takes two open fds and plain integers; it passes no memory.
+    let n = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Reads what a stream socket holds into `buf` without taking it (`MSG_PEEK`, without
+/// blocking). Returns how many bytes; 0 at end of file.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Whether `fd` is a stream socket.
+pub fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one c_int into `kind`; `len` says how big it is, and both
+    // pointers are valid for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && kind == libc::SOCK_STREAM
+}
+
+/// Waits until one of `fds` is ready for what its `events` ask (or has hung up), or until
+/// `timeout` (forever with `None`). A signal's interruption is retried.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    let ms = match timeout {
+        None => -1,
+        Some(d) => libc::c_int::try_from(d.as_millis()).unwrap_or(libc::c_int::MAX),
+    };
+    loop {
+        // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfd structs for the
+        // duration of the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether the descriptor number `fd` is open in this process.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the flags of whatever `fd` names, and fails (EBADF) on a
+    // number that names nothing; no memory is passed.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Which of fds 0, 1 and 2 were closed when the process started (bit `n` for fd `n`).
+///
+/// Rust's runtime opens `/dev/null` on a closed standard fd before `main` (so that no
+/// later file can take its number), which hides `jobsup run ... >&-`: the records would
+/// go to `/dev/null`. So this is seen earlier, by [`CHECK_STD_FDS`].
+static CLOSED_AT_START: AtomicU8 = AtomicU8::new(0);
+
+/// Runs before Rust's runtime is set up (an ELF constructor), and only looks.
+#[used]
+#[link_section = ".init_array"]
+static CHECK_STD_FDS: extern "C" fn() = {
+    extern "C" fn check() {
+        CLOSED_AT_START.store(closed_std_fds(), Ordering::Relaxed);
+    }
+    check
+};
+
+/// The standard fds that are closed now (bit `n` for fd `n`).
+fn closed_std_fds() -> u8 {
+    (0..3)
+        .filter(|&fd| !is_open(fd))
+        .fold(0, |closed, fd| closed | 1 << fd)
+}
+
+/// Opens `/dev/null` onto every standard fd that is closed (as Rust's runtime already does,
+/// unless `main` is reached some other way), so that no file opened later takes fd 0, 1 or
+/// 2. Returns the fds that were closed at start, or are now (bit `n` for fd `n`). Call it
+/// first thing in `main`.
+pub fn open_closed_std_fds() -> u8 {
+    // Keeps the constructor linked: its object file is pulled in by this reference.
+    std::hint::black_box(&CHECK_STD_FDS);
+    let closed = closed_std_fds();
+    for fd in (0..3).filter(|fd| closed & 1 << fd != 0) {
+        // SAFETY: plain system calls on fds this process owns; the lowest free number is
+        // `fd` (the ones below it are open), and dup2 makes sure of it.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if null >= 0 && null != fd {
+                libc::dup2(null, fd);
+                libc::close(null);
+            } else if null == fd {
+                // The standard fds must survive exec, for whoever inherits them.
+                libc::fcntl(fd, libc::F_SETFD, 0);
+            }
+        }
+    }
+    closed | CLOSED_AT_START.load(Ordering::Relaxed)
+}
+
+/// Counts every delivery of `sig` into `count`, from inside the signal handler (alongside
+/// any other handler registered for it).
+pub fn count_signal(
+    sig: i32,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> io::Result<()> {
+    // SAFETY: the action only does an atomic increment, which is async-signal-safe.
+    unsafe {
+        signal_hook::low_level::register(sig, move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        })?;
+    }
+    Ok(())
 }

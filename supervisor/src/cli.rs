@@ -144,51 +144,8 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
-/// Which of fds 0, 1 and 2 were closed when the process started (bit `n` for fd `n`).
-///
-/// Rust's runtime opens `/dev/null` on a closed standard fd before `main` (so that no
-/// later file can take its number), which hides `jobsup run ... >&-`: the records would
-/// go to `/dev/null`. So this is seen earlier, by [`CHECK_STD_FDS`].
+/// Which of fds 0, 1 and 2 were closed at start (bit `n` for fd `n`).
 static CLOSED_AT_START: AtomicU8 = AtomicU8::new(0);
-
-/// Runs before Rust's runtime is set up (an ELF constructor), and only looks.
-#[used]
-#[link_section = ".init_array"]
-static CHECK_STD_FDS: extern "C" fn() = {
-    extern "C" fn check() {
-        CLOSED_AT_START.store(closed_std_fds(), Ordering::Relaxed);
-    }
-    check
-};
-
-/// The standard fds that are closed now (bit `n` for fd `n`).
-fn closed_std_fds() -> u8 {
-    (0..3)
-        // SAFETY: F_GETFD only reads the fd's flags; it fails only on a closed fd.
-        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1)
-        .fold(0, |closed, fd| closed | 1 << fd)
-}
-
-/// Opens `/dev/null` onto every standard fd that is closed (as Rust's runtime already does,
-/// unless jobsup's `main` is reached some other way), so that no file jobsup opens later
-/// takes fd 0, 1 or 2. Returns the fds that were closed at start, or are now.
-fn open_closed_std_fds() -> u8 {
-    // Keeps the constructor linked: its object file is pulled in by this reference.
-    std::hint::black_box(&CHECK_STD_FDS);
-    let closed = closed_std_fds();
-    for fd in (0..3).filter(|fd| closed & 1 << fd != 0) {
-        // SAFETY: plain system calls on fds this process owns; the lowest free number is
-        // `fd` (the ones below it are open), and dup2 makes sure of it.
-        unsafe {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            if null >= 0 && null != fd {
-                libc::dup2(null, fd);
-                libc::close(null);
-            }
-        }
-    }
-    closed | CLOSED_AT_START.load(Ordering::Relaxed)
-}
 
 /// Whether stdout was closed when jobsup started.
 pub fn stdout_was_closed() -> bool {
@@ -198,7 +155,7 @@ pub fn stdout_was_closed() -> bool {
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
 pub fn main() -> ExitCode {
     // Before anything opens a file.
-    CLOSED_AT_START.store(open_closed_std_fds(), Ordering::Relaxed);
+    CLOSED_AT_START.store(jobsup_process::fd::open_closed_std_fds(), Ordering::Relaxed);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -329,17 +329,9 @@ impl Writer {
             // The reader went away (a broken pipe): it takes nothing more.
             return (!self.close_when_flushed).then_some(usize::MAX);
         };
-        let mut in_pipe: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through the pointer; the fd is open (owned by
-        // `tx`). On a pipe it counts the unread bytes, from either end.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(tx),
-                libc::FIONREAD,
-                &mut in_pipe,
-            )
-        };
-        (rc == 0).then(|| queued + in_pipe.max(0) as usize)
+        // On a pipe it counts the unread bytes, from either end.
+        let in_pipe = jobsup_process::fd::unread(std::os::fd::AsFd::as_fd(tx)).ok()?;
+        Some(queued + in_pipe)
     }
 
     /// Whether queued bytes are waiting for the pipe.

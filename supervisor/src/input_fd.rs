@@ -132,9 +132,7 @@ impl Input {
             let (peek_r, peek_w) = jobsup_process::fd::pipe()?;
             // A peek sees at most what the private pipe holds (less than 64 KiB for a user
             // past the kernel's pipe-user-pages-soft).
-            // SAFETY: F_GETPIPE_SZ reads an integer property of an fd we own.
-            let size = unsafe { libc::fcntl(peek_w.as_raw_fd(), libc::F_GETPIPE_SZ) };
-            if let Ok(size) = usize::try_from(size) {
+            if let Ok(size) = jobsup_process::fd::pipe_capacity(peek_w.as_fd()) {
                 cap = cap.min(size.max(1));
             }
             How::Pipe {
@@ -312,35 +310,24 @@ impl Input {
     /// Peeks at the input into `buf` (which then mirrors it from its first byte). `None`
     /// when it is empty and a writer is left.
     fn peek(&mut self) -> io::Result<Option<usize>> {
-        let fd = self.file.as_raw_fd();
         let n = loop {
             let r = match &self.how {
-                // SAFETY: tee on two pipe fds we hold open; it passes no memory.
-                How::Pipe { peek_w, .. } => unsafe {
-                    libc::tee(fd, peek_w.as_raw_fd(), self.cap, libc::SPLICE_F_NONBLOCK)
-                },
-                // SAFETY: buf is valid for writes of cap bytes (its length) and outlives
-                // the call.
-                How::Socket => unsafe {
-                    libc::recv(
-                        fd,
-                        self.buf.as_mut_ptr().cast(),
-                        self.cap,
-                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                    )
-                },
+                How::Pipe { peek_w, .. } => {
+                    jobsup_process::fd::tee(self.file.as_fd(), peek_w.as_fd(), self.cap)
+                }
+                How::Socket => {
+                    let cap = self.cap.min(self.buf.len());
+                    jobsup_process::fd::peek(self.file.as_fd(), &mut self.buf[..cap])
+                }
                 How::File | How::Bytewise => return Err(io::ErrorKind::Unsupported.into()),
             };
-            match usize::try_from(r) {
+            match r {
                 Ok(n) => break n,
-                Err(_) => {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        io::ErrorKind::Interrupted => continue,
-                        io::ErrorKind::WouldBlock => return Ok(None),
-                        _ => return Err(e),
-                    }
-                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(None),
+                    _ => return Err(e),
+                },
             }
         };
         if let How::Pipe { peek_r, .. } = &self.how {
@@ -356,13 +343,7 @@ impl Input {
 
     /// Bytes the input holds, when it says (`FIONREAD`).
     fn queued(&self) -> Option<usize> {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int through the pointer, which is valid for it.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FIONREAD, &mut n) };
-        if r < 0 {
-            return None;
-        }
-        usize::try_from(n).ok()
+        jobsup_process::fd::unread(self.file.as_fd()).ok()
     }
 
     fn fill_file(&mut self) -> io::Result<Fill> {
@@ -444,20 +425,7 @@ impl Drop for Input {
 }
 
 fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one c_int into `kind`; `len` says how big it is, and both
-    // pointers are valid for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && kind == libc::SOCK_STREAM
+    jobsup_process::fd::is_stream_socket(fd)
 }
 
 /// Reads what comes, retrying on EINTR.
@@ -540,26 +508,9 @@ fn wait_stop(stop: &Stop, timeout: Duration) -> io::Result<Ready> {
     })
 }
 
-/// poll(2), retrying on EINTR (with the whole timeout again: only the backoff and the
-/// immediate checks have one).
-fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
-    let ms = match timeout {
-        None => -1,
-        Some(d) => libc::c_int::try_from(d.as_millis()).unwrap_or(libc::c_int::MAX),
-    };
-    loop {
-        // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfd structs for the
-        // duration of the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
+// poll(2), retrying on EINTR (with the whole timeout again: only the backoff and the
+// immediate checks have one).
+use jobsup_process::fd::poll;
 
 #[cfg(test)]
 mod tests {
@@ -567,14 +518,8 @@ mod tests {
 
     use super::*;
 
-    fn queued(file: &File) -> libc::c_int {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int through a valid pointer.
-        assert_eq!(
-            unsafe { libc::ioctl(file.as_raw_fd(), libc::FIONREAD, &mut n) },
-            0
-        );
-        n
+    fn queued(file: &File) -> usize {
+        jobsup_process::fd::unread(file.as_fd()).expect("FIONREAD")
     }
 
     /// A writer that stopped in the middle of a line is waited for, and nothing of the line
@@ -623,8 +568,7 @@ mod tests {
         let waiter = std::thread::spawn({
             let stop = std::sync::Arc::clone(&stop);
             move || {
-                // SAFETY: gettid has no preconditions.
-                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
                 input.fill(&stop).unwrap()
             }
         });

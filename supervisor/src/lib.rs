@@ -14,7 +14,10 @@
 //!
 //! [`exit`] maps the run's end and its worst outcome to the exit code, in one place.
 //!
-//! See `ARCHITECTURE.md` at the repository root for the invariants.
+//! See `ARCHITECTURE.md` at the repository root for the invariants. Every `unsafe` of the
+//! supervisor side lives in `jobsup-process`: this crate forbids it.
+
+#![forbid(unsafe_code)]
 
 // The process machinery is its own crate; its modules keep their names here.
 pub use jobsup_process::{cgroup, guard, isolate, process, reaper, sandbox};

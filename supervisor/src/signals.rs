@@ -39,14 +39,7 @@ impl Interrupts {
                 // the counter exists.
                 let stream = signal(SignalKind::from_raw(sig))?;
                 let count = Arc::new(AtomicUsize::new(0));
-                let c = Arc::clone(&count);
-                // SAFETY: the action only does an atomic increment, which is
-                // async-signal-safe.
-                unsafe {
-                    signal_hook::low_level::register(sig, move || {
-                        c.fetch_add(1, Ordering::SeqCst);
-                    })?;
-                }
+                jobsup_process::fd::count_signal(sig, Arc::clone(&count))?;
                 Ok((sig, stream, count))
             })
             .collect::<std::io::Result<_>>()?;

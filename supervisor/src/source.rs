@@ -634,7 +634,7 @@ fn parse_ndjson(line: &[u8], line_no: u64, defaults: &Defaults) -> Result<JobSpe
 mod tests {
     use std::fs::File;
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     use super::*;
 
@@ -914,7 +914,7 @@ mod tests {
         let mut source =
             Source::spawn(reader(Input::new(fd, 8).unwrap(), InputFormat::Lines)).unwrap();
         source.request(1);
-        let mut queued: libc::c_int = 1;
+        let mut queued: usize = 1;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while queued > 0 {
             assert!(
@@ -922,11 +922,7 @@ mod tests {
                 "the reader took nothing"
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
-            // SAFETY: FIONREAD writes one c_int through a valid pointer.
-            assert_eq!(
-                unsafe { libc::ioctl(dup.as_raw_fd(), libc::FIONREAD, &mut queued) },
-                0
-            );
+            queued = jobsup_process::fd::unread(dup.as_fd()).expect("FIONREAD");
         }
         source.stop();
         let items = source.close().await;

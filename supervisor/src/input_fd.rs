@@ -346,15 +346,24 @@ impl Input {
         jobsup_process::fd::unread(self.file.as_fd()).ok()
     }
 
-    fn fill_file(&mut self) -> io::Result<Fill> {
+    /// Moves what is left of the window to the front of the buffer when the end is reached,
+    /// so that more fits; false when the window is full.
+    fn make_room(&mut self) -> bool {
         let pending = self.end - self.head;
         if pending >= self.cap {
-            return Ok(Fill::Full);
+            return false;
         }
         if self.end == self.cap {
             self.buf.copy_within(self.head..self.end, 0);
             self.head = 0;
             self.end = pending;
+        }
+        true
+    }
+
+    fn fill_file(&mut self) -> io::Result<Fill> {
+        if !self.make_room() {
+            return Ok(Fill::Full);
         }
         let n = read_some(&self.file, &mut self.buf[self.end..self.cap])?;
         if n == 0 {
@@ -366,14 +375,8 @@ impl Input {
     }
 
     fn fill_bytewise(&mut self, stop: &Stop) -> io::Result<Fill> {
-        let pending = self.end - self.head;
-        if pending >= self.cap {
+        if !self.make_room() {
             return Ok(Fill::Full);
-        }
-        if self.end == self.cap {
-            self.buf.copy_within(self.head..self.end, 0);
-            self.head = 0;
-            self.end = pending;
         }
         loop {
             if let Ready::Stopped = wait(self.file.as_fd(), stop, None)? {

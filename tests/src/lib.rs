@@ -576,6 +576,19 @@ pub struct Run {
 }
 
 impl Run {
+    /// The JSON summary (`--summary json`) in jobsup's stderr: the last line that starts a
+    /// JSON object. Fails the test when there is none.
+    pub fn json_summary(&self) -> Value {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\""))
+            .unwrap_or_else(|| panic!("no JSON summary on stderr\n{self}"));
+        serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("the summary is not JSON ({e}): {line}"))
+    }
+
     /// jobsup's exit code; fails the test if jobsup was killed by a signal.
     pub fn code(&self) -> i32 {
         use std::os::unix::process::ExitStatusExt;

@@ -104,11 +104,7 @@ fn a_panic_while_spawning_fails_the_start_and_ends_the_run() {
 fn the_json_summary_names_the_failure_too() {
     let run = run_with_fault("worker:1", &["--summary", "json", "-q"]);
     assert_eq!(run.code(), 125, "{run}");
-    let summary = run
-        .stderr
-        .lines()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .unwrap_or_else(|| panic!("no JSON summary\n{run}"));
+    let summary = run.json_summary();
     assert!(
         summary["internal_error"]
             .as_str()

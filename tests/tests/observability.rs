@@ -193,17 +193,6 @@ fn summary_counts(outcomes: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The JSON summary in jobsup's stderr: the last line that starts a JSON object.
-fn json_summary(run: &Run) -> Value {
-    let line = run
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("{\""))
-        .unwrap_or_else(|| panic!("no JSON summary on stderr\n{run}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("the summary is not JSON ({e}): {line}"))
-}
-
 /// A fresh `jobsup report` command.
 fn report() -> Jobsup {
     Jobsup::new(bin!("jobsup-shim")).arg("report")
@@ -419,7 +408,7 @@ fn json_summary_counts_add_up_overall_and_per_kind() {
     assert_eq!(run.code(), MIXED_EXIT, "{run}");
     let recs = run.records();
     assert_eq!(recs.len(), MIXED.len() + REJECTED_LINES.len(), "{run}");
-    let s = json_summary(&run);
+    let s = run.json_summary();
 
     assert_eq!(s["jobs"].as_u64(), Some(recs.len() as u64), "{s}");
     let counts = summary_counts(&s["outcomes"]);
@@ -626,7 +615,7 @@ fn report_reads_a_gnu_parallel_joblog_by_exit_value() {
 fn report_on_a_results_file_matches_the_runs_own_summary() {
     let run = run_mixed(&["--summary", "json", "--joblog", "jobs.tsv"]);
     assert_eq!(run.code(), MIXED_EXIT, "{run}");
-    let mut summary = json_summary(&run);
+    let mut summary = run.json_summary();
     // What only the run itself knows.
     let obj = summary.as_object_mut().unwrap();
     assert!(obj.remove("elapsed_s").is_some() && obj.remove("jobs_per_s").is_some());

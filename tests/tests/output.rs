@@ -32,14 +32,7 @@ fn lost_of_total(run: &Run) -> (u64, u64) {
 
 /// The jobs counted by the JSON summary on stderr.
 fn summary_jobs(run: &Run) -> u64 {
-    let line = run
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("{\""))
-        .unwrap_or_else(|| panic!("no JSON summary on stderr\n{run}"));
-    let summary: serde_json::Value = serde_json::from_str(line).expect("the summary is JSON");
-    summary["jobs"].as_u64().expect("a job count")
+    run.json_summary()["jobs"].as_u64().expect("a job count")
 }
 
 /// `jobsup run ARGS` through `sh -c 'exec "$@" REDIRECTION'`: jobsup itself starts with

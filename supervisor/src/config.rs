@@ -72,6 +72,28 @@ impl Serialize for Dur {
     }
 }
 
+/// The largest `RLIMIT_NOFILE` a worker can be given: jobsup's own hard limit, which a
+/// process with `CAP_SYS_RESOURCE` may raise up to `fs.nr_open`.
+fn most_open_files() -> u64 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(_, hard)| hard);
+    let may_raise = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let caps = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(caps.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
+    if !may_raise {
+        return hard;
+    }
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map_or(hard, |nr_open: u64| nr_open.max(hard))
+}
+
 /// A size in bytes: a number, or a number with a unit (`64KiB`, `10MB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
@@ -459,6 +481,18 @@ impl Pool {
                 "pool \"{name}\": {}",
                 out_of_range("open_files", "must be at least 1")
             ));
+        }
+        if let Some(n) = spec.open_files {
+            let most = most_open_files();
+            if n > most {
+                return Err(format!(
+                    "pool \"{name}\": {}",
+                    out_of_range(
+                        "open_files",
+                        &format!("{n} is more than a worker may be given here ({most}: jobsup's hard limit, or fs.nr_open with CAP_SYS_RESOURCE)")
+                    )
+                ));
+            }
         }
         Ok(Pool {
             name: name.to_string(),

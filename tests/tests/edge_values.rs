@@ -271,3 +271,16 @@ fn random_ndjson_records_give_exactly_one_record_per_line() {
         "the code says what the jobs did\n{run}"
     );
 }
+
+#[test]
+fn an_open_files_limit_no_worker_can_get_is_refused_before_any_job() {
+    // Above fs.nr_open on every Linux: the kernel would refuse it for every worker.
+    let run = jobsup!()
+        .args(["--open-files", "999999999999"])
+        .processor(bin!("echo"), [] as [&str; 0])
+        .stdin("x\n")
+        .run();
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(run.stderr.contains("open_files"), "{run}");
+    assert!(run.records().is_empty(), "nothing ran\n{run}");
+}

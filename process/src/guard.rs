@@ -7,9 +7,9 @@
 //! subcommand), in a session of its own, with the read end of a pipe whose write end only
 //! jobsup holds. When jobsup dies, however it dies (`kill -9` included), the pipe reads
 //! end-of-file; when it ends normally, it writes [`DONE`] on the pipe first and waits for
-//! the guard ([`Guard::finish`]). Either way the guard then makes one final pass:
+//! the guard ([`Guard::finish`]). Either way the guard then makes one final pass. It kills
 //!
-//! - it kills every process in jobsup's cgroups (`cgroup.kill`, which nothing escapes);
+//! - every process in jobsup's cgroups (`cgroup.kill`, which nothing escapes);
 //! - every process whose environment carries this run's [`TAG_VAR`] (which every worker
 //!   gets, and its descendants inherit unless they clear their environment);
 //! - where there are no cgroups, every process it last saw in jobsup's tree: while jobsup
@@ -211,9 +211,17 @@ fn cloexec_all_but(keep: RawFd) {
         if below && range(keep + 1, libc::c_uint::MAX) {
             return;
         }
-        // Before Linux 5.11 (no close_range, or no CLOSE_RANGE_CLOEXEC): one fd at a time,
-        // up to the soft limit (every fd is below it, unless it was lowered after the fd
-        // was opened).
+    }
+    // Before Linux 5.11 (no close_range, or no CLOSE_RANGE_CLOEXEC).
+    cloexec_one_by_one(keep);
+}
+
+/// [`cloexec_all_but`] one fd at a time, up to the soft limit on open files (every fd is
+/// below it, unless it was lowered after the fd was opened). Async-signal-safe.
+fn cloexec_one_by_one(keep: RawFd) {
+    // SAFETY: getrlimit writes the struct it is given; fcntl takes integers, and fails on
+    // an fd that is not open.
+    unsafe {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -474,11 +482,9 @@ fn remove_tree(parent: &Dir, name: &CStr, depth: u32) -> nix::Result<()> {
     let mut dir = open_for_removal(parent, name)?;
     for entry in names_in(&mut dir, |_| true) {
         // Whatever it is (a symlink included), unlinked; a directory says EISDIR.
-        match nix::unistd::unlinkat(&dir, entry.as_c_str(), UnlinkatFlags::NoRemoveDir) {
-            Err(Errno::EISDIR) => {
-                let _ = remove_tree(&dir, &entry, depth + 1);
-            }
-            Ok(()) | Err(_) => {}
+        let unlinked = nix::unistd::unlinkat(&dir, entry.as_c_str(), UnlinkatFlags::NoRemoveDir);
+        if unlinked == Err(Errno::EISDIR) {
+            let _ = remove_tree(&dir, &entry, depth + 1);
         }
     }
     drop(dir);
@@ -514,4 +520,101 @@ fn open_for_removal(parent: &Dir, name: &CStr) -> nix::Result<Dir> {
         nix::sys::stat::fchmod(&fd, Mode::S_IRWXU)?;
     }
     Dir::from_fd(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_workdir_prefix_is_the_tag_made_safe_for_a_file_name() {
+        assert_eq!(prefix_for("123.456"), "jobsup-worker-123.456-");
+        assert_eq!(prefix_for("1/2 3-4"), "jobsup-worker-1_2_3_4-");
+        assert!(workdir_prefix().starts_with(&format!("jobsup-worker-{}.", std::process::id())));
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn remove_workdirs_takes_exactly_the_runs_directories_and_follows_no_link() {
+        let parent = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "x").unwrap();
+        let prefix = prefix_for("42.4242");
+        let ours = parent.path().join(format!("{prefix}aaaaaa"));
+        std::fs::create_dir_all(ours.join("ro/deep")).unwrap();
+        std::fs::write(ours.join("ro/deep/f"), "x").unwrap();
+        std::fs::create_dir(ours.join("locked")).unwrap();
+        std::fs::write(ours.join("locked/f"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), ours.join("link")).unwrap();
+        chmod(&ours.join("ro/deep"), 0o555);
+        chmod(&ours.join("ro"), 0o555);
+        chmod(&ours.join("locked"), 0o000);
+        chmod(&ours, 0o500);
+        // Named like this run's, but not a directory: not jobsup's.
+        let link = parent.path().join(format!("{prefix}link"));
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let file = parent.path().join(format!("{prefix}file"));
+        std::fs::write(&file, "x").unwrap();
+        // Another run's, and one whose tag merely starts like this one's.
+        let other = parent.path().join("jobsup-worker-othertag-x");
+        let longer = parent
+            .path()
+            .join(format!("{}5-x", prefix.trim_end_matches('-')));
+        for dir in [&other, &longer] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("f"), "x").unwrap();
+        }
+
+        remove_workdirs(parent.path(), &prefix);
+
+        assert!(!ours.exists(), "{} is left", ours.display());
+        assert!(outside.path().join("keep").exists(), "a link was followed");
+        assert!(link.symlink_metadata().is_ok() && file.exists());
+        assert!(other.join("f").exists() && longer.join("f").exists());
+    }
+
+    /// Which fds a shell started with, after `setup` ran in the child before its exec,
+    /// given two files made inheritable there at high numbers (`stray` and `keep`).
+    fn fds_after(setup: fn(RawFd)) -> (Vec<RawFd>, RawFd, RawFd) {
+        let high =
+            |f: File| nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(200)).unwrap();
+        let stray = high(File::open("/dev/null").unwrap());
+        let keep = high(File::open("/dev/null").unwrap());
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "ls /proc/$$/fd"]);
+        // SAFETY: fcntl and the functions under test are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::fcntl(stray, libc::F_SETFD, 0);
+                libc::fcntl(keep, libc::F_SETFD, 0);
+                setup(keep);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        // SAFETY: both were made above, owned by nothing else, and are closed once, here.
+        unsafe {
+            libc::close(stray);
+            libc::close(keep);
+        }
+        let fds = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        (fds, stray, keep)
+    }
+
+    #[test]
+    fn only_the_kept_fd_and_stdio_survive_the_exec() {
+        let (fds, stray, keep) = fds_after(|_| {});
+        assert!(fds.contains(&stray) && fds.contains(&keep), "{fds:?}");
+        for setup in [cloexec_all_but as fn(RawFd), cloexec_one_by_one] {
+            let (fds, _, keep) = fds_after(setup);
+            assert_eq!(fds, [0, 1, 2, keep], "{fds:?}");
+        }
+    }
 }

@@ -18,7 +18,8 @@
 //! `Process` dropped without being ended is killed.
 //!
 //! The [`guard`] is a small process that outlives a killed supervisor just long enough to
-//! kill what its workers left behind.
+//! kill what its workers left behind and remove their directories; after a normal end the
+//! supervisor tells it to make that final pass and waits for it.
 //!
 //! # Guarantees
 //!

@@ -319,7 +319,7 @@ fn spawn(
     let mut builder = tempfile::Builder::new();
     // Private: other users must not read or plant files in a worker's directory.
     builder
-        .prefix("jobsup-worker-")
+        .prefix(crate::guard::workdir_prefix())
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let workdir = match &spec.workdir_parent {
         Some(parent) => builder.tempdir_in(parent),

@@ -407,8 +407,15 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             "their process group and a /proc tree walk"
         }
     );
+    // Where the workers' private directories go (as the sandbox makes them), for the guard
+    // to remove this run's if jobsup is killed.
+    let workdirs = args.workdir.clone().unwrap_or_else(std::env::temp_dir);
+    let workdirs = std::path::absolute(&workdirs).unwrap_or(workdirs);
     // Before the reaper: the guard must exist before any worker does.
-    let _guard = match crate::guard::start(cgroups.as_ref().map_or(&[][..], |c| c.bases())) {
+    let mut guard = match crate::guard::start(
+        cgroups.as_ref().map_or(&[][..], |c| c.bases()),
+        &workdirs,
+    ) {
         Ok(g) => Some(g),
         Err(e) => {
             tracing::warn!("cannot start the guard process ({e}): if jobsup is killed, descendants of its workers may survive it");
@@ -417,6 +424,9 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     };
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
+    if let Some(guard) = &mut guard {
+        guard.register(&reaper);
+    }
     let spawner = Spawner::start(reaper, cgroups.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -440,6 +450,10 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         };
         anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
     })?;
+    // The guard's final pass first: killing the remaining children would kill it too.
+    if let Some(guard) = guard {
+        finish_guard(guard);
+    }
     // Inherited orphans the workers left behind die with the run.
     reaper::kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
@@ -474,6 +488,30 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         return Ok((exit::JOBSUP_ERROR, summary));
     }
     Ok((exit::exit_code(&end, &stats), summary))
+}
+
+/// How long the guard has for its final pass after a normal end (it finds nothing after
+/// a clean run, and is quick).
+const GUARD_FINISH: Duration = Duration::from_secs(2);
+
+/// Tells the guard the run is over and waits (bounded) for it to exit by itself.
+fn finish_guard(guard: crate::guard::Guard) {
+    use crate::guard::Finished;
+    let pid = guard.pid();
+    match guard.finish(GUARD_FINISH) {
+        Finished::Exited(Some(reaper::Exit::Code(0))) => tracing::debug!(pid, "guard finished"),
+        Finished::Exited(None) => {
+            tracing::debug!(pid, "guard told to finish; its exit status is unknown")
+        }
+        // It died before its time (someone killed it), or refused its arguments.
+        Finished::Exited(Some(status)) => {
+            tracing::warn!(
+                pid,
+                "the guard process ended with {status}: it may not have guarded the whole run"
+            )
+        }
+        Finished::Killed => tracing::debug!(pid, "guard did not finish in time; killed"),
+    }
 }
 
 /// `--cwd`, made absolute and checked once, so that a typo is an error before any job.

@@ -224,6 +224,25 @@ impl Jobsup {
         self.arg("--").arg(processor).args(args)
     }
 
+    /// Runs the command built so far through `wrapper args...`, which must end by
+    /// exec'ing the arguments that follow its own (as `sh -c '...; exec "$@"' sh` does):
+    /// for setting up what jobsup inherits. Arguments added later are still jobsup's.
+    pub fn through<I, S>(mut self, wrapper: impl AsRef<OsStr>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<OsString> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        all.push(std::mem::take(&mut self.program).into_os_string());
+        all.append(&mut self.args);
+        self.program = PathBuf::from(wrapper.as_ref());
+        self.args = all;
+        self
+    }
+
     /// Sets one environment variable on top of the scrubbed environment.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env
@@ -834,6 +853,25 @@ pub fn pid_alive(pid: i32) -> bool {
 /// `argv[0]`): jobsup's own helper, not a worker.
 pub fn is_guard(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"jobsup-guard\0"))
+}
+
+/// The guard process of the jobsup with this pid, if it has one.
+pub fn guard_of(jobsup: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&p| proc_ppid(p) == Some(jobsup) && is_guard(p))
+}
+
+/// The value a guard process was given for `--flag` on its command line (e.g. `--tag`),
+/// if any: the first, when it was given several times.
+pub fn guard_arg(guard: i32, flag: &str) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{guard}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2)
+        .find(|w| w[0] == flag.as_bytes())
+        .map(|w| String::from_utf8_lossy(w[1]).into_owned())
 }
 
 /// The processes whose parent is `pid`, from `/proc/<pid>/task/*/children` (or, where the

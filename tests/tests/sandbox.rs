@@ -7,8 +7,8 @@
 //! process group, the tree walk, the environment tag and the guard do the work).
 
 use jobsup_tests::{
-    bin, can_make_dir_in, is_guard, jobsup, jobsup_as, own_cgroup_dir, pid_alive, proc_ppid,
-    sleepers, wait_until, Jobsup, Record, Run, User, WAIT,
+    bin, can_make_dir_in, guard_of, jobsup, jobsup_as, own_cgroup_dir, pid_alive, sleepers,
+    wait_until, Jobsup, Record, Run, User, WAIT,
 };
 
 fn only_record(run: &Run) -> Record {
@@ -367,15 +367,6 @@ fn voluntary_switches(pid: i32) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The guard process of the jobsup with this pid.
-fn guard_of(jobsup: i32) -> Option<i32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&p| proc_ppid(p) == Some(jobsup) && is_guard(p))
 }
 
 fn nothing_survives_a_killed_jobsup(case: u32, user: User, flags: &[&str]) {

@@ -460,7 +460,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     };
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
-    let spawner = Spawner::start(reaper, cgroups.clone())
+    let spawner = Spawner::start(reaper.clone(), cgroups.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -484,7 +484,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
     })?;
     // Inherited orphans the workers left behind die with the run.
-    reaper::kill_remaining_children();
+    reaper.kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
     if let Some(cgroups) = &cgroups {
         cgroups.remove_all();

@@ -84,7 +84,7 @@ fn probe_handles() -> Handles {
 
 /// `pidfd_open(pid, 0)`: a handle on whoever is `pid` now. Only meaningful while `pid` is
 /// known not to have been reaped; otherwise it may name a successor.
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -146,16 +146,17 @@ impl Process {
     /// Wraps a process, right after its spawn, whose exit status the reaper routes to
     /// `exit`. `pidfd` is the spawner's own handle on it, if it has one (`CLONE_PIDFD`);
     /// otherwise one is opened here, with the reaper held off while the process is known
-    /// unreaped, so that it cannot name a successor. Where [`handles`] says pids, none is
+    /// unreaped, so that it cannot name a successor (or, if it was reaped already, the one
+    /// the reaper opened on its zombie is taken). Where [`handles`] says pids, none is
     /// kept.
     pub fn new(
-        exit: Registration,
+        mut exit: Registration,
         pidfd: Option<OwnedFd>,
         worker: u64,
         cgroup: Option<WorkerCgroup>,
         keep_cgroup: bool,
     ) -> Process {
-        let handle = match (handles(), pidfd) {
+        let handle = match (handles(), pidfd.or_else(|| exit.take_pidfd())) {
             (Handles::Pid { .. }, _) => Handle::Pid,
             (Handles::Pidfd, Some(fd)) => Handle::Pidfd(fd),
             (Handles::Pidfd, None) => match exit.while_unreaped(|_| pidfd_open(exit.pid())) {
@@ -473,6 +474,39 @@ mod tests {
                 Exit::Signal(libc::SIGKILL),
                 "{kind}"
             );
+        }
+    }
+
+    #[test]
+    fn a_worker_reaped_before_its_registration_has_its_group_killed_through_a_pidfd() {
+        // A worker that exits (leaving a member in its group) before its spawner could
+        // register it: the reaper reaps it as it would an orphan, killing nothing.
+        let mut leader = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go; exit 5");
+        let member = leader.read_pid();
+        reaper();
+        leader.go();
+        let pid = leader.pid();
+        wait_until("the leader is reaped", || !exists(pid));
+        let registration = leader.register();
+        let mut member_status = reaper().register(member, leader.since);
+        let mut p = Process::new(registration, None, 0, None, false);
+        assert_eq!(p.exit(), Some(Exit::Code(5)));
+        match handles() {
+            // The pidfd the reaper opened on the zombie names its group still.
+            Handles::Pidfd => {
+                assert!(matches!(p.handle, Handle::Pidfd(_)));
+                assert_eq!(block_on(p.end(Duration::ZERO)), (Exit::Code(5), false));
+                assert_eq!(reaped(&mut member_status).exit, Exit::Signal(libc::SIGKILL));
+            }
+            // By number nothing can be sent safely: the group is left to the cgroup and
+            // the environment tag.
+            Handles::Pid { .. } => {
+                assert!(matches!(p.handle, Handle::Pid));
+                block_on(p.end(Duration::ZERO));
+                nix::sys::signal::kill(Pid::from_raw(member), Signal::SIGUSR1)
+                    .expect("the member is left");
+                assert_eq!(reaped(&mut member_status).exit, Exit::Signal(libc::SIGUSR1));
+            }
         }
     }
 

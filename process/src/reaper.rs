@@ -33,9 +33,13 @@
 //! never held across a clone, and several threads can spawn at once. Statuses nobody
 //! claims (inherited orphans) are dropped after a while. Such a child was reaped before
 //! anyone told the reaper it was a worker, so its group was not killed first
-//! ([`Reaped::group_killed`] says so); its owner kills what it can still name safely.
+//! ([`Reaped::group_killed`] says so): an orphan's group is not jobsup's to kill. But if it
+//! led a process group, the reaper opens a pidfd on its zombie first (where pidfds can
+//! signal groups) and parks it with the status ([`Registration::take_pidfd`]): through it
+//! the owner still reaches what is left of the group, and nothing else.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -113,6 +117,10 @@ struct Entry {
 struct Registry {
     waiting: HashMap<i32, Entry>,
     parked: HashMap<i32, (Exit, Instant)>,
+    /// pidfds of parked children that led a process group, opened while they were zombies
+    /// and handed over with their status: the only way left to name a group whose leader
+    /// was reaped before it was registered (a worker that exited at once).
+    leaders: HashMap<i32, (OwnedFd, Instant)>,
     /// The reaper thread failed: registrations are answered with a closed channel.
     dead: bool,
     /// The last [`Entry::serial`] given.
@@ -121,6 +129,11 @@ struct Registry {
 
 /// How long an unclaimed status is kept: far longer than a spawn takes to register.
 const PARKED_FOR: Duration = Duration::from_secs(30);
+
+/// How many [`Registry::leaders`] are kept at most, and for how long: a worker registers
+/// within milliseconds; an orphan's pidfd only holds a descriptor.
+const LEADERS_MAX: usize = 16;
+const LEADER_FOR: Duration = Duration::from_secs(1);
 
 fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
     registry.lock().unwrap_or_else(|e| e.into_inner())
@@ -194,6 +207,8 @@ pub struct Registration {
     pid: i32,
     /// Its [`Entry::serial`] (none if its status was there at registration).
     serial: Option<u64>,
+    /// The pidfd the reaper opened on it, when it was reaped before it was registered.
+    pidfd: Option<OwnedFd>,
     rx: Option<oneshot::Receiver<Reaped>>,
     reaped: Option<Reaped>,
     registry: Arc<Mutex<Registry>>,
@@ -207,10 +222,11 @@ pub struct Unreaped {
 
 impl Registration {
     fn new(registry: &Arc<Mutex<Registry>>, pid: i32, since: Instant) -> Registration {
-        let (rx, serial) = lock(registry).register(pid, since);
+        let (rx, serial, pidfd) = lock(registry).register(pid, since);
         Registration {
             pid,
             serial,
+            pidfd,
             rx: Some(rx),
             reaped: None,
             registry: Arc::clone(registry),
@@ -277,6 +293,13 @@ impl Registration {
         f()
     }
 
+    /// The pidfd the reaper opened on the child while it was a zombie, if it was reaped
+    /// before it was registered and led a process group: through it, what is left of that
+    /// group can still be signalled (see [`crate::process`]).
+    pub fn take_pidfd(&mut self) -> Option<OwnedFd> {
+        self.pidfd.take()
+    }
+
     /// Has the reaper kill `cgroup` too, just before it reaps the child (if it has not yet:
     /// [`Reaped::cgroup_killed`] says).
     pub fn kill_cgroup_first(&self, cgroup: &Arc<WorkerCgroup>) {
@@ -307,13 +330,20 @@ impl Reaper {
 }
 
 impl Registry {
-    /// The channel for `pid`'s status, and the serial of its entry if it is waited for.
-    fn register(&mut self, pid: i32, since: Instant) -> (oneshot::Receiver<Reaped>, Option<u64>) {
+    /// The channel for `pid`'s status, the serial of its entry if it is waited for, and
+    /// the pidfd parked with its status if it had already been reaped.
+    fn register(
+        &mut self,
+        pid: i32,
+        since: Instant,
+    ) -> (oneshot::Receiver<Reaped>, Option<u64>, Option<OwnedFd>) {
         let (tx, rx) = oneshot::channel();
+        let leader = self.leaders.remove(&pid);
         match self.parked.remove(&pid) {
             Some((exit, reaped)) if reaped >= since => {
                 let _ = tx.send(Reaped::early(exit));
-                (rx, None)
+                let pidfd = leader.filter(|(_, at)| *at >= since).map(|(fd, _)| fd);
+                (rx, None, pidfd)
             }
             // None yet, or an earlier process's with the same pid.
             _ => {
@@ -330,7 +360,7 @@ impl Registry {
                         cgroup: None,
                     },
                 );
-                (rx, Some(serial))
+                (rx, Some(serial), None)
             }
         }
     }
@@ -342,12 +372,19 @@ impl Registry {
     fn collect(&mut self, pid: i32, now: impl FnOnce() -> Instant) -> bool {
         let entry = self.waiting.remove(&pid);
         let mut cgroup_killed = false;
-        if let Some(entry) = &entry {
-            crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-            if let Some(cgroup) = &entry.cgroup {
-                cgroup.kill();
-                cgroup_killed = true;
+        let mut leader = None;
+        match &entry {
+            Some(entry) => {
+                crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                if let Some(cgroup) = &entry.cgroup {
+                    cgroup.kill();
+                    cgroup_killed = true;
+                }
             }
+            // Perhaps a worker whose spawner has not registered it yet: its group is not
+            // killed on a guess (an inherited orphan's is not jobsup's to kill), but while
+            // it is a zombie a pidfd still names it, and so its group, for its owner.
+            None => leader = self.leader_pidfd(pid),
         }
         let exit = match wait_exited(libc::P_PID, pid as libc::id_t, 0) {
             Ok(Some((_, exit))) => exit,
@@ -371,9 +408,37 @@ impl Registry {
                     });
                 }
             }
-            None => self.park(pid, exit, now()),
+            None => {
+                let now = now();
+                if let Some(fd) = leader {
+                    self.leaders.insert(pid, (fd, now));
+                }
+                self.park(pid, exit, now);
+            }
         }
         true
+    }
+
+    /// A pidfd on the unregistered zombie `pid`, if it leads a process group, pidfds can
+    /// signal groups here, and there is room (see [`LEADERS_MAX`]).
+    fn leader_pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
+        if *crate::process::handles() != crate::process::Handles::Pidfd {
+            return None;
+        }
+        // A zombie's group is still its own; a worker leads one.
+        if nix::unistd::getpgid(Some(Pid::from_raw(pid))) != Ok(Pid::from_raw(pid)) {
+            return None;
+        }
+        if self.leaders.len() >= LEADERS_MAX {
+            let now = Instant::now();
+            self.leaders
+                .retain(|_, (_, at)| now.duration_since(*at) < LEADER_FOR);
+            if self.leaders.len() >= LEADERS_MAX {
+                return None;
+            }
+        }
+        // The zombie is not reaped (only this thread reaps), so the pid is still its own.
+        crate::process::pidfd_open(pid).ok()
     }
 
     /// Keeps an unclaimed status until its owner registers (or for [`PARKED_FOR`]).
@@ -640,7 +705,7 @@ mod tests {
         let mut r = Registry::default();
         let since = Instant::now();
         r.park(42, Exit::Code(3), Instant::now());
-        let (mut rx, serial) = r.register(42, since);
+        let (mut rx, serial, _) = r.register(42, since);
         assert_eq!(rx.try_recv(), Ok(Reaped::early(Exit::Code(3))));
         assert_eq!(serial, None);
         assert!(r.parked.is_empty() && r.waiting.is_empty());
@@ -652,7 +717,7 @@ mod tests {
         // An orphan with pid 42 was reaped; then a new child got the recycled pid.
         r.park(42, Exit::Signal(9), Instant::now());
         let since = Instant::now() + Duration::from_millis(1);
-        let (mut rx, _) = r.register(42, since);
+        let (mut rx, _, _) = r.register(42, since);
         assert!(
             rx.try_recv().is_err(),
             "the orphan's status is not the child's"

@@ -40,7 +40,6 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
-use tokio::sync::oneshot;
 
 use crate::reaper::{Exit, Reaper};
 
@@ -116,7 +115,7 @@ pub struct Guard {
     pid: i32,
     /// Taken before the guard was cloned (see [`Reaper::register`]).
     since: Instant,
-    exit: Option<oneshot::Receiver<Exit>>,
+    exit: Option<crate::reaper::Registration>,
 }
 
 /// How a guard told to finish ended.
@@ -268,19 +267,16 @@ impl Guard {
         };
         let until = Instant::now() + limit;
         loop {
-            match exit.try_recv() {
-                Ok(status) => return Finished::Exited(Some(status)),
-                // The reaper thread failed: jobsup's remaining children are killed next.
-                Err(oneshot::error::TryRecvError::Closed) => return Finished::Exited(None),
-                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    // Not reaped yet, so the pid is still the guard's.
-                    crate::reaper::kill_all(&[pid]);
-                    return Finished::Killed;
-                }
+            // (A failed reaper answers too: jobsup's remaining children are killed next.)
+            if let Some(reaped) = exit.try_reaped() {
+                return Finished::Exited(Some(reaped.exit));
             }
+            if Instant::now() >= until {
+                // Only while it is unreaped is the pid certainly still the guard's.
+                exit.while_unreaped(|_| crate::reaper::kill_all(&[pid]));
+                return Finished::Killed;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

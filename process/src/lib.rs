@@ -17,6 +17,11 @@
 //! group, the cgroup and the descendants that left the group, then the reaped status. A
 //! `Process` dropped without being ended is killed.
 //!
+//! No signal reaches a reused pid: the reaper kills a registered worker's group and cgroup
+//! just before it reaps the worker (the zombie keeps the group's id its own); other
+//! signals go through the worker's pidfd, or by number only while the reaper is held off
+//! and the worker unreaped ([`reaper::Registration::while_unreaped`]).
+//!
 //! The [`guard`] is a small process that outlives a killed supervisor just long enough to
 //! kill what its workers left behind and remove their directories; after a normal end the
 //! supervisor tells it to make that final pass and waits for it.

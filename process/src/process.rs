@@ -1,132 +1,285 @@
 //! A worker process as its owner task sees it: a process group to signal and an exit
 //! status to await. [`Process::end`] is the one kill-wait-reap sequence of jobsup.
+//!
+//! # Signalling the right process
+//!
+//! A pid names a process only until that process is reaped; then the number may be given to
+//! anyone. A worker leads its own process group, whose id is its pid, so the same holds for
+//! the group. jobsup signals a worker's group one of two ways, chosen once at start
+//! ([`handles`], logged at debug level as `process handles: ...`):
+//!
+//! - **pidfd**: through a pidfd opened while the worker was certainly unreaped
+//!   (`pidfd_open`), with `pidfd_send_signal(.., PIDFD_SIGNAL_PROCESS_GROUP)` (Linux 6.9).
+//!   The kernel resolves the group from its own reference to the worker, not from a number:
+//!   what is left of the group is reached even after the leader is reaped, and once nothing
+//!   is left the answer is ESRCH, never a signal to a successor.
+//! - **pid**, where the kernel lacks either call: `kill(-pgid)`, but only with the reaper
+//!   held off while the leader is known unreaped ([`Registration::while_unreaped`]); a
+//!   zombie's pid, and so its group's id, cannot be reused. After that, nothing is sent.
+//!
+//! The group kill that matters most, for members a leader leaves behind when it exits, is
+//! not made here at all: the reaper sends it, just before it reaps the leader (see
+//! [`crate::reaper`]).
 
+use std::ffi::{c_int, c_uint};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use tokio::sync::oneshot;
+use nix::unistd::Pid;
 
 use crate::cgroup::{Hits, WorkerCgroup};
-use crate::reaper::Exit;
-use crate::sandbox::signal_group;
+use crate::reaper::{Exit, Registration, Unreaped};
+
+/// How workers are named when they are signalled, on this machine (see the module's
+/// documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handles {
+    /// pidfds, through which whole groups are signalled.
+    Pidfd,
+    /// Plain pids, each signalled only while it is known unreaped.
+    Pid {
+        /// Why not pidfds.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handles::Pidfd => write!(f, "pidfd"),
+            Handles::Pid { why } => write!(f, "pid ({why})"),
+        }
+    }
+}
+
+/// What this kernel offers, found on first use (by [`crate::reaper::Reaper::start`], which
+/// logs it).
+pub fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(probe_handles)
+}
+
+fn probe_handles() -> Handles {
+    let pid = |why: &str| Handles::Pid { why: why.into() };
+    if crate::fault::refused("pidfd_open") {
+        return pid("no pidfd_open: refused by JOBSUP_FAULT");
+    }
+    let own = match pidfd_open(std::process::id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => return pid(&format!("no pidfd_open: {e}")),
+    };
+    if crate::fault::refused("pidfd_group") {
+        return pid("no pidfd_send_signal to a process group: refused by JOBSUP_FAULT");
+    }
+    // Signal 0 makes the checks and sends nothing. Ok, or ESRCH when jobsup leads no group
+    // of its own: the flag is known. EINVAL: a kernel before 6.9.
+    match pidfd_send_signal(own.as_fd(), 0, libc::PIDFD_SIGNAL_PROCESS_GROUP) {
+        Ok(()) | Err(Errno::ESRCH) => Handles::Pidfd,
+        Err(e) => pid(&format!("no pidfd_send_signal to a process group: {e}")),
+    }
+}
+
+/// `pidfd_open(pid, 0)`: a handle on whoever is `pid` now. Only meaningful while `pid` is
+/// known not to have been reaped; otherwise it may name a successor.
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel returned a new descriptor (close-on-exec) that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, flags)`.
+fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: c_int, flags: c_uint) -> Result<(), Errno> {
+    // SAFETY: a descriptor borrowed for the call, a signal number, no siginfo (a null
+    // pointer: the kernel fills it in as for kill(2)) and flags; nothing of ours is written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// How a [`Process`] is named when it is signalled.
+enum Handle {
+    /// The kernel's reference to it: its group is signalled through this, whatever becomes
+    /// of the number.
+    Pidfd(OwnedFd),
+    /// The number, used only while it is known unreaped.
+    Pid,
+}
 
 /// A spawned worker process, which leads its own process group.
 pub struct Process {
-    pid: i32,
+    /// Its pid, its status to come, and the hold on the reaper.
+    exit: Registration,
+    handle: Handle,
     /// The worker serial its environment carries (`JOBSUP_WORKER_ID`), by which escaped
     /// descendants are recognised.
     worker: u64,
-    /// Its cgroup, where the machine offers them: the kill that nothing escapes.
-    cgroup: Option<WorkerCgroup>,
+    /// Its cgroup, where the machine offers them: the kill that nothing escapes. Shared with
+    /// the reaper, which kills it just before it reaps the process.
+    cgroup: Option<Arc<WorkerCgroup>>,
     /// Leave the cgroup directories for the next process of the same worker slot (exec
     /// mode starts one per job; making and removing them each time costs ~0.2 ms).
     keep_cgroup: bool,
-    exit_rx: Option<oneshot::Receiver<Exit>>,
-    exit: Option<Exit>,
     /// The cgroup limits the kernel enforced on its tree (known once [`Process::end`] has
     /// run).
     limits_hit: Hits,
 }
 
 impl Process {
-    /// Wraps a process whose exit status the reaper routes to `exit_rx`.
+    /// Wraps a process, right after its spawn, whose exit status the reaper routes to
+    /// `exit`. `pidfd` is the spawner's own handle on it, if it has one (`CLONE_PIDFD`);
+    /// otherwise one is opened here, with the reaper held off while the process is known
+    /// unreaped, so that it cannot name a successor (or, if it was reaped already, the one
+    /// the reaper opened on its zombie is taken). Where [`handles`] says pids, none is
+    /// kept.
     pub fn new(
-        pid: i32,
+        mut exit: Registration,
+        pidfd: Option<OwnedFd>,
         worker: u64,
         cgroup: Option<WorkerCgroup>,
-        exit_rx: oneshot::Receiver<Exit>,
         keep_cgroup: bool,
     ) -> Process {
+        let handle = match (handles(), pidfd.or_else(|| exit.take_pidfd())) {
+            (Handles::Pid { .. }, _) => Handle::Pid,
+            (Handles::Pidfd, Some(fd)) => Handle::Pidfd(fd),
+            (Handles::Pidfd, None) => match exit.while_unreaped(|_| pidfd_open(exit.pid())) {
+                Some(Ok(fd)) => Handle::Pidfd(fd),
+                Some(Err(e)) => {
+                    tracing::debug!(pid = exit.pid(), "no pidfd for the worker: {e}");
+                    Handle::Pid
+                }
+                // Already reaped: there is nothing left to name.
+                None => Handle::Pid,
+            },
+        };
+        Process::with_handle(exit, handle, worker, cgroup, keep_cgroup)
+    }
+
+    fn with_handle(
+        exit: Registration,
+        handle: Handle,
+        worker: u64,
+        cgroup: Option<WorkerCgroup>,
+        keep_cgroup: bool,
+    ) -> Process {
+        let cgroup = cgroup.map(Arc::new);
+        if let Some(cgroup) = &cgroup {
+            exit.kill_cgroup_first(cgroup);
+        }
         Process {
-            pid,
+            exit,
+            handle,
             worker,
             cgroup,
             keep_cgroup,
-            exit_rx: Some(exit_rx),
-            exit: None,
             limits_hit: Hits::default(),
         }
     }
 
     /// Its pid (and process group id).
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.exit.pid()
     }
 
     /// How it ended, once the reaper has said so.
     pub fn exit(&mut self) -> Option<Exit> {
-        if self.exit.is_none() {
-            if let Some(rx) = &mut self.exit_rx {
-                if let Ok(exit) = rx.try_recv() {
-                    self.exit = Some(exit);
-                    self.exit_rx = None;
-                }
-            }
-        }
-        self.exit
+        self.exit.try_reaped().map(|r| r.exit)
     }
 
     /// Resolves once the process has exited and been reaped. Cancel-safe.
     pub async fn exited(&mut self) -> Exit {
-        if let Some(exit) = self.exit {
-            return exit;
-        }
-        let exit = match self.exit_rx.as_mut() {
-            // The reaper only drops a sender after sending; a closed channel is unreachable
-            // in practice, and the process is then certainly not ours any more.
-            Some(rx) => rx.await.unwrap_or(Exit::Signal(libc::SIGKILL)),
-            None => Exit::Signal(libc::SIGKILL),
-        };
-        self.exit = Some(exit);
-        self.exit_rx = None;
-        exit
+        self.exit.reaped().await.exit
     }
 
     /// A polite signal (if any) to the whole group, followed by SIGCONT so that a stopped
-    /// process can act on it.
-    pub fn ask(&self, sig: Option<Signal>) {
-        if let Some(sig) = sig {
-            signal_group(self.pid, sig);
+    /// process can act on it. Once the group cannot be named any more (nothing of it is
+    /// left; or, by pid, its leader has been reaped), nothing is sent to anyone: ESRCH.
+    pub fn ask(&self, sig: Option<Signal>) -> Result<(), Errno> {
+        let asked = sig
+            .map_or(Ok(()), |sig| self.signal_group(sig))
+            .and_then(|()| self.signal_group(Signal::SIGCONT));
+        if let Err(e) = asked {
+            tracing::debug!(pid = self.pid(), "the worker was not signalled: {e}");
         }
-        signal_group(self.pid, Signal::SIGCONT);
+        asked
     }
 
-    /// SIGKILL to the whole group, and to every descendant that left it (a `setsid`
-    /// daemon, say): found by walking the process tree while the worker is still there.
+    /// SIGKILL to the whole group, to its cgroup, and to every descendant that left the
+    /// group (a `setsid` daemon, say): found by walking the process tree while the worker
+    /// is certainly still there, unreaped. Once it has been reaped, the reaper has already
+    /// killed its group and cgroup, and the tree under its old pid is someone else's.
     pub fn kill(&self) {
-        let escaped = crate::reaper::descendants(self.pid);
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.kill();
+        let walked = self.exit.while_unreaped(|unreaped| {
+            let escaped = crate::reaper::descendants(self.pid());
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill();
+            }
+            let _ = self.signal_unreaped_group(unreaped, Signal::SIGKILL);
+            crate::reaper::kill_all(&escaped);
+        });
+        if walked.is_none() {
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill();
+            }
+            // A pidfd still names what is left of the group.
+            let _ = self.signal_group(Signal::SIGKILL);
         }
-        signal_group(self.pid, Signal::SIGKILL);
-        crate::reaper::kill_all(&escaped);
     }
 
-    /// Lets the process exit by itself for up to `grace`, then kills its group, waits for
-    /// it to be reaped, and kills whatever is left of the group. Returns how it ended and
-    /// whether jobsup had to kill it.
+    /// Lets the process exit by itself for up to `grace`, then kills it, and waits for it
+    /// to be reaped (the reaper kills its group and cgroup just before). Returns how it
+    /// ended and whether jobsup had to kill it.
     pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
         let mut killed = false;
         if self.exit().is_none() && tokio::time::timeout(grace, self.exited()).await.is_err() {
             self.kill();
             killed = true;
         }
-        let exit = self.exited().await;
-        // Group members the leader left behind die with it, and so do descendants that
-        // escaped the group and were handed to jobsup (the subreaper) when their parent
-        // died: they still carry the worker's serial in their environment.
-        // (The tree is not walked from the reaped pid: it may already name someone else.)
-        signal_group(self.pid, Signal::SIGKILL);
-        crate::reaper::kill_all(&crate::reaper::adopted_from(self.worker));
+        let reaped = self.exit.reaped().await;
+        // Group members the leader left behind died at the reaper's SIGKILL, sent while the
+        // leader was an unreaped zombie: the last moment the group's id was certainly the
+        // worker's. A process reaped before it was registered missed that; a pidfd (or the
+        // number, if it was never reaped: the reaper failed) still reaches its group.
+        if !reaped.group_killed {
+            let _ = self.signal_group(Signal::SIGKILL);
+        }
+        // Descendants that escaped the group and were handed to jobsup (the subreaper) when
+        // their parent died still carry the worker's serial in their environment. They are
+        // jobsup's children: with the reaper held off, none is reaped (and its pid reused)
+        // between the listing and the kill. (The tree is not walked from the reaped pid: it
+        // may already name someone else.)
+        let worker = self.worker;
+        self.exit.holding_reaper(|| {
+            crate::reaper::kill_all(&crate::reaper::adopted_from(worker));
+        });
         if let Some(cgroup) = &self.cgroup {
-            cgroup.kill();
+            if !reaped.cgroup_killed {
+                cgroup.kill();
+            }
             self.limits_hit = cgroup.limits_hit();
             // Kept ones go at the end of the run.
             if !self.keep_cgroup {
                 cgroup.remove();
             }
         }
-        (exit, killed)
+        (reaped.exit, killed)
     }
 
     /// Whether its memory limit is a cgroup's (rather than `RLIMIT_AS`).
@@ -138,6 +291,42 @@ impl Process {
     pub fn limits_hit(&self) -> Hits {
         self.limits_hit
     }
+
+    /// `sig` to the whole group: through the pidfd, or by number while the leader is known
+    /// unreaped. ESRCH when the group cannot be named any more.
+    fn signal_group(&self, sig: Signal) -> Result<(), Errno> {
+        match &self.handle {
+            Handle::Pidfd(_) => self.send(sig, None),
+            Handle::Pid => self
+                .exit
+                .while_unreaped(|unreaped| self.signal_unreaped_group(unreaped, sig))
+                .unwrap_or(Err(Errno::ESRCH)),
+        }
+    }
+
+    /// [`Process::signal_group`], for a caller that holds the reaper off with the leader
+    /// unreaped.
+    fn signal_unreaped_group(&self, unreaped: &Unreaped, sig: Signal) -> Result<(), Errno> {
+        self.send(sig, Some(unreaped))
+    }
+
+    fn send(&self, sig: Signal, unreaped: Option<&Unreaped>) -> Result<(), Errno> {
+        let sent = match (&self.handle, unreaped) {
+            (Handle::Pidfd(fd), _) => {
+                pidfd_send_signal(fd.as_fd(), sig as c_int, libc::PIDFD_SIGNAL_PROCESS_GROUP)
+            }
+            // Safe by number: the unreaped leader keeps the group's id from being reused.
+            (Handle::Pid, Some(_)) => nix::sys::signal::killpg(Pid::from_raw(self.pid()), sig),
+            (Handle::Pid, None) => Err(Errno::ESRCH),
+        };
+        match sent {
+            Err(e) if e != Errno::ESRCH => {
+                tracing::warn!(pid = self.pid(), "cannot send {sig} to process group: {e}");
+            }
+            _ => {}
+        }
+        sent
+    }
 }
 
 impl Drop for Process {
@@ -146,6 +335,191 @@ impl Drop for Process {
     fn drop(&mut self) {
         if self.exit().is_none() {
             self.kill();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::reaper::testing::*;
+
+    /// The handles a test can use on this kernel.
+    fn kinds() -> Vec<&'static str> {
+        match handles() {
+            Handles::Pidfd => vec!["pidfd", "pid"],
+            Handles::Pid { .. } => vec!["pid"],
+        }
+    }
+
+    /// A [`Process`] for `registration`, named the way `kind` says.
+    fn process(registration: Registration, kind: &str) -> Process {
+        let handle = match kind {
+            "pidfd" => Handle::Pidfd(
+                registration
+                    .while_unreaped(|_| pidfd_open(registration.pid()))
+                    .expect("not reaped yet")
+                    .expect("a pidfd"),
+            ),
+            _ => Handle::Pid,
+        };
+        Process::with_handle(registration, handle, 0, None, false)
+    }
+
+    #[test]
+    fn a_pidfd_is_used_where_the_kernel_offers_one() {
+        let mut leader = Leader::start("read go");
+        let mut p = Process::new(leader.register(), None, 0, None, false);
+        assert_eq!(
+            matches!(p.handle, Handle::Pidfd(_)),
+            *handles() == Handles::Pidfd,
+            "{}",
+            handles()
+        );
+        leader.go();
+        block_on(p.exited());
+    }
+
+    #[test]
+    fn asking_a_live_worker_reaches_its_whole_group() {
+        for kind in kinds() {
+            let mut leader = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go");
+            let mut p = process(leader.register(), kind);
+            let mut member = reaper().register(leader.read_pid(), leader.since);
+            assert_eq!(p.ask(Some(Signal::SIGTERM)), Ok(()), "{kind}");
+            assert_eq!(block_on(p.exited()), Exit::Signal(libc::SIGTERM), "{kind}");
+            assert_eq!(
+                reaped(&mut member).exit,
+                Exit::Signal(libc::SIGTERM),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn asking_a_reaped_worker_is_esrch_and_signals_nobody() {
+        for kind in kinds() {
+            let mut leader = Leader::start("read go");
+            let mut p = process(leader.register(), kind);
+            leader.go();
+            assert_eq!(block_on(p.exited()), Exit::Code(0));
+            assert_eq!(p.ask(Some(Signal::SIGTERM)), Err(Errno::ESRCH), "{kind}");
+            assert_eq!(p.ask(None), Err(Errno::ESRCH), "{kind}");
+            // The hard kill has nothing left to do either, and says nothing.
+            p.kill();
+        }
+    }
+
+    /// The number a reaped worker had is someone else's now (here: a process that is
+    /// really alive under it). Nothing of the worker's may reach that process.
+    #[test]
+    fn a_reused_number_is_never_signalled() {
+        for kind in kinds() {
+            // The successor: alive, leading its own group, under the very number the
+            // worker's registration names.
+            let successor = Leader::start("read go");
+            let mut successor_status = successor.register();
+            let registry = Pretend::new();
+            let handle = match kind {
+                // The worker's own pidfd, of a worker that has exited and been reaped.
+                "pidfd" => {
+                    let mut worker = Leader::start("read go");
+                    let mut status = worker.register();
+                    let fd = status
+                        .while_unreaped(|_| pidfd_open(worker.pid()))
+                        .expect("not reaped yet")
+                        .expect("a pidfd");
+                    worker.go();
+                    reaped(&mut status);
+                    Handle::Pidfd(fd)
+                }
+                _ => Handle::Pid,
+            };
+            // The registry's word: registered with the successor's number, then reaped.
+            let registration = registry.register(successor.pid(), Instant::now());
+            if kind == "pid" {
+                registry.reaped(successor.pid());
+            }
+            let p = Process::with_handle(registration, handle, 0, None, false);
+            assert_eq!(p.ask(Some(Signal::SIGTERM)), Err(Errno::ESRCH), "{kind}");
+            p.kill();
+            drop(p);
+            // The successor got nothing: it dies of the signal sent to it now (a fatal
+            // signal sent earlier would have set its status first).
+            nix::sys::signal::kill(Pid::from_raw(successor.pid()), Signal::SIGUSR1)
+                .expect("the successor is there");
+            assert_eq!(
+                reaped(&mut successor_status).exit,
+                Exit::Signal(libc::SIGUSR1),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn end_leaves_no_group_member_behind() {
+        for kind in kinds() {
+            let mut leader = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go");
+            let mut p = process(leader.register(), kind);
+            let mut member = reaper().register(leader.read_pid(), leader.since);
+            leader.go();
+            assert_eq!(
+                block_on(p.end(Duration::from_secs(30))),
+                (Exit::Code(0), false)
+            );
+            assert_eq!(
+                reaped(&mut member).exit,
+                Exit::Signal(libc::SIGKILL),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_worker_reaped_before_its_registration_has_its_group_killed_through_a_pidfd() {
+        // A worker that exits (leaving a member in its group) before its spawner could
+        // register it: the reaper reaps it as it would an orphan, killing nothing.
+        let mut leader = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go; exit 5");
+        let member = leader.read_pid();
+        reaper();
+        leader.go();
+        let pid = leader.pid();
+        wait_until("the leader is reaped", || !exists(pid));
+        let registration = leader.register();
+        let mut member_status = reaper().register(member, leader.since);
+        let mut p = Process::new(registration, None, 0, None, false);
+        assert_eq!(p.exit(), Some(Exit::Code(5)));
+        match handles() {
+            // The pidfd the reaper opened on the zombie names its group still.
+            Handles::Pidfd => {
+                assert!(matches!(p.handle, Handle::Pidfd(_)));
+                assert_eq!(block_on(p.end(Duration::ZERO)), (Exit::Code(5), false));
+                assert_eq!(reaped(&mut member_status).exit, Exit::Signal(libc::SIGKILL));
+            }
+            // By number nothing can be sent safely: the group is left to the cgroup and
+            // the environment tag.
+            Handles::Pid { .. } => {
+                assert!(matches!(p.handle, Handle::Pid));
+                block_on(p.end(Duration::ZERO));
+                nix::sys::signal::kill(Pid::from_raw(member), Signal::SIGUSR1)
+                    .expect("the member is left");
+                assert_eq!(reaped(&mut member_status).exit, Exit::Signal(libc::SIGUSR1));
+            }
+        }
+    }
+
+    #[test]
+    fn end_kills_a_worker_that_does_not_exit_in_time() {
+        for kind in kinds() {
+            let leader = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go");
+            let mut p = process(leader.register(), kind);
+            assert_eq!(
+                block_on(p.end(Duration::ZERO)),
+                (Exit::Signal(libc::SIGKILL), true),
+                "{kind}"
+            );
         }
     }
 }

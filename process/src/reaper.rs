@@ -1,27 +1,55 @@
-//! The one component that calls `waitpid`.
+//! The one component that waits for children (`waitid`/`waitpid`).
 //!
 //! jobsup is a child subreaper, so it inherits every orphaned descendant of its workers. If
-//! two parties called `waitpid(-1)`, one would steal the other's exit statuses, so exactly
-//! one thread reaps: it waits for SIGCHLD, collects every status with `WNOHANG`, and routes
-//! each worker's status to the task that registered it.
+//! two parties waited for any child, one would steal the other's exit statuses, so exactly
+//! one thread reaps: it waits for SIGCHLD and collects every exited child with `WNOHANG`,
+//! routing each worker's status to the task that registered it.
+//!
+//! # Kill, then reap
+//!
+//! A pid, and so the id of the process group it leads, can only be reused once its zombie
+//! has been reaped. So the reaper does not reap first and ask later: it *peeks* at the next
+//! exited child (`waitid(P_ALL, .., WEXITED | WNOHANG | WNOWAIT)`, which leaves it a
+//! zombie), and if that child is a registered worker it sends SIGKILL to the worker's
+//! process group, and kills its cgroup when it has one, *before* it reaps it
+//! (`waitid(P_PID, pid, ..)`, in the same pass: a peek would otherwise see the same zombie
+//! again). Group members the worker left behind therefore die while the group's id is still
+//! certainly theirs, and nobody needs to signal the group by number after the exit.
+//! Inherited orphans (pids nobody registered) are reaped as they come.
+//!
+//! Every reap happens with the registry locked. Whoever holds the lock therefore sees no
+//! child of jobsup reaped meanwhile: a pid still registered is still its worker's, and so is
+//! the process group it leads. [`Registration::while_unreaped`] is how the rest of jobsup
+//! signals a group by number safely (where a pidfd cannot do it, see
+//! [`crate::process::handles`]), and [`Registration::holding_reaper`] how it kills children
+//! of jobsup by pid.
+//!
+//! # Early statuses
 //!
 //! A child may exit before its spawner has registered it. Its status is then parked,
 //! stamped with when it was reaped, and handed over at registration. The spawner takes a
 //! timestamp before it clones; a parked status reaped before that cannot be the new
 //! child's, since a pid is only reused once its zombie has been reaped. So the lock is
 //! never held across a clone, and several threads can spawn at once. Statuses nobody
-//! claims (inherited orphans) are dropped after a while.
+//! claims (inherited orphans) are dropped after a while. Such a child was reaped before
+//! anyone told the reaper it was a worker, so its group was not killed first
+//! ([`Reaped::group_killed`] says so): an orphan's group is not jobsup's to kill. But if it
+//! led a process group, the reaper opens a pidfd on its zombie first (where pidfds can
+//! signal groups) and parks it with the status ([`Registration::take_pidfd`]): through it
+//! the owner still reaches what is left of the group, and nothing else.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::Signals;
 use tokio::sync::oneshot;
+
+use crate::cgroup::WorkerCgroup;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +76,68 @@ pub fn signal_name(sig: i32) -> &'static str {
         .unwrap_or("unknown signal")
 }
 
+/// A registered child's end, as the reaper saw to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    /// How it ended.
+    pub exit: Exit,
+    /// SIGKILL went to its process group while it was still an unreaped zombie. False when
+    /// it was reaped before it was registered (or the reaper failed).
+    pub group_killed: bool,
+    /// Its cgroup was killed at that moment too.
+    pub cgroup_killed: bool,
+}
+
+impl Reaped {
+    /// A status collected before its pid was registered: nothing was killed first.
+    fn early(exit: Exit) -> Reaped {
+        Reaped {
+            exit,
+            group_killed: false,
+            cgroup_killed: false,
+        }
+    }
+}
+
+/// A registered child that has not been reaped yet.
+struct Entry {
+    /// Which registration this is: a pid registered again (after this child was reaped and
+    /// its number reused) is another entry, which the first registration must not take for
+    /// its own.
+    serial: u64,
+    /// Where its status goes; `None` once the reaper thread has failed (the pid is then
+    /// never reaped, and stays the child's).
+    tx: Option<oneshot::Sender<Reaped>>,
+    /// Killed with the child's group, just before the child is reaped.
+    cgroup: Option<Arc<WorkerCgroup>>,
+}
+
 /// Who waits for which pid, and the statuses that came before their owner.
 #[derive(Default)]
 struct Registry {
-    waiting: HashMap<i32, oneshot::Sender<Exit>>,
+    waiting: HashMap<i32, Entry>,
     parked: HashMap<i32, (Exit, Instant)>,
+    /// pidfds of parked children that led a process group, opened while they were zombies
+    /// and handed over with their status: the only way left to name a group whose leader
+    /// was reaped before it was registered (a worker that exited at once).
+    leaders: HashMap<i32, (OwnedFd, Instant)>,
     /// The reaper thread failed: registrations are answered with a closed channel.
     dead: bool,
+    /// The last [`Entry::serial`] given.
+    serial: u64,
 }
 
 /// How long an unclaimed status is kept: far longer than a spawn takes to register.
 const PARKED_FOR: Duration = Duration::from_secs(30);
+
+/// How many [`Registry::leaders`] are kept at most, and for how long: a worker registers
+/// within milliseconds; an orphan's pidfd only holds a descriptor.
+const LEADERS_MAX: usize = 16;
+const LEADER_FOR: Duration = Duration::from_secs(1);
+
+fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
+    registry.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A handle on the reaper thread's registry.
 #[derive(Clone)]
@@ -68,13 +147,15 @@ pub struct Reaper {
 
 impl Reaper {
     /// Makes this process a child subreaper and starts the reaper thread. Call before any
-    /// child is spawned.
+    /// child is spawned, and once.
     pub fn start() -> std::io::Result<Reaper> {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
         let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // Said once, at start: how workers are named when they are signalled.
+        tracing::debug!("process handles: {}", crate::process::handles());
         let mut signals = Signals::new([SIGCHLD])?;
         let reaper = Reaper {
             registry: Arc::new(Mutex::new(Registry::default())),
@@ -93,92 +174,340 @@ impl Reaper {
                 if reaping.is_err() {
                     // The panic hook has told the pool. Nobody may wait for a status that
                     // will never come: dropping the senders tells every waiter its process
-                    // is gone.
-                    let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+                    // is gone. The entries stay: those pids are never reaped now, so they
+                    // (and their groups) stay their workers'.
+                    let mut registry = lock(&registry);
                     registry.dead = true;
-                    registry.waiting.clear();
+                    for entry in registry.waiting.values_mut() {
+                        entry.tx = None;
+                    }
                 }
             })?;
         Ok(reaper)
     }
 
     /// Routes the exit status of `pid`, a child cloned after `since`, to the returned
-    /// receiver, even if it has already been reaped.
-    pub fn register(&self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .register(pid, since)
+    /// registration, even if it has already been reaped.
+    pub fn register(&self, pid: i32, since: Instant) -> Registration {
+        Registration::new(&self.registry, pid, since)
+    }
+
+    /// Kills every child of this process that is still alive (inherited orphans included), so
+    /// that jobsup never exits with live children. The reaper collects them. The reaper is
+    /// held off meanwhile, so no pid listed is reaped (and reused) before it is signalled.
+    pub fn kill_remaining_children(&self) {
+        let _held = lock(&self.registry);
+        kill_all(&children_of_self());
+    }
+}
+
+/// A registered child: the status the reaper routes to it, and the means to act on its pid
+/// while that pid is certainly still the child's.
+pub struct Registration {
+    pid: i32,
+    /// Its [`Entry::serial`] (none if its status was there at registration).
+    serial: Option<u64>,
+    /// The pidfd the reaper opened on it, when it was reaped before it was registered.
+    pidfd: Option<OwnedFd>,
+    rx: Option<oneshot::Receiver<Reaped>>,
+    reaped: Option<Reaped>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+/// Proof, inside [`Registration::while_unreaped`], that the child is not reaped: its pid,
+/// and the id of the group it leads, name it and nobody else.
+pub struct Unreaped {
+    _private: (),
+}
+
+impl Registration {
+    fn new(registry: &Arc<Mutex<Registry>>, pid: i32, since: Instant) -> Registration {
+        let (rx, serial, pidfd) = lock(registry).register(pid, since);
+        Registration {
+            pid,
+            serial,
+            pidfd,
+            rx: Some(rx),
+            reaped: None,
+            registry: Arc::clone(registry),
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// How it ended, once the reaper has said so.
+    pub fn try_reaped(&mut self) -> Option<Reaped> {
+        if self.reaped.is_none() {
+            if let Some(rx) = &mut self.rx {
+                match rx.try_recv() {
+                    Ok(reaped) => self.got(reaped),
+                    Err(oneshot::error::TryRecvError::Closed) => self.got(Reaper::failed()),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+            }
+        }
+        self.reaped
+    }
+
+    /// Resolves once the child has exited and been reaped. Cancel-safe.
+    pub async fn reaped(&mut self) -> Reaped {
+        if let Some(reaped) = self.reaped {
+            return reaped;
+        }
+        let reaped = match self.rx.as_mut() {
+            // The reaper only drops a sender after sending, or when its thread failed.
+            Some(rx) => rx.await.unwrap_or_else(|_| Reaper::failed()),
+            None => Reaper::failed(),
+        };
+        self.got(reaped);
+        reaped
+    }
+
+    fn got(&mut self, reaped: Reaped) {
+        self.reaped = Some(reaped);
+        self.rx = None;
+    }
+
+    /// Runs `f` while the child is certainly not reaped, with the reaper held off: its pid,
+    /// and the id of the process group it leads, then name it and nobody else (a zombie's
+    /// pid cannot be reused). `None`, without running `f`, once it has been reaped.
+    ///
+    /// `f` must not call back into the registry (registering, holding the reaper): it runs
+    /// with it locked.
+    pub fn while_unreaped<R>(&self, f: impl FnOnce(&Unreaped) -> R) -> Option<R> {
+        let registry = lock(&self.registry);
+        let unreaped = self.entry(&registry).is_some();
+        let result = unreaped.then(|| f(&Unreaped { _private: () }));
+        drop(registry);
+        result
+    }
+
+    /// Runs `f` with the reaper held off: no child of this process is reaped meanwhile, so a
+    /// pid `f` finds among them stays that child's until `f` returns. The same rule as for
+    /// [`Registration::while_unreaped`] applies to `f`.
+    pub fn holding_reaper<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = lock(&self.registry);
+        f()
+    }
+
+    /// The pidfd the reaper opened on the child while it was a zombie, if it was reaped
+    /// before it was registered and led a process group: through it, what is left of that
+    /// group can still be signalled (see [`crate::process`]).
+    pub fn take_pidfd(&mut self) -> Option<OwnedFd> {
+        self.pidfd.take()
+    }
+
+    /// Has the reaper kill `cgroup` too, just before it reaps the child (if it has not yet:
+    /// [`Reaped::cgroup_killed`] says).
+    pub fn kill_cgroup_first(&self, cgroup: &Arc<WorkerCgroup>) {
+        let mut registry = lock(&self.registry);
+        if self.entry(&registry).is_some() {
+            if let Some(entry) = registry.waiting.get_mut(&self.pid) {
+                entry.cgroup = Some(Arc::clone(cgroup));
+            }
+        }
+    }
+
+    /// Its entry, while it is registered and unreaped.
+    fn entry<'r>(&self, registry: &'r Registry) -> Option<&'r Entry> {
+        let serial = self.serial?;
+        registry
+            .waiting
+            .get(&self.pid)
+            .filter(|e| e.serial == serial)
+    }
+}
+
+impl Reaper {
+    /// What a waiter is told when the reaper thread failed: its process is certainly not
+    /// jobsup's to wait for any more.
+    fn failed() -> Reaped {
+        Reaped::early(Exit::Signal(libc::SIGKILL))
     }
 }
 
 impl Registry {
-    fn register(&mut self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
+    /// The channel for `pid`'s status, the serial of its entry if it is waited for, and
+    /// the pidfd parked with its status if it had already been reaped.
+    fn register(
+        &mut self,
+        pid: i32,
+        since: Instant,
+    ) -> (oneshot::Receiver<Reaped>, Option<u64>, Option<OwnedFd>) {
         let (tx, rx) = oneshot::channel();
-        if self.dead {
-            return rx;
-        }
+        let leader = self.leaders.remove(&pid);
         match self.parked.remove(&pid) {
             Some((exit, reaped)) if reaped >= since => {
-                let _ = tx.send(exit);
+                let _ = tx.send(Reaped::early(exit));
+                let pidfd = leader.filter(|(_, at)| *at >= since).map(|(fd, _)| fd);
+                (rx, None, pidfd)
             }
             // None yet, or an earlier process's with the same pid.
             _ => {
-                self.waiting.insert(pid, tx);
+                // After a failure nothing is reaped any more: the pid stays the child's, and
+                // the closed channel says its status will not come.
+                let tx = (!self.dead).then_some(tx);
+                self.serial += 1;
+                let serial = self.serial;
+                self.waiting.insert(
+                    pid,
+                    Entry {
+                        serial,
+                        tx,
+                        cgroup: None,
+                    },
+                );
+                (rx, Some(serial), None)
             }
         }
-        rx
     }
 
-    /// Hands a collected status to its owner, or parks it until one registers.
-    fn reaped(&mut self, pid: i32, exit: Exit, now: Instant) {
-        match self.waiting.remove(&pid) {
-            // The owner may have gone already; nothing else to tell.
-            Some(tx) => {
-                let _ = tx.send(exit);
+    /// Collects `pid`, which has exited and is still a zombie: for a registered child, first
+    /// SIGKILL to its group and its cgroup (while the zombie keeps the group's id from being
+    /// reused), then the reap, then the status to its owner; an unregistered one's status is
+    /// parked. Called with the registry locked. False if the child could not be reaped.
+    fn collect(&mut self, pid: i32, now: impl FnOnce() -> Instant) -> bool {
+        let entry = self.waiting.remove(&pid);
+        let mut cgroup_killed = false;
+        let mut leader = None;
+        match &entry {
+            Some(entry) => {
+                crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                if let Some(cgroup) = &entry.cgroup {
+                    cgroup.kill();
+                    cgroup_killed = true;
+                }
+            }
+            // Perhaps a worker whose spawner has not registered it yet: its group is not
+            // killed on a guess (an inherited orphan's is not jobsup's to kill), but while
+            // it is a zombie a pidfd still names it, and so its group, for its owner.
+            None => leader = self.leader_pidfd(pid),
+        }
+        let exit = match wait_exited(libc::P_PID, pid as libc::id_t, 0) {
+            Ok(Some((_, exit))) => exit,
+            failed => {
+                // Only this thread reaps, and it saw the zombie: unreachable in practice.
+                tracing::error!(pid, "cannot reap an exited child: {failed:?}");
+                if let Some(entry) = entry {
+                    self.waiting.insert(pid, entry);
+                }
+                return false;
+            }
+        };
+        match entry {
+            Some(Entry { tx, .. }) => {
+                // The owner may have gone already; nothing else to tell.
+                if let Some(tx) = tx {
+                    let _ = tx.send(Reaped {
+                        exit,
+                        group_killed: true,
+                        cgroup_killed,
+                    });
+                }
             }
             None => {
-                tracing::trace!(pid, %exit, "reaped a process nobody has registered (yet)");
-                if self.parked.len() >= 64 {
-                    self.parked
-                        .retain(|_, (_, at)| now.duration_since(*at) < PARKED_FOR);
+                let now = now();
+                if let Some(fd) = leader {
+                    self.leaders.insert(pid, (fd, now));
                 }
-                self.parked.insert(pid, (exit, now));
+                self.park(pid, exit, now);
             }
         }
+        true
+    }
+
+    /// A pidfd on the unregistered zombie `pid`, if it leads a process group, pidfds can
+    /// signal groups here, and there is room (see [`LEADERS_MAX`]).
+    fn leader_pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
+        if *crate::process::handles() != crate::process::Handles::Pidfd {
+            return None;
+        }
+        // A zombie's group is still its own; a worker leads one.
+        if nix::unistd::getpgid(Some(Pid::from_raw(pid))) != Ok(Pid::from_raw(pid)) {
+            return None;
+        }
+        if self.leaders.len() >= LEADERS_MAX {
+            let now = Instant::now();
+            self.leaders
+                .retain(|_, (_, at)| now.duration_since(*at) < LEADER_FOR);
+            if self.leaders.len() >= LEADERS_MAX {
+                return None;
+            }
+        }
+        // The zombie is not reaped (only this thread reaps), so the pid is still its own.
+        crate::process::pidfd_open(pid).ok()
+    }
+
+    /// Keeps an unclaimed status until its owner registers (or for [`PARKED_FOR`]).
+    fn park(&mut self, pid: i32, exit: Exit, now: Instant) {
+        tracing::trace!(pid, %exit, "reaped a process nobody has registered (yet)");
+        if self.parked.len() >= 64 {
+            self.parked
+                .retain(|_, (_, at)| now.duration_since(*at) < PARKED_FOR);
+        }
+        self.parked.insert(pid, (exit, now));
+    }
+}
+
+/// One exited child, from `waitid(idtype, id, WEXITED | WNOHANG | flags)`: its pid and how
+/// it ended, or `None` if no child (of those named) has exited. With `WNOWAIT` in `flags`
+/// the child is left a zombie.
+///
+/// Read from the raw `siginfo_t`: a child killed by a real-time signal is a status like
+/// any other (a conversion to a known `Signal` would fail on it, and lose it).
+fn wait_exited(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    flags: libc::c_int,
+) -> Result<Option<(i32, Exit)>, Errno> {
+    loop {
+        // SAFETY: siginfo_t is plain C data, for which all zeroes is a valid value (and
+        // si_pid 0 is how WNOHANG says "none").
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, writable siginfo_t for the duration of the call.
+        let rc =
+            unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::WNOHANG | flags) };
+        if rc < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        // SAFETY: waitid either left `info` zeroed or filled in a SIGCHLD siginfo, whose
+        // si_pid and si_status are the fields these accessors read.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let exit = match info.si_code {
+            libc::CLD_EXITED => Exit::Code(status),
+            // CLD_KILLED, CLD_DUMPED: the only others WEXITED reports.
+            _ => Exit::Signal(status),
+        };
+        return Ok(Some((pid, exit)));
     }
 }
 
 fn reap_all(registry: &Mutex<Registry>) {
     crate::fault::fault("reaper");
     loop {
-        let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Exit::Signal(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
+        // Which child has exited, leaving it a zombie: until it is reaped its pid is its own.
+        let pid = match wait_exited(libc::P_ALL, 0, libc::WNOWAIT) {
+            Ok(Some((pid, _))) => pid,
+            Ok(None) | Err(Errno::ECHILD) => return,
             Err(e) => {
-                tracing::error!("waitpid failed: {e}");
+                tracing::error!("waitid failed: {e}");
                 return;
             }
         };
-        registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reaped(pid, exit, Instant::now());
+        if !lock(registry).collect(pid, Instant::now) {
+            return;
+        }
     }
 }
-
-/// Kills every child of this process that is still alive (inherited orphans included), so
-/// that jobsup never exits with live children. The reaper collects them.
-pub fn kill_remaining_children() {
-    for pid in children_of_self() {
-        // "Already gone" is success: ESRCH is ignored.
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
 /// Pids of this process's live children, from `/proc/self/task/*/children`.
 pub fn children_of_self() -> Vec<i32> {
     children_of("self")
@@ -247,16 +576,138 @@ fn children_of(pid: &str) -> Vec<i32> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    //! Real processes for the tests of this crate.
+
+    use std::future::Future;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, ChildStdout, Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use std::sync::{Arc, Mutex};
+
+    use super::{lock, Exit, Reaped, Reaper, Registration, Registry};
+
+    /// A generous bound for what should take milliseconds.
+    pub(crate) const WAIT: Duration = Duration::from_secs(30);
+
+    /// The test binary's one reaper (two would steal each other's statuses).
+    pub(crate) fn reaper() -> &'static Reaper {
+        static REAPER: OnceLock<Reaper> = OnceLock::new();
+        REAPER.get_or_init(|| Reaper::start().expect("the reaper starts"))
+    }
+
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    /// The child's status, within [`WAIT`].
+    pub(crate) fn reaped(registration: &mut Registration) -> Reaped {
+        block_on(async { tokio::time::timeout(WAIT, registration.reaped()).await })
+            .expect("the reaper routes the status")
+    }
+
+    /// Polls `cond` every few milliseconds, for at most [`WAIT`].
+    pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A registry that no reaper thread reads: what it says is up to the test.
+    pub(crate) struct Pretend(Arc<Mutex<Registry>>);
+
+    impl Pretend {
+        pub(crate) fn new() -> Pretend {
+            Pretend(Arc::new(Mutex::new(Registry::default())))
+        }
+
+        pub(crate) fn register(&self, pid: i32, since: Instant) -> Registration {
+            Registration::new(&self.0, pid, since)
+        }
+
+        /// Says that `pid` has been reaped, as the reaper would.
+        pub(crate) fn reaped(&self, pid: i32) {
+            let mut registry = lock(&self.0);
+            if let Some(super::Entry { tx: Some(tx), .. }) = registry.waiting.remove(&pid) {
+                let _ = tx.send(Reaped::early(Exit::Code(0)));
+            }
+        }
+    }
+
+    /// Whether `/proc` has the pid at all (a zombie included).
+    pub(crate) fn exists(pid: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// A `sh -c script` that leads its own process group and waits for a line on its stdin
+    /// (`read go`) where its script says so.
+    pub(crate) struct Leader {
+        pub(crate) child: Child,
+        out: BufReader<ChildStdout>,
+        /// Taken before the spawn.
+        pub(crate) since: Instant,
+    }
+
+    impl Leader {
+        pub(crate) fn start(script: &str) -> Leader {
+            let since = Instant::now();
+            let mut child = Command::new("/bin/sh")
+                .args(["-c", script])
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("sh starts");
+            let out = BufReader::new(child.stdout.take().expect("piped"));
+            Leader { child, out, since }
+        }
+
+        pub(crate) fn pid(&self) -> i32 {
+            self.child.id() as i32
+        }
+
+        /// Registered with the test binary's reaper.
+        pub(crate) fn register(&self) -> Registration {
+            reaper().register(self.pid(), self.since)
+        }
+
+        /// The next line it prints, as a pid.
+        pub(crate) fn read_pid(&mut self) -> i32 {
+            let mut line = String::new();
+            self.out.read_line(&mut line).expect("read its output");
+            line.trim().parse().expect("a pid")
+        }
+
+        /// Lets its `read go` return.
+        pub(crate) fn go(&mut self) {
+            let stdin = self.child.stdin.as_mut().expect("piped");
+            stdin.write_all(b"go\n").expect("write its stdin");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
 
     #[test]
     fn a_status_reaped_before_registration_is_handed_over() {
         let mut r = Registry::default();
         let since = Instant::now();
-        r.reaped(42, Exit::Code(3), Instant::now());
-        let mut rx = r.register(42, since);
-        assert_eq!(rx.try_recv(), Ok(Exit::Code(3)));
+        r.park(42, Exit::Code(3), Instant::now());
+        let (mut rx, serial, _) = r.register(42, since);
+        assert_eq!(rx.try_recv(), Ok(Reaped::early(Exit::Code(3))));
+        assert_eq!(serial, None);
         assert!(r.parked.is_empty() && r.waiting.is_empty());
     }
 
@@ -264,15 +715,14 @@ mod tests {
     fn a_status_reaped_before_the_clone_belongs_to_an_earlier_process() {
         let mut r = Registry::default();
         // An orphan with pid 42 was reaped; then a new child got the recycled pid.
-        r.reaped(42, Exit::Signal(9), Instant::now());
+        r.park(42, Exit::Signal(9), Instant::now());
         let since = Instant::now() + Duration::from_millis(1);
-        let mut rx = r.register(42, since);
+        let (mut rx, _, _) = r.register(42, since);
         assert!(
             rx.try_recv().is_err(),
             "the orphan's status is not the child's"
         );
-        r.reaped(42, Exit::Code(0), since + Duration::from_millis(1));
-        assert_eq!(rx.try_recv(), Ok(Exit::Code(0)));
+        assert!(r.waiting.contains_key(&42), "the child is waited for");
     }
 
     #[test]
@@ -280,8 +730,84 @@ mod tests {
         let mut r = Registry::default();
         let start = Instant::now();
         for pid in 0..1000 {
-            r.reaped(pid, Exit::Code(0), start + PARKED_FOR * pid as u32 / 100);
+            r.park(pid, Exit::Code(0), start + PARKED_FOR * pid as u32 / 100);
         }
         assert!(r.parked.len() < 200, "{} parked", r.parked.len());
+    }
+
+    #[test]
+    fn a_registration_does_not_take_its_successors_for_itself() {
+        let registry = Pretend::new();
+        let first = registry.register(42, Instant::now());
+        registry.reaped(42);
+        // The number is reused, and its new holder registered.
+        let second = registry.register(42, Instant::now());
+        assert_eq!(first.while_unreaped(|_| ()), None);
+        assert_eq!(second.while_unreaped(|_| ()), Some(()));
+    }
+
+    #[test]
+    fn a_group_member_left_behind_is_killed_before_its_leader_is_reaped() {
+        let mut leader = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go; exit 3");
+        let mut registration = leader.register();
+        let member = leader.read_pid();
+        leader.go();
+        let reaped = reaped(&mut registration);
+        assert_eq!(reaped.exit, Exit::Code(3));
+        assert!(reaped.group_killed, "{reaped:?}");
+        // Nothing else signals the member: if it dies of SIGKILL, the reaper sent it, and
+        // it did so before it reaped the leader (the leader's status came only after).
+        // Orphaned to this subreaper, the member is then reaped by the same reaper.
+        let mut member = reaper().register(member, leader.since);
+        assert_eq!(
+            super::testing::reaped(&mut member).exit,
+            Exit::Signal(libc::SIGKILL)
+        );
+    }
+
+    #[test]
+    fn an_unregistered_child_is_reaped_without_its_group_being_killed() {
+        // An inherited orphan, or a worker that exited before its spawner registered it.
+        let mut orphan = Leader::start("sleep 1000 >/dev/null 2>&1 & echo $!; read go; exit 4");
+        let member = orphan.read_pid();
+        orphan.go();
+        let pid = orphan.pid();
+        wait_until("the orphan is reaped", || !exists(pid));
+        // Its parked status is handed over at registration, marked: nothing was killed.
+        let mut registration = orphan.register();
+        assert_eq!(
+            registration.try_reaped(),
+            Some(Reaped::early(Exit::Code(4)))
+        );
+        // Its group lives on: the member dies of the signal sent to it now, not of a
+        // SIGKILL the reaper would have sent before.
+        let mut member_registration = reaper().register(member, orphan.since);
+        nix::sys::signal::kill(Pid::from_raw(member), nix::sys::signal::Signal::SIGTERM)
+            .expect("the member is there");
+        assert_eq!(
+            reaped(&mut member_registration).exit,
+            Exit::Signal(libc::SIGTERM)
+        );
+    }
+
+    #[test]
+    fn a_child_killed_by_a_real_time_signal_is_reported_as_such() {
+        let leader = Leader::start("read go");
+        let mut registration = leader.register();
+        let sig = libc::SIGRTMIN() + 1;
+        // SAFETY: kill takes plain integers. The child waits on its stdin, alive and
+        // unreaped, so the pid is its own.
+        assert_eq!(unsafe { libc::kill(leader.pid(), sig) }, 0);
+        assert_eq!(reaped(&mut registration).exit, Exit::Signal(sig));
+    }
+
+    #[test]
+    fn while_unreaped_runs_only_until_the_child_is_reaped() {
+        let mut leader = Leader::start("read go");
+        let mut registration = leader.register();
+        assert_eq!(registration.while_unreaped(|_| 7), Some(7));
+        leader.go();
+        reaped(&mut registration);
+        assert_eq!(registration.while_unreaped(|_| 7), None);
     }
 }

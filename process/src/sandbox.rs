@@ -26,7 +26,7 @@ use jobsup_protocol::{ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RES
 use tokio::sync::oneshot;
 
 use crate::launch;
-use crate::reaper::{Exit, Reaper};
+use crate::reaper::Reaper;
 
 /// Variables passed through from jobsup's own environment to every worker.
 const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
@@ -77,8 +77,8 @@ pub struct Limits {
 pub struct Spawned {
     /// Its pid, which is also its process group id.
     pub pid: i32,
-    /// Resolves when the reaper has collected its exit status.
-    pub exit: oneshot::Receiver<Exit>,
+    /// Its registration with the reaper, which routes its exit status there.
+    pub exit: crate::reaper::Registration,
     /// The pipes a mode may take for its link.
     pub pipes: Pipes,
     /// Its cgroup, where the machine offers them.

@@ -427,7 +427,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     if let Some(guard) = &mut guard {
         guard.register(&reaper);
     }
-    let spawner = Spawner::start(reaper, cgroups.clone())
+    let spawner = Spawner::start(reaper.clone(), cgroups.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -455,7 +455,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         finish_guard(guard);
     }
     // Inherited orphans the workers left behind die with the run.
-    reaper::kill_remaining_children();
+    reaper.kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
     if let Some(cgroups) = &cgroups {
         cgroups.remove_all();

@@ -225,9 +225,12 @@ impl Link {
                 let _ = self
                     .tx
                     .send_frame(&self.codec, &ToWorker::Cleanup { job, grace_ms });
-                process.ask(None);
+                // A worker that has gone needs no waking (ESRCH, logged by `ask`).
+                let _ = process.ask(None);
             }
-            Reader::Lines { .. } | Reader::Output(_) => process.ask(Some(signal)),
+            Reader::Lines { .. } | Reader::Output(_) => {
+                let _ = process.ask(Some(signal));
+            }
         }
     }
 

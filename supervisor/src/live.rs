@@ -94,11 +94,12 @@ impl Live {
         let mut spawned = spawner.spawn(spec).await?;
         let pid = spawned.pid;
         // An exec slot starts a process per job under the same id: its cgroups are reused.
+        // No pidfd from the spawner (yet): `Process::new` opens one.
         let mut process = Process::new(
-            pid,
+            spawned.exit,
+            None,
             id,
             spawned.cgroup.take(),
-            spawned.exit,
             settings.mode == crate::link::Mode::Exec,
         );
         let origin = Origin {

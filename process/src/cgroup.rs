@@ -13,7 +13,9 @@
 //!   controller `--max-procs` is refused at start.
 //!
 //! jobsup makes `jobsup-<pid>` under its own cgroup in each hierarchy it uses, and one
-//! `w<worker>` under that per worker; a worker joins its cgroups between clone and exec.
+//! `w<worker>` under that per worker. A worker is created in its cgroup v2 directory where
+//! the kernel can do that (`clone3` with `CLONE_INTO_CGROUP`, see `launch`), and joins the
+//! others (and, on older kernels, that one too) between clone and exec.
 //! [`Cgroups::detect`] says what was found and why not the rest.
 
 use std::ffi::CString;
@@ -500,6 +502,26 @@ impl WorkerCgroup {
     /// The paths the child writes itself into.
     pub fn procs(&self) -> Vec<CString> {
         self.procs.clone()
+    }
+
+    /// The paths the child writes itself into when it was created in [`Self::v2_dir`]
+    /// already (`clone3` with `CLONE_INTO_CGROUP`): those of its cgroup v1 hierarchies.
+    pub fn procs_v1(&self) -> Vec<CString> {
+        self.dirs
+            .iter()
+            .zip(&self.procs)
+            .filter(|((_, version), _)| *version == Version::V1)
+            .map(|(_, procs)| procs.clone())
+            .collect()
+    }
+
+    /// Its cgroup v2 directory, where it has one (where the kill goes, and the v2
+    /// controllers' limits): `clone3` can create the process right there.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(_, version)| *version == Version::V2)
+            .map(|(dir, _)| dir.as_path())
     }
 
     /// SIGKILL to every process in the worker's cgroups.

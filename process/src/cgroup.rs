@@ -21,7 +21,9 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The limits a run asks cgroups for.
@@ -89,6 +91,9 @@ pub struct WorkerCgroup {
     /// [`WorkerCgroup::counts`] when this process joined (a reused directory keeps its
     /// counts).
     baseline: (u64, u64),
+    /// Its cgroup v2 directory was made for it (not left by an earlier process of the
+    /// same exec slot): nothing ever killed it.
+    fresh_v2: bool,
 }
 
 /// Which cgroup limits the kernel enforced on a worker (each with its value).
@@ -339,6 +344,7 @@ impl Cgroups {
             memory: None,
             pids: None,
             baseline: (0, 0),
+            fresh_v2: false,
         };
         if let Some(base) = &self.kill {
             w.kill = Some(w.join_dir(base, id)?);
@@ -366,6 +372,35 @@ impl Cgroups {
         }
         w.baseline = w.counts();
         Ok(w)
+    }
+
+    /// Asks `runs` (does a child that `clone3` creates in the cgroup whose `O_PATH` fd it is
+    /// given run at all?) about a scratch cgroup v2 directory of jobsup's, first fresh,
+    /// then once killed: some kernels kill such a child at once when the cgroup's count of
+    /// `cgroup.kill` writes differs from the parent's. Returns the two answers; both false
+    /// without a cgroup v2 directory of jobsup's, or when the scratch cannot be made.
+    pub fn probe_clone_into(&self, mut runs: impl FnMut(BorrowedFd<'_>) -> bool) -> (bool, bool) {
+        let Some(base) = self.kill.as_ref().filter(|b| b.version == Version::V2) else {
+            return (false, false);
+        };
+        let dir = base.dir.join("clone3-probe");
+        if fs::create_dir(&dir).is_err() {
+            return (false, false);
+        }
+        let answers = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&dir)
+        {
+            Ok(fd) => {
+                let fresh = runs(fd.as_fd());
+                let killed = fs::write(dir.join("cgroup.kill"), "1").is_ok() && runs(fd.as_fd());
+                (fresh, killed)
+            }
+            Err(_) => (false, false),
+        };
+        remove_when_empty(&dir);
+        answers
     }
 
     /// Kills whatever is left in jobsup's cgroups and removes them (at the end of a run, or
@@ -455,7 +490,7 @@ impl WorkerCgroup {
             return Ok(i);
         }
         match fs::create_dir(&dir) {
-            Ok(()) => {}
+            Ok(()) => self.fresh_v2 |= base.version == Version::V2,
             // A leftover from an earlier process of the same exec slot.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -522,6 +557,12 @@ impl WorkerCgroup {
             .iter()
             .find(|(_, version)| *version == Version::V2)
             .map(|(dir, _)| dir.as_path())
+    }
+
+    /// Whether [`Self::v2_dir`] was made for this process, so that no `cgroup.kill` has
+    /// ever been written to it (see [`Cgroups::probe_clone_into`]).
+    pub fn v2_fresh(&self) -> bool {
+        self.fresh_v2
     }
 
     /// SIGKILL to every process in the worker's cgroups.

@@ -222,8 +222,6 @@ pub struct Launched {
     pub pid: i32,
     /// A pidfd for it, where the kernel makes one (close-on-exec, jobsup's only).
     pub pidfd: Option<OwnedFd>,
-    /// Whether it was created inside the cgroup given to [`launch`].
-    pub in_cgroup: bool,
     /// Whether it reached exec: else where and why not (it then exits with 127).
     pub started: Result<(), Failed>,
 }
@@ -246,7 +244,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// Starts the process: a clone (a fork under `--isolate pid`, see the module's doc), then,
 /// in the child, the default signal dispositions, `setup`, and the exec of `plan`.
 /// `cgroup`, an `O_PATH` fd of a cgroup v2 directory, is where the child is created where
-/// the kernel allows it ([`Launched::in_cgroup`]; `setup` is told through [`Born`]).
+/// the kernel allows it (`setup` is told through [`Born`]).
 ///
 /// Returns the pid once the child has exec'd, or the pid and where and why it failed
 /// before (the child then exits with 127); either way the caller registers the pid with
@@ -291,7 +289,6 @@ where
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     let mut pidfd: libc::c_int = -1;
-    let mut in_cgroup = false;
     let mut clone3_refused = None;
     let pid = if plan.share_memory {
         let mut pid = -1;
@@ -303,13 +300,21 @@ where
                 report,
                 born: Born { in_cgroup: true },
             };
-            // SAFETY: `child` and the stack outlive the child's use of them (CLONE_VFORK:
-            // this thread waits until the child execs or exits); `pidfd` is a live int.
-            match unsafe { clone3_vfork(&child, stack_base, stack_size, cgroup, &mut pidfd) } {
-                Ok(p) => {
-                    pid = p;
-                    in_cgroup = true;
-                }
+            let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
+            // SAFETY: `child_main` runs `setup` under this function's contract; `child` and
+            // the stack outlive the child's use of them (CLONE_VFORK: this thread waits
+            // until the child execs or exits); `pidfd` is a live int; signals are blocked.
+            match unsafe {
+                clone3_vfork(
+                    child_main::<F>,
+                    arg,
+                    stack_base,
+                    stack_size,
+                    cgroup,
+                    &mut pidfd,
+                )
+            } {
+                Ok(p) => pid = p,
                 Err(e) => {
                     // Not known to this kernel: remembered, and said once. Any other
                     // refusal (a cgroup that cannot take the process) is this spawn's.
@@ -380,7 +385,6 @@ where
     Ok(Launched {
         pid,
         pidfd,
-        in_cgroup,
         started,
     })
 }
@@ -437,23 +441,26 @@ fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
     })
 }
 
+/// The entry point of a child that shares this process's memory, and its argument.
+type Entry = extern "C" fn(*mut libc::c_void) -> libc::c_int;
+
 /// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)`, the child running
-/// `child_main` on the given stack. Returns the pid, or the errno (no child was made).
+/// `entry(arg)` on the given stack and exiting with what it returns. Returns the pid, or
+/// the errno (no child was made).
 ///
 /// # Safety
-/// `child` and the stack must stay valid until the child has exec'd or exited (which
-/// `CLONE_VFORK` makes this thread wait for), and `pidfd` is written by the kernel.
+/// `entry` must keep `launch`'s contract for `setup` (the child shares this memory);
+/// `arg` and the stack must stay valid until the child has exec'd or exited (which
+/// `CLONE_VFORK` makes this thread wait for); signals must be blocked.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone3_vfork<F>(
-    child: &Child<'_, F>,
+unsafe fn clone3_vfork(
+    entry: Entry,
+    arg: *mut libc::c_void,
     stack_base: *mut libc::c_void,
     stack_size: usize,
     cgroup: BorrowedFd<'_>,
     pidfd: &mut libc::c_int,
-) -> Result<i32, i32>
-where
-    F: Fn(Born) -> Result<(), StageError>,
-{
+) -> Result<i32, i32> {
     // SAFETY: clone_args is plain integers; zero is "not asked for".
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags =
@@ -463,8 +470,6 @@ where
     args.stack = stack_base as u64;
     args.stack_size = stack_size as u64;
     args.cgroup = cgroup.as_raw_fd() as u64;
-    let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main::<F>;
-    let arg: *const Child<'_, F> = child;
     let ret: i64;
     // SAFETY: the system call reads `args` (alive here) and, in the parent, returns the
     // pid or -errno, clobbering rcx and r11 as every syscall does. The child starts at the
@@ -503,18 +508,74 @@ where
     }
 }
 
+/// Elsewhere: as a kernel without `clone3`.
+///
+/// # Safety
+/// None: it makes no child.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_vfork<F>(
-    _child: &Child<'_, F>,
+unsafe fn clone3_vfork(
+    _entry: Entry,
+    _arg: *mut libc::c_void,
     _stack_base: *mut libc::c_void,
     _stack_size: usize,
     _cgroup: BorrowedFd<'_>,
     _pidfd: &mut libc::c_int,
-) -> Result<i32, i32>
-where
-    F: Fn(Born) -> Result<(), StageError>,
-{
+) -> Result<i32, i32> {
     Err(libc::ENOSYS)
+}
+
+/// Whether a child that `clone3` creates in `cgroup` (an `O_PATH` fd of a cgroup v2
+/// directory) gets to run: it writes a byte to a pipe and exits. Some kernels kill such a
+/// child before its first instruction (see `sandbox`), so this is asked before relying on
+/// it. Returns the child's pid, for the reaper (`None`: no child was made), and the
+/// answer.
+pub(crate) fn child_runs_in(cgroup: BorrowedFd<'_>, stack: &mut Stack) -> (Option<i32>, bool) {
+    extern "C" fn say_so(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: a write of a static byte to the fd passed as the argument.
+        unsafe { libc::write(arg as usize as RawFd, b"1".as_ptr().cast(), 1) };
+        0
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return (None, false);
+    }
+    let Ok((r, w)) = crate::fd::pipe() else {
+        return (None, false);
+    };
+    let (stack_base, stack_size) = stack.bounds();
+    let mut pidfd = -1;
+    // SAFETY: zeroed sigsets are valid values, filled and used by the calls below.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: signals blocked across the clone as in `launch` (no handler may run in the
+    // child); `say_so` makes one async-signal-safe call; the stack and the fd outlive the
+    // child, which this thread waits for (CLONE_VFORK).
+    let pid = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = clone3_vfork(
+            say_so,
+            w.as_raw_fd() as usize as *mut libc::c_void,
+            stack_base,
+            stack_size,
+            cgroup,
+            &mut pidfd,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    if pidfd >= 0 {
+        // SAFETY: the kernel's new fd, ours alone.
+        drop(unsafe { OwnedFd::from_raw_fd(pidfd) });
+    }
+    let Ok(pid) = pid else {
+        return (None, false);
+    };
+    drop(w);
+    let mut byte = 0u8;
+    // SAFETY: a one-byte read into a live local from our own pipe; the child has exited
+    // (CLONE_VFORK), so it is there or never will be.
+    let n = unsafe { libc::read(r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+    (Some(pid), n == 1)
 }
 
 /// libc's `fork`, the child running `child_main`; the pidfd is opened by the parent

@@ -398,16 +398,26 @@ fn spawn(
         },
         None => None,
     };
-    // Where the clone can create the child: its cgroup v2 directory. Failing to open it
-    // only means the child joins it itself.
-    let into_cgroup = cgroup.as_ref().and_then(|c| c.v2_dir()).and_then(|dir| {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(dir)
-            .ok()
-    });
+    // Where the clone can create the child: its cgroup v2 directory, where this kernel
+    // lets the child run there. Failing to open it only means the child joins it itself.
+    let clone_into = match (&state.cgroups, &cgroup) {
+        (Some(all), Some(c)) if c.v2_dir().is_some() && !state.fallbacks.clone3 => {
+            clone_into(all, &state.reaper, &mut state.stack).allows(c)
+        }
+        _ => false,
+    };
+    let into_cgroup = cgroup
+        .as_ref()
+        .filter(|_| clone_into)
+        .and_then(|c| c.v2_dir())
+        .and_then(|dir| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(dir)
+                .ok()
+        });
     let mut fds = [-1; 5];
     fds[..3].copy_from_slice(&[
         stdin.0.as_raw_fd(),
@@ -461,7 +471,6 @@ fn spawn(
                 format!("{what}: {}", failed.error),
             )),
         })?;
-    log_clone_once(into_cgroup.is_some(), launched.in_cgroup);
     // The child's ends are the child's now.
     drop((stdin.0, stdout_w, stderr_w));
     let stdin = stdin.1.map(File::from);
@@ -489,18 +498,70 @@ fn spawn(
     })
 }
 
-/// Says once, at debug level, whether workers start inside their cgroup or join it.
-fn log_clone_once(wanted: bool, got: bool) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if !wanted || SAID.swap(true, Ordering::Relaxed) {
-        return;
+/// Where `clone3` may create a worker inside its cgroup v2 directory (`CLONE_INTO_CGROUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloneInto {
+    /// Every directory.
+    Any,
+    /// Only one no `cgroup.kill` has been written to. The kernel this was written on
+    /// (6.18) compares, for a child created in a cgroup, the target cgroup's count of
+    /// kills with the one it read *from the parent's cgroup* before it resolved the
+    /// target (`cgroup_css_set_fork` reads `kill_seq` while `kargs->cgrp` is not yet
+    /// set), and kills the child before its first instruction when they differ. An exec
+    /// slot's directory is killed after every job, so its later processes join it between
+    /// clone and exec instead, as on kernels without `clone3`.
+    Fresh,
+    /// None (the kernel kills even a child created in a fresh cgroup, or the probe could
+    /// not be made).
+    Never,
+}
+
+impl CloneInto {
+    fn allows(self, cgroup: &crate::cgroup::WorkerCgroup) -> bool {
+        match self {
+            CloneInto::Any => true,
+            CloneInto::Fresh => cgroup.v2_fresh(),
+            CloneInto::Never => false,
+        }
     }
-    if got {
-        tracing::debug!("workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP)");
-    } else {
-        tracing::debug!("workers join their cgroup between clone and exec (no clone3 here)");
-    }
+}
+
+/// What this kernel does with a child `clone3` creates in a cgroup, probed once (on the
+/// first spawn that could use it) in a scratch cgroup, fresh and then killed.
+fn clone_into(
+    cgroups: &crate::cgroup::Cgroups,
+    reaper: &Reaper,
+    stack: &mut launch::Stack,
+) -> CloneInto {
+    static PROBED: std::sync::OnceLock<CloneInto> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let (fresh, killed) = cgroups.probe_clone_into(|fd| {
+            let since = std::time::Instant::now();
+            let (pid, runs) = launch::child_runs_in(fd, stack);
+            if let Some(pid) = pid {
+                // Its exit status is the reaper's to collect, and nobody's to wait for.
+                drop(reaper.register(pid, since));
+            }
+            runs
+        });
+        let verdict = match (fresh, killed) {
+            (true, true) => CloneInto::Any,
+            (true, false) => CloneInto::Fresh,
+            _ => CloneInto::Never,
+        };
+        match verdict {
+            CloneInto::Any => tracing::debug!(
+                "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP)"
+            ),
+            CloneInto::Fresh => tracing::debug!(
+                "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP) unless it was killed before: this kernel kills a child created in such a cgroup, so those join it between clone and exec"
+            ),
+            CloneInto::Never => tracing::debug!(
+                "workers join their cgroup between clone and exec (clone3 with CLONE_INTO_CGROUP does not work here)"
+            ),
+        }
+        verdict
+    })
 }
 
 /// Everything the child's setup needs, made before the clone: the child may share

@@ -1075,6 +1075,19 @@ mod tests {
     #[test]
     fn the_proc_walk_marks_the_rest_close_on_exec() {
         every_method_marks_the_rest_close_on_exec(FdMethod::Proc);
+        // The walk itself, not what it falls back to.
+        let code = in_child(|| {
+            let high = open_plain(300);
+            // SAFETY: in a forked child that will exit without exec.
+            if unsafe { over_proc_fds(3, None, FdOp::Cloexec) }.is_err() {
+                return 11;
+            }
+            if (3..=high).any(|fd| flags(fd) != libc::FD_CLOEXEC) {
+                return 12;
+            }
+            0
+        });
+        assert_eq!(code, 0);
     }
 
     #[test]
@@ -1100,6 +1113,100 @@ mod tests {
                 0
             });
             assert_eq!(code, 0, "{method:?}");
+        }
+    }
+
+    /// Waits through `pidfd` for the process it names; returns its pid and exit code.
+    fn wait_pidfd(pidfd: &OwnedFd) -> (i32, i32) {
+        // SAFETY: a zeroed siginfo is a valid value for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid fills `info`; P_PIDFD waits for exactly the pidfd's process.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        assert_eq!(rc, 0, "waitid: {}", io::Error::last_os_error());
+        // SAFETY: waitid reported a child's exit: these fields are set.
+        unsafe { (info.si_pid(), info.si_status()) }
+    }
+
+    fn plan(program: &str, share_memory: bool) -> Plan {
+        Plan::new(OsStr::new(program), &[], std::iter::empty(), share_memory).expect("a plan")
+    }
+
+    #[test]
+    fn a_child_comes_with_a_close_on_exec_pidfd_that_names_it() {
+        // Both clones: shared memory (clone with CLONE_PIDFD) and libc's fork (pidfd_open
+        // while the child waits).
+        for share_memory in [true, false] {
+            let mut stack = Stack::default();
+            // SAFETY: the setup does nothing.
+            let launched = unsafe {
+                launch(
+                    &plan("/bin/true", share_memory),
+                    &mut stack,
+                    None,
+                    Fallbacks::default(),
+                    &|_| Ok(()),
+                )
+            }
+            .expect("launch");
+            assert!(launched.started.is_ok(), "{launched:?}");
+            let pidfd = launched
+                .pidfd
+                .expect("no pidfd: this needs Linux 5.2 (CLONE_PIDFD) or 5.3 (pidfd_open)");
+            // SAFETY: F_GETFD on our own fd.
+            let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(flags, libc::FD_CLOEXEC, "{share_memory}: close-on-exec");
+            assert_eq!(wait_pidfd(&pidfd), (launched.pid, 0), "{share_memory}");
+        }
+    }
+
+    #[test]
+    fn a_failure_before_exec_is_reported_with_its_stage() {
+        for share_memory in [true, false] {
+            let mut stack = Stack::default();
+            let refuse = |_: Born| {
+                Err(StageError {
+                    stage: Stage::Limits,
+                    errno: libc::EPERM,
+                })
+            };
+            // SAFETY: the setup makes no call at all.
+            let launched = unsafe {
+                launch(
+                    &plan("/bin/true", share_memory),
+                    &mut stack,
+                    None,
+                    Fallbacks::default(),
+                    &refuse,
+                )
+            }
+            .expect("launch");
+            let failed = launched.started.expect_err("the setup failed");
+            assert_eq!(failed.stage, Stage::Limits);
+            assert_eq!(failed.error.raw_os_error(), Some(libc::EPERM));
+            let pidfd = launched.pidfd.expect("a pidfd");
+            assert_eq!(wait_pidfd(&pidfd), (launched.pid, 127));
+            // SAFETY: the setup does nothing.
+            let launched = unsafe {
+                launch(
+                    &plan("/no/such/program", share_memory),
+                    &mut stack,
+                    None,
+                    Fallbacks::default(),
+                    &|_| Ok(()),
+                )
+            }
+            .expect("launch");
+            let failed = launched.started.expect_err("no such program");
+            assert_eq!(failed.stage, Stage::Exec);
+            assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));
+            assert_eq!(wait_pidfd(&launched.pidfd.expect("a pidfd")).1, 127);
         }
     }
 

@@ -720,21 +720,25 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
         )?;
 
-        // 9. The parent-death signal again: the fork of the pid shim cleared it, and a
-        //    change of credentials (a user namespace) may have. Then the check again: the
-        //    parent (jobsup, or the shim) may have died before it was armed.
-        at(
-            Stage::ParentDeath,
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ),
-        )?;
-        if parent.gone(plan.supervisor_pid) {
-            libc::_exit(1);
+        // 9. The parent-death signal again, after the namespaces changed who this is:
+        //    the fork of the pid shim cleared it, and a change of credentials (a user
+        //    namespace) may have. Then the check again: the parent (jobsup, or the shim)
+        //    may have died before it was armed. Without namespaces nothing changed since
+        //    step 2, which still holds.
+        if plan.isolation.is_some() {
+            at(
+                Stage::ParentDeath,
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ),
+            )?;
+            if parent.gone(plan.supervisor_pid) {
+                libc::_exit(1);
+            }
         }
     }
     Ok(())

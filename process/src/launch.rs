@@ -281,8 +281,8 @@ where
     // signals stay blocked across the clone, and the child resets every handler before
     // it unblocks them.
     // SAFETY: zeroed sigsets are valid values, filled and used by the calls below.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     // SAFETY: sigset manipulation on local values.
     unsafe {
         libc::sigfillset(&mut all);
@@ -544,8 +544,8 @@ pub(crate) fn child_runs_in(cgroup: BorrowedFd<'_>, stack: &mut Stack) -> (Optio
     let (stack_base, stack_size) = stack.bounds();
     let mut pidfd = -1;
     // SAFETY: zeroed sigsets are valid values, filled and used by the calls below.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     // SAFETY: signals blocked across the clone as in `launch` (no handler may run in the
     // child); `say_so` makes one async-signal-safe call; the stack and the fd outlive the
     // child, which this thread waits for (CLONE_VFORK).

@@ -369,14 +369,11 @@ fn spawn(
         env.push((ENV_PROTOCOL.into(), PROTOCOL_VERSION.to_string().into()));
         env.push((ENV_MAX_FRAME.into(), spec.max_frame.to_string().into()));
     }
-    let plan = launch::Plan::new(
-        spec.program.as_os_str(),
-        &spec.args,
-        env,
-        // The PID-1 shim of `--isolate pid` needs a memory of its own.
-        !spec.isolation.as_ref().is_some_and(|p| p.forks()),
-    )
-    .map_err(other)?;
+    // The PID-1 shim of `--isolate pid` needs a memory of its own: libc's fork, which
+    // cannot create the child in a cgroup.
+    let forks = spec.isolation.as_ref().is_some_and(|p| p.forks());
+    let plan =
+        launch::Plan::new(spec.program.as_os_str(), &spec.args, env, !forks).map_err(other)?;
 
     let mut limits = spec.limits;
     // Where a memory controller counts the worker's whole tree, the address-space rlimit
@@ -401,7 +398,7 @@ fn spawn(
     // Where the clone can create the child: its cgroup v2 directory, where this kernel
     // lets the child run there. Failing to open it only means the child joins it itself.
     let clone_into = match (&state.cgroups, &cgroup) {
-        (Some(all), Some(c)) if c.v2_dir().is_some() && !state.fallbacks.clone3 => {
+        (Some(all), Some(c)) if c.v2_dir().is_some() && !forks && !state.fallbacks.clone3 => {
             clone_into(all, &state.reaper, &mut state.stack).allows(c)
         }
         _ => false,

@@ -5,7 +5,7 @@
 //! - a parent-death signal (SIGKILL), so it dies with the supervisor. The signal follows the
 //!   *thread* that forked the child, so every spawn happens on one of a few dedicated
 //!   threads that live as long as the supervisor;
-//! - its cgroups, from its creation where the kernel can do it (see [`crate::launch`]);
+//! - its cgroups, from its creation where the kernel can do it (see `launch`);
 //! - an fd table of exactly stdin on `/dev/null` or a pipe, stdout and stderr on pipes that
 //!   the worker task drains, and in native mode the protocol pipes on fds 3 and 4: nothing
 //!   jobsup inherited or opened reaches it;

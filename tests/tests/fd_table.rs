@@ -84,9 +84,13 @@ fn an_inherited_fd_reaches_no_worker_in_any_mode() {
 
 #[test]
 fn an_inherited_fd_reaches_no_isolated_worker() {
+    // `net` alone: the shared-memory clone enters the namespace; with `pid`: the fork and
+    // the shim.
     for user in User::BOTH {
         for mode in ["exec", "lines", "native"] {
-            workers_have_only_their_own_fds(user, mode, &["--isolate", "pid,net"], None);
+            for isolate in ["net", "pid,net"] {
+                workers_have_only_their_own_fds(user, mode, &["--isolate", isolate], None);
+            }
         }
     }
 }

@@ -13,13 +13,17 @@
 //!   controller `--max-procs` is refused at start.
 //!
 //! jobsup makes `jobsup-<pid>` under its own cgroup in each hierarchy it uses, and one
-//! `w<worker>` under that per worker; a worker joins its cgroups between clone and exec.
+//! `w<worker>` under that per worker. A worker is created in its cgroup v2 directory where
+//! the kernel can do that (`clone3` with `CLONE_INTO_CGROUP`, see `launch`), and joins the
+//! others (and, on older kernels, that one too) between clone and exec.
 //! [`Cgroups::detect`] says what was found and why not the rest.
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The limits a run asks cgroups for.
@@ -87,6 +91,9 @@ pub struct WorkerCgroup {
     /// [`WorkerCgroup::counts`] when this process joined (a reused directory keeps its
     /// counts).
     baseline: (u64, u64),
+    /// Its cgroup v2 directory was made for it (not left by an earlier process of the
+    /// same exec slot): nothing ever killed it.
+    fresh_v2: bool,
 }
 
 /// Which cgroup limits the kernel enforced on a worker (each with its value).
@@ -337,6 +344,7 @@ impl Cgroups {
             memory: None,
             pids: None,
             baseline: (0, 0),
+            fresh_v2: false,
         };
         if let Some(base) = &self.kill {
             w.kill = Some(w.join_dir(base, id)?);
@@ -364,6 +372,35 @@ impl Cgroups {
         }
         w.baseline = w.counts();
         Ok(w)
+    }
+
+    /// Asks `runs` (does a child that `clone3` creates in the cgroup whose `O_PATH` fd it is
+    /// given run at all?) about a scratch cgroup v2 directory of jobsup's, first fresh,
+    /// then once killed: some kernels kill such a child at once when the cgroup's count of
+    /// `cgroup.kill` writes differs from the parent's. Returns the two answers; both false
+    /// without a cgroup v2 directory of jobsup's, or when the scratch cannot be made.
+    pub fn probe_clone_into(&self, mut runs: impl FnMut(BorrowedFd<'_>) -> bool) -> (bool, bool) {
+        let Some(base) = self.kill.as_ref().filter(|b| b.version == Version::V2) else {
+            return (false, false);
+        };
+        let dir = base.dir.join("clone3-probe");
+        if fs::create_dir(&dir).is_err() {
+            return (false, false);
+        }
+        let answers = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&dir)
+        {
+            Ok(fd) => {
+                let fresh = runs(fd.as_fd());
+                let killed = fs::write(dir.join("cgroup.kill"), "1").is_ok() && runs(fd.as_fd());
+                (fresh, killed)
+            }
+            Err(_) => (false, false),
+        };
+        remove_when_empty(&dir);
+        answers
     }
 
     /// Kills whatever is left in jobsup's cgroups and removes them (at the end of a run, or
@@ -453,7 +490,7 @@ impl WorkerCgroup {
             return Ok(i);
         }
         match fs::create_dir(&dir) {
-            Ok(()) => {}
+            Ok(()) => self.fresh_v2 |= base.version == Version::V2,
             // A leftover from an earlier process of the same exec slot.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -500,6 +537,32 @@ impl WorkerCgroup {
     /// The paths the child writes itself into.
     pub fn procs(&self) -> Vec<CString> {
         self.procs.clone()
+    }
+
+    /// The paths the child writes itself into when it was created in [`Self::v2_dir`]
+    /// already (`clone3` with `CLONE_INTO_CGROUP`): those of its cgroup v1 hierarchies.
+    pub fn procs_v1(&self) -> Vec<CString> {
+        self.dirs
+            .iter()
+            .zip(&self.procs)
+            .filter(|((_, version), _)| *version == Version::V1)
+            .map(|(_, procs)| procs.clone())
+            .collect()
+    }
+
+    /// Its cgroup v2 directory, where it has one (where the kill goes, and the v2
+    /// controllers' limits): `clone3` can create the process right there.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(_, version)| *version == Version::V2)
+            .map(|(dir, _)| dir.as_path())
+    }
+
+    /// Whether [`Self::v2_dir`] was made for this process, so that no `cgroup.kill` has
+    /// ever been written to it (see [`Cgroups::probe_clone_into`]).
+    pub fn v2_fresh(&self) -> bool {
+        self.fresh_v2
     }
 
     /// SIGKILL to every process in the worker's cgroups.

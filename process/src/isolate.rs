@@ -15,8 +15,11 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+
+use crate::launch::{close_all_but, FdMethod, PLACED_FDS};
 
 /// What to isolate.
 #[derive(
@@ -93,26 +96,75 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Writes `data` to the file at `path`. Async-signal-safe.
-unsafe fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
-    // SAFETY (for the caller): open/write/close on a NUL-terminated path and a live slice.
+/// Writes `data` to the file at `path`. Async-signal-safe and allocation-free, for the
+/// child between clone and exec.
+fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
+    // SAFETY: open on a NUL-terminated path.
     let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
+    // SAFETY: write from a live slice to our own fd.
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let error = io::Error::last_os_error();
+    // SAFETY: our own fd.
     unsafe { libc::close(fd) };
     if n < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(error);
     }
     Ok(())
 }
 
+/// Who a worker's parent-death signal comes from, once its namespaces are entered: what
+/// the last step of its setup checks is still alive after arming the signal again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// jobsup itself (no pid namespace): its pid is what `getppid` must say.
+    Supervisor,
+    /// The pid shim, which `getppid` cannot name (it is outside the worker's pid
+    /// namespace): the read end of a pipe whose only write end the shim holds, so that
+    /// its end-of-file means the shim is gone.
+    Shim(RawFd),
+}
+
+impl Parent {
+    /// Whether the parent is gone, checked after arming the parent-death signal: a parent
+    /// that died before could not have sent it.
+    ///
+    /// # Safety
+    /// Between fork and exec: async-signal-safe calls only.
+    pub unsafe fn gone(self, supervisor_pid: i32) -> bool {
+        match self {
+            // SAFETY: getppid cannot fail.
+            Parent::Supervisor => (unsafe { libc::getppid() }) != supervisor_pid,
+            Parent::Shim(life) => {
+                let mut poll = libc::pollfd {
+                    fd: life,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll on a live struct, without waiting; then our own fd.
+                unsafe {
+                    let rc = libc::poll(&mut poll, 1, 0);
+                    libc::close(life);
+                    rc != 0
+                }
+            }
+        }
+    }
+}
+
 /// Enters the namespaces, in the child between fork and exec. With `pid`, forks once more:
-/// the caller returns in the new PID 1, while this process stays behind as the shim and
-/// never returns.
+/// the caller returns in the new PID 1 ([`Parent::Shim`]), while this process stays
+/// behind as the shim and never returns. `supervisor_pid` is jobsup's, which the shim
+/// checks is still its parent once its parent-death signal is armed again.
 ///
 /// # Safety
-/// Only between fork and exec, in a single-threaded child: it uses async-signal-safe calls
-/// only.
-pub unsafe fn enter(p: &Prepared) -> io::Result<()> {
+/// Only between fork and exec, in a single-threaded child that does not share the
+/// caller's memory when `pid` is asked for: it uses async-signal-safe calls only, and the
+/// shim closes every fd it inherited.
+pub(crate) unsafe fn enter(
+    p: &Prepared,
+    supervisor_pid: i32,
+    fd_method: FdMethod,
+) -> io::Result<Parent> {
     // SAFETY: plain system calls; the buffers were prepared before fork.
     unsafe {
         if p.user_ns {
@@ -124,33 +176,55 @@ pub unsafe fn enter(p: &Prepared) -> io::Result<()> {
         }
         check(libc::unshare(p.flags))?;
         if !p.pid {
-            return Ok(());
+            return Ok(Parent::Supervisor);
+        }
+        // The worker learns of the shim's death through this pipe: it cannot see the
+        // shim's pid from inside its namespace.
+        let mut life = [0; 2];
+        check(libc::pipe2(life.as_mut_ptr(), libc::O_CLOEXEC))?;
+        // The worker's end must survive the placing of its fds 0 to 4.
+        if life[0] < PLACED_FDS {
+            let high = check(libc::fcntl(life[0], libc::F_DUPFD_CLOEXEC, PLACED_FDS))?;
+            libc::close(life[0]);
+            life[0] = high;
         }
         let child = check(libc::fork())?;
         if child == 0 {
             // PID 1 of the new namespace: the worker. The parent-death signal does not
-            // survive fork: arm it again, towards the shim.
-            check(libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            return Ok(());
+            // survive fork: the last step of its setup arms it again, towards the shim.
+            libc::close(life[1]);
+            return Ok(Parent::Shim(life[0]));
         }
-        shim(child)
+        shim(child, life[1], supervisor_pid, fd_method)
     }
 }
 
 /// The process jobsup started, once the worker runs in its pid namespace: holds nothing
-/// open, ignores soft signals, and ends the way the worker ends.
-unsafe fn shim(child: libc::pid_t) -> ! {
+/// open but its end of the worker's life pipe, ignores soft signals, and ends the way the
+/// worker ends.
+unsafe fn shim(child: libc::pid_t, life: RawFd, supervisor_pid: i32, fd_method: FdMethod) -> ! {
     // SAFETY: async-signal-safe calls only.
     unsafe {
+        // Its credentials may have changed with the user namespace: arm the parent-death
+        // signal again, then make sure jobsup did not die before.
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != supervisor_pid {
+            libc::kill(child, libc::SIGKILL);
+            libc::_exit(1);
+        }
         // It never execs, so close-on-exec does not apply: close everything it inherited,
-        // or it would hold other workers' pipes open.
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        // or it would hold other workers' pipes open, and the report pipe, whose end of
+        // file tells jobsup that the worker has exec'd. A shim that cannot must not stay.
+        if close_all_but(life, fd_method).is_err() {
+            libc::kill(child, libc::SIGKILL);
+            libc::_exit(126);
+        }
         for sig in 1..32 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP && sig != libc::SIGCHLD {
                 libc::signal(sig, libc::SIG_IGN);
@@ -186,9 +260,10 @@ pub fn probe(what: &[Isolate]) -> Result<(), String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: `enter` only makes async-signal-safe calls.
+    let supervisor_pid = std::process::id() as i32;
+    // SAFETY: `enter` only makes async-signal-safe calls, in the child of a fork.
     unsafe {
-        cmd.pre_exec(move || enter(&prepared));
+        cmd.pre_exec(move || enter(&prepared, supervisor_pid, FdMethod::CloseRange).map(|_| ()));
     }
     let names: Vec<&str> = what
         .iter()

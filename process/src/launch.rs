@@ -10,36 +10,59 @@
 //! CLONE_VFORK`: the spawning thread waits meanwhile), and runs only async-signal-safe
 //! calls on a stack of its own, on data prepared before the clone.
 //!
+//! Where the caller names a cgroup v2 directory, the clone is a `clone3` with
+//! `CLONE_INTO_CGROUP`: the kernel creates the child inside that cgroup, so not one
+//! instruction of it runs outside. Kernels without it (`clone3` before 5.7: `ENOSYS`,
+//! `E2BIG` or `EINVAL`) and refusals (a cgroup that cannot take the process) fall back to
+//! the plain `clone`, and the child is told to join the cgroup itself ([`Born`]).
+//! `clone3` has no libc wrapper, and a child that shares the parent's memory must start on
+//! its own stack, so it is a few lines of assembly (x86-64 only; other architectures
+//! always take the fallback).
+//!
+//! Either clone asks for a pidfd (`CLONE_PIDFD`, Linux 5.2): a handle on exactly this
+//! child that a pid, once reaped and reused, cannot be mistaken for. It is created
+//! close-on-exec in jobsup after the child's fd table was copied, so the child never has
+//! it.
+//!
 //! The exception is `--isolate pid`: the child forks again and stays behind as the PID-1
 //! shim, which a shared-memory child must never do; it gets a copy of jobsup's memory
 //! through libc's `fork` (whose fork handlers keep the copy's allocator usable, which
-//! that second fork needs) instead.
+//! that second fork needs) instead. `fork` cannot make a pidfd, so the parent opens one
+//! (`pidfd_open`) while the child waits for it before doing anything: the pid cannot have
+//! been reaped and reused in between.
 //!
 //! A failure in the child is reported through a close-on-exec pipe: the child writes the
 //! stage it was at and its errno, and exits with 127; end-of-file means the exec
 //! happened.
+//!
+//! With the `fault-injection` feature, `JOBSUP_FALLBACK` (a comma-separated list of
+//! `clone3`, `close-range`, `proc`) makes jobsup behave as on a kernel without that, so
+//! that the tests run every fallback for real.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Everything the child needs, as C data made before the clone (the child may not
-/// allocate: it shares jobsup's heap).
+/// The fds a child's setup may place (0, 1, 2 and the protocol's 3 and 4): the report
+/// pipe is never one of them, so placing them cannot close it.
+pub(crate) const PLACED_FDS: RawFd = 5;
+
+/// Everything the child needs for its exec, as C data made before the clone (the child may
+/// not allocate: it shares jobsup's heap).
 pub struct Plan {
     program: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
     envp_ptrs: Vec<*const libc::c_char>,
-    cwd: CString,
-    stdio: [RawFd; 3],
     /// The child shares jobsup's memory until exec (false under `--isolate pid`).
     share_memory: bool,
 }
 
-fn c_string(s: &OsStr) -> io::Result<CString> {
+pub(crate) fn c_string(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -57,15 +80,12 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 impl Plan {
-    /// `program` (a path: no PATH search happens) with `args`, the environment `env` (later
-    /// entries replace earlier ones of the same name), in `cwd`, with `stdio` placed on fds
-    /// 0, 1 and 2.
+    /// `program` (a path: no PATH search happens) with `args` and the environment `env`
+    /// (later entries replace earlier ones of the same name).
     pub fn new(
         program: &OsStr,
         args: &[OsString],
         env: impl IntoIterator<Item = (OsString, OsString)>,
-        cwd: &OsStr,
-        stdio: [RawFd; 3],
         share_memory: bool,
     ) -> io::Result<Plan> {
         let program = c_string(program)?;
@@ -88,14 +108,12 @@ impl Plan {
             program,
             _argv: argv,
             _envp: envp,
-            cwd: c_string(cwd)?,
-            stdio,
             share_memory,
         })
     }
 }
 
-/// The child's stack, reused from spawn to spawn (only one thread spawns).
+/// The child's stack, reused from spawn to spawn (only one thread spawns with it).
 pub struct Stack(Vec<u8>);
 
 impl Default for Stack {
@@ -105,74 +123,294 @@ impl Default for Stack {
     }
 }
 
+impl Stack {
+    /// The lowest address and the usable size, ending 16-byte aligned (as the ABI wants
+    /// the stack pointer to start).
+    fn bounds(&mut self) -> (*mut libc::c_void, usize) {
+        let range = self.0.as_mut_ptr_range();
+        let base = range.start as usize;
+        let top = range.end as usize & !15;
+        (range.start.cast(), top - base)
+    }
+}
+
+/// Test-only switches that make jobsup behave as on an older or stricter kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Fallbacks {
+    /// As without `clone3` (or `CLONE_INTO_CGROUP`): the child joins its cgroup itself.
+    pub clone3: bool,
+    /// As without `close_range`: the fd table is walked in `/proc/self/fd`.
+    pub close_range: bool,
+    /// As without `close_range` and `/proc`: every fd up to the soft `RLIMIT_NOFILE`.
+    pub proc: bool,
+}
+
+impl Fallbacks {
+    /// From `JOBSUP_FALLBACK`, with the `fault-injection` feature; none otherwise.
+    pub(crate) fn from_env() -> Fallbacks {
+        #[cfg(feature = "fault-injection")]
+        if let Some(list) = std::env::var_os("JOBSUP_FALLBACK") {
+            let list = list.to_string_lossy();
+            let has = |name: &str| list.split(',').any(|x| x.trim() == name);
+            return Fallbacks {
+                clone3: has("clone3"),
+                close_range: has("close-range"),
+                proc: has("proc"),
+            };
+        }
+        Fallbacks::default()
+    }
+
+    /// The first way of going over the fd table to try.
+    pub(crate) fn fd_method(self) -> FdMethod {
+        if self.proc {
+            FdMethod::Rlimit
+        } else if self.close_range {
+            FdMethod::Proc
+        } else {
+            FdMethod::CloseRange
+        }
+    }
+}
+
+/// How the child learns how it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Born {
+    /// `clone3` created it inside the cgroup given to [`launch`] (`CLONE_INTO_CGROUP`): it
+    /// is there already and must not join it again.
+    pub in_cgroup: bool,
+}
+
+/// Where a child failed before exec, as the child reports it: plain data, made without
+/// allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageError {
+    /// The step it was at.
+    pub stage: Stage,
+    /// The errno.
+    pub errno: i32,
+}
+
+impl StageError {
+    /// The calling thread's errno, at `stage`.
+    pub fn last(stage: Stage) -> StageError {
+        StageError {
+            stage,
+            errno: errno(),
+        }
+    }
+
+    /// `error`'s errno (`EINVAL` for one without), at `stage`.
+    pub fn of(stage: Stage, error: &io::Error) -> StageError {
+        StageError {
+            stage,
+            errno: error.raw_os_error().unwrap_or(libc::EINVAL),
+        }
+    }
+}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: errno is thread-local and always readable.
+    unsafe { *libc::__errno_location() }
+}
+
+/// A started (or not quite started) child.
+#[derive(Debug)]
+pub struct Launched {
+    /// Its pid; the caller registers it with the reaper whatever `started` says.
+    pub pid: i32,
+    /// A pidfd for it, where the kernel makes one (close-on-exec, jobsup's only).
+    pub pidfd: Option<OwnedFd>,
+    /// Whether it reached exec: else where and why not (it then exits with 127).
+    pub started: Result<(), Failed>,
+}
+
 /// What the clone hands the child.
 struct Child<'a, F> {
     plan: &'a Plan,
     setup: &'a F,
     report: RawFd,
+    born: Born,
 }
 
-/// Starts the process. `setup` runs in the child after the standard fds and the working
-/// directory are in place, just before exec; it must only make async-signal-safe calls and
-/// must not allocate. Returns the new pid once the child has exec'd, or the pid and where
-/// and why it failed before (the child then exits with 127); either way the caller
-/// registers the pid with the reaper.
-pub fn launch<F>(plan: &Plan, stack: &mut Stack, setup: &F) -> io::Result<(i32, Result<(), Failed>)>
+/// Whether `clone3` with `CLONE_INTO_CGROUP` may work here: false once the kernel said it
+/// does not know it.
+static CLONE3: AtomicBool = AtomicBool::new(cfg!(target_arch = "x86_64"));
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), a `clone3`-only flag.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts the process: a clone (a fork under `--isolate pid`, see the module's doc), then,
+/// in the child, the default signal dispositions, `setup`, and the exec of `plan`.
+/// `cgroup`, an `O_PATH` fd of a cgroup v2 directory, is where the child is created where
+/// the kernel allows it (`setup` is told through [`Born`]).
+///
+/// Returns the pid once the child has exec'd, or the pid and where and why it failed
+/// before (the child then exits with 127); either way the caller registers the pid with
+/// the reaper. `Err` only when no child was made.
+///
+/// # Safety
+///
+/// `setup` runs in the child between clone and exec, where the child may share this
+/// process's memory (and so its heap, its locks and its thread-local data) and is the only
+/// thread of its process. It must:
+/// - make async-signal-safe calls only (no allocation, no lock, no `std` I/O, no logging);
+/// - not panic (an unwinding panic there would run this process's panic machinery in the
+///   child) and not return into this function's caller in any other way;
+/// - not write to memory other than its own locals (the parent's data is shared);
+/// - keep fds at and above [`PLACED_FDS`] open, or at least the report pipe (the one fd it
+///   did not make), which it only knows to be at or above that number.
+///
+/// This is the contract of `std`'s `CommandExt::pre_exec`, plus the shared memory.
+pub unsafe fn launch<F>(
+    plan: &Plan,
+    stack: &mut Stack,
+    cgroup: Option<BorrowedFd<'_>>,
+    fallbacks: Fallbacks,
+    setup: &F,
+) -> io::Result<Launched>
 where
-    F: Fn() -> io::Result<()>,
+    F: Fn(Born) -> Result<(), StageError>,
 {
-    let (report_r, report_w) = crate::fd::pipe()?;
-    let child = Child {
-        plan,
-        setup,
-        report: report_w.as_raw_fd(),
-    };
-    let top = {
-        let end = stack.0.as_mut_ptr_range().end as usize;
-        // The ABI wants a 16-byte aligned stack.
-        (end & !15) as *mut libc::c_void
-    };
+    let (report_r, report_w) = report_pipe()?;
+    let report = report_w.as_raw_fd();
+    let (stack_base, stack_size) = stack.bounds();
+    let top = stack_base.wrapping_byte_add(stack_size);
     // No signal handler of jobsup's may run in a child that shares its memory: all
     // signals stay blocked across the clone, and the child resets every handler before
     // it unblocks them.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sigset manipulation on local values; clone with a valid entry point, a stack
-    // that outlives the child's use of it (with CLONE_VFORK this thread waits until the
-    // child execs or exits), and an argument that lives as long; or a fork whose child
-    // runs the same entry point on its own copy and never returns.
-    let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
-    let (pid, clone_error) = unsafe {
+    // SAFETY: zeroed sigsets are valid values, filled and used by the calls below.
+    let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: sigset manipulation on local values.
+    unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = if plan.share_memory {
-            let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
-            libc::clone(child_main::<F>, top, flags, arg)
-        } else {
-            // libc's own fork, not a bare clone: its fork handlers leave the child's
-            // allocator unlocked, and the `--isolate pid` child forks again (a bare clone
-            // copied a malloc lock another thread held, and that second fork hung on it).
-            match libc::fork() {
-                0 => {
-                    child_main::<F>(arg);
-                    libc::_exit(127)
+    }
+    let mut pidfd: libc::c_int = -1;
+    let mut clone3_refused = None;
+    let pid = if plan.share_memory {
+        let mut pid = -1;
+        if let Some(cgroup) = cgroup.filter(|_| !fallbacks.clone3 && CLONE3.load(Ordering::Relaxed))
+        {
+            let child = Child {
+                plan,
+                setup,
+                report,
+                born: Born { in_cgroup: true },
+            };
+            let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
+            // SAFETY: `child_main` runs `setup` under this function's contract; `child` and
+            // the stack outlive the child's use of them (CLONE_VFORK: this thread waits
+            // until the child execs or exits); `pidfd` is a live int; signals are blocked.
+            match unsafe {
+                clone3_vfork(
+                    child_main::<F>,
+                    arg,
+                    stack_base,
+                    stack_size,
+                    cgroup,
+                    &mut pidfd,
+                )
+            } {
+                Ok(p) => pid = p,
+                Err(e) => {
+                    // Not known to this kernel: remembered, and said once. Any other
+                    // refusal (a cgroup that cannot take the process) is this spawn's.
+                    if matches!(e, libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                        && CLONE3.swap(false, Ordering::Relaxed)
+                    {
+                        clone3_refused = Some(e);
+                    }
+                    pidfd = -1;
                 }
-                pid => pid,
             }
+        }
+        if pid < 0 {
+            let child = Child {
+                plan,
+                setup,
+                report,
+                born: Born { in_cgroup: false },
+            };
+            let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
+            let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+            // SAFETY: a valid entry point, a stack that outlives the child's use of it
+            // (with CLONE_VFORK this thread waits until the child execs or exits), an
+            // argument that lives as long, and `pidfd` for the kernel's CLONE_PIDFD
+            // answer (a kernel before 5.2 ignores the flag and leaves it at -1).
+            pid = unsafe {
+                libc::clone(
+                    child_main::<F>,
+                    top,
+                    flags,
+                    arg,
+                    &mut pidfd as *mut libc::c_int,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_int>(),
+                )
+            };
+        }
+        pid
+    } else {
+        let child = Child {
+            plan,
+            setup,
+            report,
+            born: Born { in_cgroup: false },
         };
-        let clone_error = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        (pid, clone_error)
+        // SAFETY: see `fork_with_pidfd`; the child runs `child_main` on its own copy of
+        // `child` and never returns.
+        unsafe { fork_with_pidfd(&child, &mut pidfd) }
     };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+    if let Some(e) = clone3_refused {
+        tracing::debug!(
+            "clone3 with CLONE_INTO_CGROUP refused ({}): workers join their cgroup between clone and exec",
+            io::Error::from_raw_os_error(e)
+        );
+    }
     if pid < 0 {
         return Err(clone_error);
     }
+    // SAFETY: a pidfd the kernel (or pidfd_open) just made for this process alone.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
     drop(report_w);
-    // End-of-file: the exec happened (every copy of the write end was close-on-exec).
+    let started = read_report(&report_r);
+    Ok(Launched {
+        pid,
+        pidfd,
+        started,
+    })
+}
+
+/// The report pipe, close-on-exec, its write end at or above [`PLACED_FDS`] so that the
+/// child's setup cannot place an fd over it.
+fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = crate::fd::pipe()?;
+    if w.as_raw_fd() >= PLACED_FDS {
+        return Ok((r, w));
+    }
+    // SAFETY: duplicating an fd this function owns.
+    let high = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PLACED_FDS) };
+    if high < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd owned by nothing else.
+    Ok((r, unsafe { OwnedFd::from_raw_fd(high) }))
+}
+
+/// Reads what the child said: nothing (end-of-file: it exec'd) or its stage and errno.
+fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
     let mut report = [0u8; 8];
     let mut got = 0;
     while got < report.len() {
-        // SAFETY: reading into a live buffer from an fd this function owns.
+        // SAFETY: reading into a live buffer from an fd this function borrows.
         let n = unsafe {
             libc::read(
                 report_r.as_raw_fd(),
@@ -185,54 +423,281 @@ where
             n if n > 0 => got += n as usize,
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
             _ => {
-                let error = io::Error::last_os_error();
-                return Ok((
-                    pid,
-                    Err(Failed {
-                        stage: Stage::Exec,
-                        error,
-                    }),
-                ));
+                return Err(Failed {
+                    stage: Stage::Exec,
+                    error: io::Error::last_os_error(),
+                })
             }
         }
     }
     if got == 0 {
-        return Ok((pid, Ok(())));
+        return Ok(());
     }
     // The child has exited with 127; the reaper collects it.
     let word = |i: usize| i32::from_ne_bytes(report[i..i + 4].try_into().expect("4 bytes"));
-    let stage = match word(0) {
-        0 => Stage::Fds,
-        1 => Stage::Directory,
-        2 => Stage::Sandbox,
-        _ => Stage::Exec,
-    };
-    let error = io::Error::from_raw_os_error(word(4));
-    Ok((pid, Err(Failed { stage, error })))
+    Err(Failed {
+        stage: Stage::from_code(word(0)),
+        error: io::Error::from_raw_os_error(word(4)),
+    })
 }
 
-/// Where a child failed before it became the processor.
+/// The entry point of a child that shares this process's memory, and its argument.
+type Entry = extern "C" fn(*mut libc::c_void) -> libc::c_int;
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)`, the child running
+/// `entry(arg)` on the given stack and exiting with what it returns. Returns the pid, or
+/// the errno (no child was made).
+///
+/// # Safety
+/// `entry` must keep `launch`'s contract for `setup` (the child shares this memory);
+/// `arg` and the stack must stay valid until the child has exec'd or exited (which
+/// `CLONE_VFORK` makes this thread wait for); signals must be blocked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    entry: Entry,
+    arg: *mut libc::c_void,
+    stack_base: *mut libc::c_void,
+    stack_size: usize,
+    cgroup: BorrowedFd<'_>,
+    pidfd: &mut libc::c_int,
+) -> Result<i32, i32> {
+    // SAFETY: clone_args is plain integers; zero is "not asked for".
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags =
+        (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP;
+    args.pidfd = pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    args.stack = stack_base as u64;
+    args.stack_size = stack_size as u64;
+    args.cgroup = cgroup.as_raw_fd() as u64;
+    let ret: i64;
+    // SAFETY: the system call reads `args` (alive here) and, in the parent, returns the
+    // pid or -errno, clobbering rcx and r11 as every syscall does. The child starts at the
+    // same instruction on the new stack (the kernel sets rsp to stack + stack_size) with
+    // rax 0 and this thread's other registers: it calls `entry(arg)` (in r12 and r13,
+    // which the kernel preserves) and exits with what it returns. It never comes back
+    // into this function, so what it does to rbp and its stack is its own.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, 60", // SYS_exit
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &args as *const libc::clone_args,
+            in("rsi") std::mem::size_of::<libc::clone_args>(),
+            in("r12") entry,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        Err(-ret as i32)
+    } else {
+        Ok(ret as i32)
+    }
+}
+
+/// Elsewhere: as a kernel without `clone3`.
+///
+/// # Safety
+/// None: it makes no child.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_vfork(
+    _entry: Entry,
+    _arg: *mut libc::c_void,
+    _stack_base: *mut libc::c_void,
+    _stack_size: usize,
+    _cgroup: BorrowedFd<'_>,
+    _pidfd: &mut libc::c_int,
+) -> Result<i32, i32> {
+    Err(libc::ENOSYS)
+}
+
+/// Whether a child that `clone3` creates in `cgroup` (an `O_PATH` fd of a cgroup v2
+/// directory) gets to run: it writes a byte to a pipe and exits. Some kernels kill such a
+/// child before its first instruction (see `sandbox`), so this is asked before relying on
+/// it. Returns the child's pid, for the reaper (`None`: no child was made), and the
+/// answer.
+pub(crate) fn child_runs_in(cgroup: BorrowedFd<'_>, stack: &mut Stack) -> (Option<i32>, bool) {
+    extern "C" fn say_so(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: a write of a static byte to the fd passed as the argument.
+        unsafe { libc::write(arg as usize as RawFd, b"1".as_ptr().cast(), 1) };
+        0
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return (None, false);
+    }
+    let Ok((r, w)) = crate::fd::pipe() else {
+        return (None, false);
+    };
+    let (stack_base, stack_size) = stack.bounds();
+    let mut pidfd = -1;
+    // SAFETY: zeroed sigsets are valid values, filled and used by the calls below.
+    let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: signals blocked across the clone as in `launch` (no handler may run in the
+    // child); `say_so` makes one async-signal-safe call; the stack and the fd outlive the
+    // child, which this thread waits for (CLONE_VFORK).
+    let pid = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = clone3_vfork(
+            say_so,
+            w.as_raw_fd() as usize as *mut libc::c_void,
+            stack_base,
+            stack_size,
+            cgroup,
+            &mut pidfd,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    if pidfd >= 0 {
+        // SAFETY: the kernel's new fd, ours alone.
+        drop(unsafe { OwnedFd::from_raw_fd(pidfd) });
+    }
+    let Ok(pid) = pid else {
+        return (None, false);
+    };
+    drop(w);
+    let mut byte = 0u8;
+    // SAFETY: a one-byte read into a live local from our own pipe; the child has exited
+    // (CLONE_VFORK), so it is there or never will be.
+    let n = unsafe { libc::read(r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+    (Some(pid), n == 1)
+}
+
+/// libc's `fork`, the child running `child_main`; the pidfd is opened by the parent
+/// before the child may do anything (it waits for a byte on a pipe), so that it is
+/// certainly this child's. Returns the pid, or -1 with errno set.
+///
+/// # Safety
+/// With all signals blocked, from a thread that can fork; the child only makes
+/// async-signal-safe calls until it execs or exits.
+unsafe fn fork_with_pidfd<F>(child: &Child<'_, F>, pidfd: &mut libc::c_int) -> i32
+where
+    F: Fn(Born) -> Result<(), StageError>,
+{
+    let Ok((go_r, go_w)) = crate::fd::pipe() else {
+        return -1;
+    };
+    // SAFETY: getpid cannot fail.
+    let parent = unsafe { libc::getpid() };
+    // libc's own fork, not a bare clone: its fork handlers leave the child's allocator
+    // unlocked, and the `--isolate pid` child forks again (a bare clone copied a malloc
+    // lock another thread held, and that second fork hung on it).
+    // SAFETY: see the function's contract.
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: async-signal-safe calls on fds this copy owns; never returns.
+            unsafe {
+                libc::close(go_w.as_raw_fd());
+                // Armed before the wait, so that a dead jobsup cannot leave it waiting;
+                // the setup arms it again.
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                let mut byte = 0u8;
+                loop {
+                    match libc::read(go_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) {
+                        1 => break,
+                        n if n < 0 && errno() == libc::EINTR => {}
+                        _ => libc::_exit(1),
+                    }
+                }
+                libc::close(go_r.as_raw_fd());
+                let arg: *mut libc::c_void = (child as *const Child<'_, F>).cast_mut().cast();
+                child_main::<F>(arg);
+                libc::_exit(127)
+            }
+        }
+        pid if pid > 0 => {
+            // SAFETY: pidfd_open takes a pid and flags; the child is alive (waiting for
+            // the byte below), so the pid is still this child's.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            *pidfd = if fd >= 0 { fd as libc::c_int } else { -1 };
+            // SAFETY: writing one byte from a live local to a pipe this function owns (a
+            // pipe's buffer takes it without blocking).
+            let written = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+            if written != 1 {
+                // The child cannot go on: it is killed and reaped as any failed start.
+                // SAFETY: our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            pid
+        }
+        _ => -1,
+    }
+}
+
+/// Where a child failed before it became the processor, in the order of the child's setup
+/// (see `sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Placing its standard fds.
-    Fds = 0,
+    /// Its session and process group.
+    Session = 0,
+    /// Its parent-death signal.
+    ParentDeath = 1,
+    /// Joining its cgroups.
+    Cgroup = 2,
+    /// Entering its namespaces (`--isolate`).
+    Namespaces = 3,
+    /// Its fd table: the standard fds, the protocol pipes, close-on-exec for the rest.
+    Fds = 4,
     /// Entering its working directory.
-    Directory = 1,
-    /// Its sandbox: session, limits, cgroups, namespaces.
-    Sandbox = 2,
+    Directory = 5,
+    /// Its resource limits.
+    Limits = 6,
+    /// `no_new_privs`.
+    Privileges = 7,
     /// The exec itself: the processor could not be run.
-    Exec = 3,
+    Exec = 8,
 }
 
 impl Stage {
+    fn from_code(code: i32) -> Stage {
+        match code {
+            0 => Stage::Session,
+            1 => Stage::ParentDeath,
+            2 => Stage::Cgroup,
+            3 => Stage::Namespaces,
+            4 => Stage::Fds,
+            5 => Stage::Directory,
+            6 => Stage::Limits,
+            7 => Stage::Privileges,
+            _ => Stage::Exec,
+        }
+    }
+
     /// What went wrong, for a message; `None` for the exec, which is the processor's.
     pub fn failed(self) -> Option<&'static str> {
         match self {
-            Stage::Fds => Some("placing its standard streams failed"),
+            Stage::Session => Some("starting its session failed"),
+            Stage::ParentDeath => Some("arming its parent-death signal failed"),
+            Stage::Cgroup => Some("joining its cgroup failed"),
+            Stage::Namespaces => Some("entering its namespaces (--isolate) failed"),
+            Stage::Fds => Some("setting up its file descriptors failed"),
             Stage::Directory => Some("entering its working directory failed"),
-            Stage::Sandbox => {
-                Some("setting up its sandbox (session, limits, cgroups, namespaces) failed")
-            }
+            Stage::Limits => Some("setting its resource limits failed"),
+            Stage::Privileges => Some("setting no_new_privs failed"),
             Stage::Exec => None,
         }
     }
@@ -250,21 +715,23 @@ pub struct Failed {
 /// The child's side, on its own stack.
 extern "C" fn child_main<F>(arg: *mut libc::c_void) -> libc::c_int
 where
-    F: Fn() -> io::Result<()>,
+    F: Fn(Born) -> Result<(), StageError>,
 {
     // SAFETY: `arg` is the `Child` the parent keeps alive until this process execs or
-    // exits; everything below is an async-signal-safe call on data prepared before clone.
+    // exits; everything below is an async-signal-safe call on data prepared before clone,
+    // and `setup` keeps the contract of `launch`.
     unsafe {
         let child = &*(arg as *const Child<'_, F>);
-        let fail = |stage: Stage, errno: i32| -> ! {
+        let fail = |e: StageError| -> ! {
             let mut report = [0u8; 8];
-            report[..4].copy_from_slice(&(stage as i32).to_ne_bytes());
-            report[4..].copy_from_slice(&errno.to_ne_bytes());
+            report[..4].copy_from_slice(&(e.stage as i32).to_ne_bytes());
+            report[4..].copy_from_slice(&e.errno.to_ne_bytes());
             libc::write(child.report, report.as_ptr().cast(), report.len());
             libc::_exit(127)
         };
         // Default dispositions (also for what jobsup ignores, such as SIGPIPE), then no
-        // blocked signal: a processor starts as from a shell.
+        // blocked signal: a processor starts as from a shell. First, because until then
+        // one of jobsup's handlers could run here, on memory it shares with jobsup.
         // The system call itself: libc's wrapper refuses the two signals it reserves (32
         // and 33), which an ignoring parent would otherwise pass on.
         let default = KernelSigaction {
@@ -287,25 +754,16 @@ where
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if let Err(e) = (child.setup)(child.born) {
+            fail(e);
+        }
         let plan = child.plan;
-        for (target, &fd) in plan.stdio.iter().enumerate() {
-            // dup2 leaves the new descriptor without close-on-exec: the process keeps it.
-            if libc::dup2(fd, target as RawFd) < 0 {
-                fail(Stage::Fds, *libc::__errno_location());
-            }
-        }
-        if libc::chdir(plan.cwd.as_ptr()) < 0 {
-            fail(Stage::Directory, *libc::__errno_location());
-        }
-        if let Err(e) = (child.setup)() {
-            fail(Stage::Sandbox, e.raw_os_error().unwrap_or(libc::EINVAL));
-        }
         libc::execve(
             plan.program.as_ptr(),
             plan.argv_ptrs.as_ptr(),
             plan.envp_ptrs.as_ptr(),
         );
-        fail(Stage::Exec, *libc::__errno_location())
+        fail(StageError::last(Stage::Exec))
     }
 }
 
@@ -316,4 +774,452 @@ struct KernelSigaction {
     flags: libc::c_ulong,
     restorer: usize,
     mask: u64,
+}
+
+/// How the fd table is gone over, best first; each falls back to the next where the
+/// kernel or the machine lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdMethod {
+    /// `close_range` (Linux 5.9; `CLOSE_RANGE_CLOEXEC` 5.11).
+    CloseRange,
+    /// The entries of `/proc/self/fd`.
+    Proc,
+    /// Every number below the soft `RLIMIT_NOFILE`.
+    Rlimit,
+}
+
+/// What is done to each fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FdOp {
+    /// Mark it close-on-exec (it stays usable until the exec).
+    Cloexec,
+    /// Close it now.
+    Close,
+}
+
+/// Marks every fd from `first` up close-on-exec, in the child before exec: the exec then
+/// closes them all, while the report pipe stays usable until it. Async-signal-safe and
+/// allocation-free.
+///
+/// # Safety
+/// Only in a child between clone and exec (it changes fds it does not own).
+pub(crate) unsafe fn cloexec_from(first: RawFd, method: FdMethod) -> io::Result<()> {
+    // SAFETY: the caller's contract.
+    unsafe { over_fds(first, None, method, FdOp::Cloexec) }
+}
+
+/// Closes every fd but `keep`, in a child that will never exec (the pid shim), so that it
+/// holds nothing of jobsup's open (other workers' pipes, the report pipe).
+/// Async-signal-safe and allocation-free.
+///
+/// # Safety
+/// Only in a child that owns nothing but `keep` (it closes fds it does not own).
+pub(crate) unsafe fn close_all_but(keep: RawFd, method: FdMethod) -> io::Result<()> {
+    // SAFETY: the caller's contract.
+    unsafe { over_fds(0, Some(keep), method, FdOp::Close) }
+}
+
+/// `op` on every open fd from `first` up, except `keep`: through `close_range` where the
+/// kernel has it, else the entries of `/proc/self/fd`, else every number below the soft
+/// `RLIMIT_NOFILE`.
+///
+/// # Safety
+/// The fds concerned must be the caller's to change or close: in a child before exec.
+unsafe fn over_fds(
+    first: RawFd,
+    keep: Option<RawFd>,
+    method: FdMethod,
+    op: FdOp,
+) -> io::Result<()> {
+    if method == FdMethod::CloseRange {
+        let flags = match op {
+            FdOp::Cloexec => libc::CLOSE_RANGE_CLOEXEC,
+            FdOp::Close => 0,
+        };
+        let range = |lo: RawFd, hi: u32| -> io::Result<()> {
+            // SAFETY: close_range takes plain integers.
+            let rc = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi, flags) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        let result = match keep {
+            Some(k) if k >= first => {
+                let below = if k > first {
+                    range(first, (k - 1) as u32)
+                } else {
+                    Ok(())
+                };
+                below.and_then(|()| range(k + 1, u32::MAX))
+            }
+            _ => range(first, u32::MAX),
+        };
+        match result {
+            // ENOSYS before 5.9, EINVAL for CLOSE_RANGE_CLOEXEC before 5.11.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {}
+            other => return other,
+        }
+    }
+    if method != FdMethod::Rlimit {
+        // SAFETY: the caller's contract.
+        // Else no /proc (or no fd left to read it with): every number, then.
+        // SAFETY: the caller's contract.
+        if unsafe { over_proc_fds(first, keep, op) }.is_ok() {
+            return Ok(());
+        }
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a live struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = limit.rlim_cur.min(libc::c_int::MAX as libc::rlim_t) as RawFd;
+    for fd in first.max(0)..end {
+        if Some(fd) != keep {
+            // SAFETY: the caller's contract; a number that is no fd is EBADF, ignored.
+            unsafe { apply(fd, op)? };
+        }
+    }
+    Ok(())
+}
+
+/// `op` on one fd; an fd that is not open is no error.
+///
+/// # Safety
+/// `fd` must be the caller's to change or close.
+unsafe fn apply(fd: RawFd, op: FdOp) -> io::Result<()> {
+    // SAFETY: the caller's contract.
+    let rc = unsafe {
+        match op {
+            FdOp::Cloexec => libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC),
+            // Even when close fails (EINTR, EIO), the fd is gone.
+            FdOp::Close => {
+                libc::close(fd);
+                0
+            }
+        }
+    };
+    if rc < 0 && errno() != libc::EBADF {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `op` on every fd listed in `/proc/self/fd` from `first` up, except `keep`, read with
+/// `getdents64` into a buffer on the stack.
+///
+/// # Safety
+/// As [`over_fds`].
+unsafe fn over_proc_fds(first: RawFd, keep: Option<RawFd>, op: FdOp) -> io::Result<()> {
+    // SAFETY: a NUL-terminated literal path.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // u64 words: linux_dirent64 records are 8-byte aligned.
+    let mut buf = [0u64; 256];
+    let result = loop {
+        // SAFETY: getdents64 writes at most the buffer's size into it.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                buf.as_mut_ptr(),
+                std::mem::size_of_val(&buf),
+            )
+        };
+        if n < 0 {
+            break Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        let bytes = buf.as_ptr().cast::<u8>();
+        let mut at = 0usize;
+        let mut failed = None;
+        while at < n as usize {
+            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type;
+            // char d_name[]; }
+            // SAFETY: the kernel wrote whole records within the n bytes.
+            let (reclen, name) = unsafe {
+                let rec = bytes.add(at);
+                let reclen = std::ptr::read_unaligned(rec.add(16).cast::<u16>()) as usize;
+                (reclen, rec.add(19))
+            };
+            at += reclen;
+            // SAFETY: d_name is NUL-terminated within the record.
+            let Some(fd) = (unsafe { parse_fd(name) }) else {
+                continue; // "." and ".."
+            };
+            if fd < first || fd == dir || Some(fd) == keep {
+                continue;
+            }
+            // SAFETY: the caller's contract.
+            if let Err(e) = unsafe { apply(fd, op) } {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+    };
+    // SAFETY: our own fd.
+    unsafe { libc::close(dir) };
+    result
+}
+
+/// The decimal number a NUL-terminated name spells, if it is one.
+///
+/// # Safety
+/// `name` must point to a NUL-terminated string.
+unsafe fn parse_fd(mut name: *const u8) -> Option<RawFd> {
+    let mut fd: RawFd = 0;
+    let mut digits = 0;
+    loop {
+        // SAFETY: the caller's: NUL-terminated.
+        let c = unsafe { *name };
+        if c == 0 {
+            break;
+        }
+        if !c.is_ascii_digit() || digits == 9 {
+            return None;
+        }
+        fd = fd * 10 + (c - b'0') as RawFd;
+        digits += 1;
+        // SAFETY: not past the NUL.
+        name = unsafe { name.add(1) };
+    }
+    (digits > 0).then_some(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child and returns its exit code.
+    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the child only makes system calls and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = f();
+                // SAFETY: leaving the forked copy without running anything of the parent's.
+                unsafe { libc::_exit(code) }
+            }
+            pid => {
+                assert!(pid > 0, "fork: {}", io::Error::last_os_error());
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status), "status {status:#x}");
+                libc::WEXITSTATUS(status)
+            }
+        }
+    }
+
+    /// Opens `n` fds without close-on-exec, in the child; returns the highest.
+    fn open_plain(n: usize) -> RawFd {
+        let mut last = -1;
+        for _ in 0..n {
+            // SAFETY: a literal path; the fd is the child's.
+            last = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        }
+        last
+    }
+
+    fn flags(fd: RawFd) -> libc::c_int {
+        // SAFETY: F_GETFD on any number.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) }
+    }
+
+    fn every_method_marks_the_rest_close_on_exec(method: FdMethod) {
+        let code = in_child(|| {
+            let stdin = flags(0);
+            let high = open_plain(40);
+            let low = high - 39;
+            if flags(low) != 0 {
+                return 10;
+            }
+            // SAFETY: in a forked child that will exit without exec.
+            if unsafe { cloexec_from(low, method) }.is_err() {
+                return 11;
+            }
+            for fd in low..=high {
+                if flags(fd) != libc::FD_CLOEXEC {
+                    return 12;
+                }
+            }
+            // Below `first`: untouched.
+            if flags(0) != stdin {
+                return 13;
+            }
+            0
+        });
+        assert_eq!(code, 0, "{method:?}");
+    }
+
+    #[test]
+    fn close_range_marks_the_rest_close_on_exec() {
+        every_method_marks_the_rest_close_on_exec(FdMethod::CloseRange);
+    }
+
+    #[test]
+    fn the_proc_walk_marks_the_rest_close_on_exec() {
+        every_method_marks_the_rest_close_on_exec(FdMethod::Proc);
+        // The walk itself, not what it falls back to.
+        let code = in_child(|| {
+            let high = open_plain(300);
+            // SAFETY: in a forked child that will exit without exec.
+            if unsafe { over_proc_fds(3, None, FdOp::Cloexec) }.is_err() {
+                return 11;
+            }
+            if (3..=high).any(|fd| flags(fd) != libc::FD_CLOEXEC) {
+                return 12;
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn the_rlimit_loop_marks_the_rest_close_on_exec() {
+        every_method_marks_the_rest_close_on_exec(FdMethod::Rlimit);
+    }
+
+    #[test]
+    fn every_method_closes_all_but_the_one_kept() {
+        for method in [FdMethod::CloseRange, FdMethod::Proc, FdMethod::Rlimit] {
+            let code = in_child(|| {
+                let high = open_plain(300);
+                let keep = high - 150;
+                // SAFETY: in a forked child that will exit without exec.
+                if unsafe { close_all_but(keep, method) }.is_err() {
+                    return 11;
+                }
+                // No allocation in a forked child: count instead.
+                let open = (0..1024).filter(|&fd| flags(fd) >= 0).count();
+                if open != 1 || flags(keep) < 0 {
+                    return 12;
+                }
+                0
+            });
+            assert_eq!(code, 0, "{method:?}");
+        }
+    }
+
+    /// Waits through `pidfd` for the process it names; returns its pid and exit code.
+    fn wait_pidfd(pidfd: &OwnedFd) -> (i32, i32) {
+        // SAFETY: a zeroed siginfo is a valid value for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid fills `info`; P_PIDFD waits for exactly the pidfd's process.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        assert_eq!(rc, 0, "waitid: {}", io::Error::last_os_error());
+        // SAFETY: waitid reported a child's exit: these fields are set.
+        unsafe { (info.si_pid(), info.si_status()) }
+    }
+
+    fn plan(program: &str, share_memory: bool) -> Plan {
+        Plan::new(OsStr::new(program), &[], std::iter::empty(), share_memory).expect("a plan")
+    }
+
+    #[test]
+    fn a_child_comes_with_a_close_on_exec_pidfd_that_names_it() {
+        // Both clones: shared memory (clone with CLONE_PIDFD) and libc's fork (pidfd_open
+        // while the child waits).
+        for share_memory in [true, false] {
+            let mut stack = Stack::default();
+            // SAFETY: the setup does nothing.
+            let launched = unsafe {
+                launch(
+                    &plan("/bin/true", share_memory),
+                    &mut stack,
+                    None,
+                    Fallbacks::default(),
+                    &|_| Ok(()),
+                )
+            }
+            .expect("launch");
+            assert!(launched.started.is_ok(), "{launched:?}");
+            let pidfd = launched
+                .pidfd
+                .expect("no pidfd: this needs Linux 5.2 (CLONE_PIDFD) or 5.3 (pidfd_open)");
+            // SAFETY: F_GETFD on our own fd.
+            let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(flags, libc::FD_CLOEXEC, "{share_memory}: close-on-exec");
+            assert_eq!(wait_pidfd(&pidfd), (launched.pid, 0), "{share_memory}");
+        }
+    }
+
+    #[test]
+    fn a_failure_before_exec_is_reported_with_its_stage() {
+        for share_memory in [true, false] {
+            let mut stack = Stack::default();
+            let refuse = |_: Born| {
+                Err(StageError {
+                    stage: Stage::Limits,
+                    errno: libc::EPERM,
+                })
+            };
+            // SAFETY: the setup makes no call at all.
+            let launched = unsafe {
+                launch(
+                    &plan("/bin/true", share_memory),
+                    &mut stack,
+                    None,
+                    Fallbacks::default(),
+                    &refuse,
+                )
+            }
+            .expect("launch");
+            let failed = launched.started.expect_err("the setup failed");
+            assert_eq!(failed.stage, Stage::Limits);
+            assert_eq!(failed.error.raw_os_error(), Some(libc::EPERM));
+            let pidfd = launched.pidfd.expect("a pidfd");
+            assert_eq!(wait_pidfd(&pidfd), (launched.pid, 127));
+            // SAFETY: the setup does nothing.
+            let launched = unsafe {
+                launch(
+                    &plan("/no/such/program", share_memory),
+                    &mut stack,
+                    None,
+                    Fallbacks::default(),
+                    &|_| Ok(()),
+                )
+            }
+            .expect("launch");
+            let failed = launched.started.expect_err("no such program");
+            assert_eq!(failed.stage, Stage::Exec);
+            assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));
+            assert_eq!(wait_pidfd(&launched.pidfd.expect("a pidfd")).1, 127);
+        }
+    }
+
+    #[test]
+    fn fd_names_parse_as_numbers_only() {
+        // SAFETY: NUL-terminated literals.
+        unsafe {
+            assert_eq!(parse_fd(c"0".as_ptr().cast()), Some(0));
+            assert_eq!(parse_fd(c"1234".as_ptr().cast()), Some(1234));
+            assert_eq!(parse_fd(c".".as_ptr().cast()), None);
+            assert_eq!(parse_fd(c"..".as_ptr().cast()), None);
+            assert_eq!(parse_fd(c"".as_ptr().cast()), None);
+            assert_eq!(parse_fd(c"9999999999".as_ptr().cast()), None);
+        }
+    }
 }

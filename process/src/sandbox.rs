@@ -5,27 +5,32 @@
 //! - a parent-death signal (SIGKILL), so it dies with the supervisor. The signal follows the
 //!   *thread* that forked the child, so every spawn happens on one of a few dedicated
 //!   threads that live as long as the supervisor;
-//! - no core dumps;
+//! - its cgroups, from its creation where the kernel can do it (see `launch`);
+//! - an fd table of exactly stdin on `/dev/null` or a pipe, stdout and stderr on pipes that
+//!   the worker task drains, and in native mode the protocol pipes on fds 3 and 4: nothing
+//!   jobsup inherited or opened reaches it;
+//! - its resource limits, no core dumps and `no_new_privs`;
 //! - a cleared environment with a short allowlist plus jobsup's own `JOBSUP_*` variables;
-//! - a fresh private working directory (mode 0700), removed when the worker is dropped;
-//! - stdin on `/dev/null`, stdout and stderr on pipes that the worker task drains, and the
-//!   protocol pipes on fds 3 and 4.
+//! - a fresh private working directory (mode 0700), removed when the worker is dropped.
 //!
-//! The clone itself is `launch`'s. A spawning thread waits while its child sets up
-//! and execs, so there are as many spawner threads as cores (up to 4) for workers to start
-//! side by side; each registers its child with the reaper, which keeps a status that came
-//! first (see [`crate::reaper`]).
+//! The order in which the child sets this up is `child_setup`'s, which says why each
+//! step is where it is. The clone itself is `launch`'s. A spawning thread waits while its
+//! child sets up and execs, so there are as many spawner threads as cores (up to 4) for
+//! workers to start side by side; each registers its child with the reaper, which keeps a
+//! status that came first (see [`crate::reaper`]).
 
+use std::ffi::CString;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use jobsup_protocol::{ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RESULT_FD};
 use tokio::sync::oneshot;
 
-use crate::launch;
+use crate::isolate::Parent;
+use crate::launch::{self, Born, FdMethod, Stage, StageError};
 use crate::reaper::Reaper;
 
 /// Variables passed through from jobsup's own environment to every worker.
@@ -77,6 +82,11 @@ pub struct Limits {
 pub struct Spawned {
     /// Its pid, which is also its process group id.
     pub pid: i32,
+    /// A pidfd for it, made by the clone itself where the kernel can (`CLONE_PIDFD`, Linux
+    /// 5.2; `pidfd_open` right after the fork under `--isolate pid`), so that it names
+    /// this process even once its pid is reaped and reused. Close-on-exec, and never in
+    /// the child's fd table.
+    pub pidfd: Option<OwnedFd>,
     /// Its registration with the reaper, which routes its exit status there.
     pub exit: crate::reaper::Registration,
     /// The pipes a mode may take for its link.
@@ -228,6 +238,8 @@ struct SpawnerState {
     cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
     /// The children's stack (see [`crate::launch`]).
     stack: launch::Stack,
+    /// What the tests make jobsup do as on an older kernel.
+    fallbacks: launch::Fallbacks,
 }
 
 impl Spawner {
@@ -241,12 +253,14 @@ impl Spawner {
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let supervisor_pid = std::process::id() as i32;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let fallbacks = launch::Fallbacks::from_env();
         for _ in 0..threads {
             let rx = std::sync::Arc::clone(&rx);
             let mut state = SpawnerState {
                 reaper: reaper.clone(),
                 cgroups: cgroups.clone(),
                 stack: launch::Stack::default(),
+                fallbacks,
             };
             std::thread::Builder::new()
                 .name("jobsup-spawner".into())
@@ -355,31 +369,18 @@ fn spawn(
         env.push((ENV_PROTOCOL.into(), PROTOCOL_VERSION.to_string().into()));
         env.push((ENV_MAX_FRAME.into(), spec.max_frame.to_string().into()));
     }
-    let plan = launch::Plan::new(
-        spec.program.as_os_str(),
-        &spec.args,
-        env,
-        spec.cwd.as_deref().unwrap_or(workdir.path()).as_os_str(),
-        [
-            stdin.0.as_raw_fd(),
-            stdout_w.as_raw_fd(),
-            stderr_w.as_raw_fd(),
-        ],
-        // The PID-1 shim of `--isolate pid` needs a memory of its own.
-        !spec.isolation.as_ref().is_some_and(|p| p.forks()),
-    )
-    .map_err(other)?;
+    // The PID-1 shim of `--isolate pid` needs a memory of its own: libc's fork, which
+    // cannot create the child in a cgroup.
+    let forks = spec.isolation.as_ref().is_some_and(|p| p.forks());
+    let plan =
+        launch::Plan::new(spec.program.as_os_str(), &spec.args, env, !forks).map_err(other)?;
 
-    let child_fds = protocol.as_ref().map(|((job_r, _), (_, res_w))| {
-        [(job_r.as_raw_fd(), JOB_FD), (res_w.as_raw_fd(), RESULT_FD)]
-    });
     let mut limits = spec.limits;
     // Where a memory controller counts the worker's whole tree, the address-space rlimit
     // would only misfire on programs that reserve more than they use.
     if state.cgroups.as_ref().is_some_and(|c| c.limits_memory()) {
         limits.memory = None;
     }
-    let isolation = spec.isolation.clone();
     // Best effort for the kill alone (the other means still contain the worker); not when
     // the cgroup carries a limit the worker would otherwise run without.
     let cgroup = match &state.cgroups {
@@ -394,37 +395,79 @@ fn spawn(
         },
         None => None,
     };
-    let cgroup_procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
-    let cgroup_required = state.cgroups.as_ref().is_some_and(|c| c.has_limits());
-    // Runs in the child, just before exec: async-signal-safe system calls only (setsid,
-    // prctl, getppid, setrlimit, fcntl, dup2, open/write on cgroup files, unshare, fork,
-    // waitpid, _exit), on data prepared above.
-    let setup = || -> io::Result<()> {
-        child_setup(supervisor_pid, child_fds, limits)?;
-        // SAFETY: paths prepared before the clone.
-        let joined = unsafe { crate::cgroup::WorkerCgroup::join(&cgroup_procs) };
-        // A worker must not run without a limit it was given.
-        if cgroup_required {
-            joined?;
+    // Where the clone can create the child: its cgroup v2 directory, where this kernel
+    // lets the child run there. Failing to open it only means the child joins it itself.
+    let clone_into = match (&state.cgroups, &cgroup) {
+        (Some(all), Some(c)) if c.v2_dir().is_some() && !forks && !state.fallbacks.clone3 => {
+            clone_into(all, &state.reaper, &mut state.stack).allows(c)
         }
-        match &isolation {
-            // SAFETY: between clone and exec, in a child with its own memory (see above).
-            Some(p) => unsafe { crate::isolate::enter(p) },
-            None => Ok(()),
-        }
+        _ => false,
     };
+    let into_cgroup = cgroup
+        .as_ref()
+        .filter(|_| clone_into)
+        .and_then(|c| c.v2_dir())
+        .and_then(|dir| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(dir)
+                .ok()
+        });
+    let mut fds = [-1; 5];
+    fds[..3].copy_from_slice(&[
+        stdin.0.as_raw_fd(),
+        stdout_w.as_raw_fd(),
+        stderr_w.as_raw_fd(),
+    ]);
+    if let Some(((job_r, _), (_, res_w))) = &protocol {
+        debug_assert_eq!((JOB_FD, RESULT_FD), (3, 4));
+        fds[3] = job_r.as_raw_fd();
+        fds[4] = res_w.as_raw_fd();
+    }
+    let child = ChildPlan {
+        supervisor_pid,
+        fds,
+        placed: if protocol.is_some() { 5 } else { 3 },
+        cwd: launch::c_string(spec.cwd.as_deref().unwrap_or(workdir.path()).as_os_str())
+            .map_err(other)?,
+        limits,
+        cgroup_procs: cgroup.as_ref().map(|c| c.procs()).unwrap_or_default(),
+        cgroup_procs_v1: cgroup.as_ref().map(|c| c.procs_v1()).unwrap_or_default(),
+        cgroup_required: state.cgroups.as_ref().is_some_and(|c| c.has_limits()),
+        isolation: spec.isolation.clone(),
+        fd_method: state.fallbacks.fd_method(),
+    };
+    // SAFETY: runs in the child between clone and exec; `child_setup` makes only
+    // async-signal-safe calls on `child`, prepared above, and never allocates or panics,
+    // which is `launch`'s contract.
+    let setup = |born: Born| unsafe { child_setup(&child, born) };
     let since = std::time::Instant::now();
-    let (pid, started) = launch::launch(&plan, &mut state.stack, &setup).map_err(other)?;
+    // SAFETY: `setup` keeps the contract (see above).
+    let launched = unsafe {
+        launch::launch(
+            &plan,
+            &mut state.stack,
+            into_cgroup.as_ref().map(|f| f.as_fd()),
+            state.fallbacks,
+            &setup,
+        )
+    }
+    .map_err(other)?;
+    let pid = launched.pid;
     // Registered even when the exec failed, so that the reaper's record of it is claimed.
     let exit = reaper.register(pid, since);
-    started.map_err(|failed| match failed.stage.failed() {
-        None => err(failed.error),
-        // Not the processor's fault: say where it went wrong.
-        Some(what) => other(io::Error::new(
-            failed.error.kind(),
-            format!("{what}: {}", failed.error),
-        )),
-    })?;
+    launched
+        .started
+        .map_err(|failed| match failed.stage.failed() {
+            None => err(failed.error),
+            // Not the processor's fault: say where it went wrong.
+            Some(what) => other(io::Error::new(
+                failed.error.kind(),
+                format!("{what}: {}", failed.error),
+            )),
+        })?;
     // The child's ends are the child's now.
     drop((stdin.0, stdout_w, stderr_w));
     let stdin = stdin.1.map(File::from);
@@ -438,6 +481,7 @@ fn spawn(
     };
     Ok(Spawned {
         pid,
+        pidfd: launched.pidfd,
         exit,
         cgroup,
         pipes: Pipes {
@@ -451,73 +495,247 @@ fn spawn(
     })
 }
 
-/// Runs in the child between clone and exec.
-fn child_setup(
-    supervisor_pid: i32,
-    fds: Option<[(RawFd, RawFd); 2]>,
-    limits: Limits,
-) -> io::Result<()> {
-    fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
+/// Where `clone3` may create a worker inside its cgroup v2 directory (`CLONE_INTO_CGROUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloneInto {
+    /// Every directory.
+    Any,
+    /// Only one no `cgroup.kill` has been written to. The kernel this was written on
+    /// (6.18) compares, for a child created in a cgroup, the target cgroup's count of
+    /// kills with the one it read *from the parent's cgroup* before it resolved the
+    /// target (`cgroup_css_set_fork` reads `kill_seq` while `kargs->cgrp` is not yet
+    /// set), and kills the child before its first instruction when they differ. An exec
+    /// slot's directory is killed after every job, so its later processes join it between
+    /// clone and exec instead, as on kernels without `clone3`.
+    Fresh,
+    /// None (the kernel kills even a child created in a fresh cgroup, or the probe could
+    /// not be made).
+    Never,
+}
+
+impl CloneInto {
+    fn allows(self, cgroup: &crate::cgroup::WorkerCgroup) -> bool {
+        match self {
+            CloneInto::Any => true,
+            CloneInto::Fresh => cgroup.v2_fresh(),
+            CloneInto::Never => false,
         }
     }
-    // SAFETY: plain system calls on integers and fds this child owns.
+}
+
+/// What this kernel does with a child `clone3` creates in a cgroup, probed once (on the
+/// first spawn that could use it) in a scratch cgroup, fresh and then killed.
+fn clone_into(
+    cgroups: &crate::cgroup::Cgroups,
+    reaper: &Reaper,
+    stack: &mut launch::Stack,
+) -> CloneInto {
+    static PROBED: std::sync::OnceLock<CloneInto> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let (fresh, killed) = cgroups.probe_clone_into(|fd| {
+            let since = std::time::Instant::now();
+            let (pid, runs) = launch::child_runs_in(fd, stack);
+            if let Some(pid) = pid {
+                // Its exit status is the reaper's to collect, and nobody's to wait for.
+                drop(reaper.register(pid, since));
+            }
+            runs
+        });
+        let verdict = match (fresh, killed) {
+            (true, true) => CloneInto::Any,
+            (true, false) => CloneInto::Fresh,
+            _ => CloneInto::Never,
+        };
+        match verdict {
+            CloneInto::Any => tracing::debug!(
+                "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP)"
+            ),
+            CloneInto::Fresh => tracing::debug!(
+                "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP) unless it was killed before: this kernel kills a child created in such a cgroup, so those join it between clone and exec"
+            ),
+            CloneInto::Never => tracing::debug!(
+                "workers join their cgroup between clone and exec (clone3 with CLONE_INTO_CGROUP does not work here)"
+            ),
+        }
+        verdict
+    })
+}
+
+/// Everything the child's setup needs, made before the clone: the child may share
+/// jobsup's memory and must not allocate.
+struct ChildPlan {
+    /// jobsup's pid, which the child's parent must be.
+    supervisor_pid: i32,
+    /// What goes on fds 0, 1 and 2 and, in native mode, 3 and 4 (the protocol pipes).
+    fds: [RawFd; 5],
+    /// How many of `fds` are placed: 3, or 5 in native mode.
+    placed: usize,
+    cwd: CString,
+    limits: Limits,
+    /// `cgroup.procs` of every cgroup the child joins...
+    cgroup_procs: Vec<CString>,
+    /// ...or only those of its cgroup v1 hierarchies, when it was created in its v2 one.
+    cgroup_procs_v1: Vec<CString>,
+    /// A cgroup carries a limit: not joining it is an error.
+    cgroup_required: bool,
+    /// Namespaces to enter (`--isolate`).
+    isolation: Option<crate::isolate::Prepared>,
+    /// How the fd table is gone over (all but the tests: `close_range` first).
+    fd_method: FdMethod,
+}
+
+/// The return code of a system call, or its errno at `stage`.
+fn at(stage: Stage, rc: libc::c_int) -> Result<libc::c_int, StageError> {
+    if rc < 0 {
+        Err(StageError::last(stage))
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The worker's setup between clone and exec: one routine, in this order, each step where
+/// it is for the reason given. Before it, `launch` reset every signal to its default
+/// disposition and unblocked them all; after it, `launch` execs the processor (which
+/// closes every fd the fd table step marked). A failure ends the child with 127 and is
+/// reported to jobsup with its [`Stage`].
+///
+/// The order follows nsjail's (`containProc`): namespaces, then the fd table, then the
+/// limits, then `no_new_privs`, then the parent-death signal again, then exec.
+///
+/// # Safety
+/// Only in the child, between clone and exec (`launch::launch`'s contract: it may share
+/// jobsup's memory, so it makes async-signal-safe calls only and never allocates).
+unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
+    // SAFETY: system calls on integers, on C strings and buffers prepared before the
+    // clone, and on fds this child owns (its own copy of the table).
     unsafe {
-        check(libc::setsid())?;
-        check(libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ))?;
-        // The supervisor may have died between fork and prctl: then nobody would kill us.
-        if libc::getppid() != supervisor_pid {
+        // 1. Session. A session and process group of its own, which it leads: the hard
+        //    kill (SIGKILL to the group) reaches whatever it starts there, and the signals
+        //    of jobsup's terminal do not.
+        at(Stage::Session, libc::setsid())?;
+
+        // 2. Parent-death signal, armed at once: a jobsup that dies while the child sets
+        //    up must not leave it behind. jobsup may have died before it was armed, and
+        //    then nobody would send it: check.
+        at(
+            Stage::ParentDeath,
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ),
+        )?;
+        if libc::getppid() != plan.supervisor_pid {
             libc::_exit(1);
         }
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+
+        // 3. Cgroups, other than the one `clone3` created the child in. Before the
+        //    namespaces, as a user namespace takes the right to write them away, and the
+        //    pid shim and its worker must both be inside. A kill-only cgroup is best
+        //    effort (the process group, the tree walk and the guard back it up); one that
+        //    carries a limit is not.
+        let procs = if born.in_cgroup {
+            &plan.cgroup_procs_v1
+        } else {
+            &plan.cgroup_procs
         };
-        check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
-        // Nothing a worker runs can gain privileges (setuid binaries, file capabilities).
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-        let set = |resource, value: Option<u64>| -> io::Result<()> {
-            if let Some(v) = value {
-                let limit = libc::rlimit {
-                    rlim_cur: v as libc::rlim_t,
-                    rlim_max: v as libc::rlim_t,
-                };
-                check(libc::setrlimit(resource, &limit))?;
+        let joined = crate::cgroup::WorkerCgroup::join(procs);
+        if plan.cgroup_required {
+            joined.map_err(|e| StageError::of(Stage::Cgroup, &e))?;
+        }
+
+        // 4. Namespaces (`--isolate`). With `pid` this forks: from here on this is the
+        //    worker, PID 1 of its namespace, while the process jobsup started stays behind
+        //    as the shim (which closes everything it inherited). Early, so that every
+        //    later step applies to the worker itself.
+        let parent = match &plan.isolation {
+            Some(p) => crate::isolate::enter(p, plan.supervisor_pid, plan.fd_method)
+                .map_err(|e| StageError::of(Stage::Namespaces, &e))?,
+            None => Parent::Supervisor,
+        };
+
+        // 5. The fd table: exactly 0, 1, 2 (and 3, 4 in native mode), nothing else. Every
+        //    other fd (what jobsup inherited from its own parent, other workers' pipes,
+        //    this spawn's copies) is marked close-on-exec, not closed: the report pipe
+        //    must keep working until the exec, which then closes them all. After the
+        //    namespaces (the shim has its own copy of the table to close); before the
+        //    limits, as an `RLIMIT_NOFILE` below the numbers jobsup uses would make these
+        //    moves fail.
+        let n = plan.placed;
+        let mut from = plan.fds;
+        for fd in &mut from[..n] {
+            // A source below `n` could be overwritten by another's placing: move it up.
+            if *fd < n as RawFd {
+                *fd = at(
+                    Stage::Fds,
+                    libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, n as RawFd),
+                )?;
             }
-            Ok(())
+        }
+        for (target, &fd) in from[..n].iter().enumerate() {
+            // dup2 leaves the new descriptor without close-on-exec: the process keeps it.
+            at(Stage::Fds, libc::dup2(fd, target as RawFd))?;
+        }
+        launch::cloexec_from(n as RawFd, plan.fd_method)
+            .map_err(|e| StageError::of(Stage::Fds, &e))?;
+
+        // 6. Its working directory. After the namespaces, so that the check is made with
+        //    the credentials the processor will have.
+        at(Stage::Directory, libc::chdir(plan.cwd.as_ptr()))?;
+
+        // 7. Resource limits, inherited by everything the worker starts. After the fd
+        //    table (`RLIMIT_NOFILE`, see above) and after the cgroups and namespaces, which
+        //    open files and fork; no core dumps, as a core would take the worker's
+        //    memory (and maybe secrets) to disk.
+        let set = |resource, cur: u64, max: u64| -> Result<(), StageError> {
+            let limit = libc::rlimit {
+                rlim_cur: cur as libc::rlim_t,
+                rlim_max: max as libc::rlim_t,
+            };
+            at(Stage::Limits, libc::setrlimit(resource, &limit)).map(|_| ())
         };
-        set(libc::RLIMIT_AS, limits.memory)?;
-        set(libc::RLIMIT_NOFILE, limits.open_files)?;
+        set(libc::RLIMIT_CORE, 0, 0)?;
+        if let Some(bytes) = plan.limits.memory {
+            set(libc::RLIMIT_AS, bytes, bytes)?;
+        }
+        if let Some(n) = plan.limits.open_files {
+            set(libc::RLIMIT_NOFILE, n, n)?;
+        }
         // The hard limit a second later: SIGXCPU first, which a process may catch to
         // clean up; SIGKILL if it does not stop.
-        if let Some(secs) = limits.cpu_secs {
-            let limit = libc::rlimit {
-                rlim_cur: secs as libc::rlim_t,
-                rlim_max: (secs + 1) as libc::rlim_t,
-            };
-            check(libc::setrlimit(libc::RLIMIT_CPU, &limit))?;
+        if let Some(secs) = plan.limits.cpu_secs {
+            set(libc::RLIMIT_CPU, secs, secs + 1)?;
         }
-        let Some(fds) = fds else {
-            return Ok(());
-        };
-        // Move the pipe ends above the target numbers first, so that placing one cannot
-        // overwrite the other (either may currently be fd 3 or 4).
-        let mut high = [0; 2];
-        for (i, (fd, _)) in fds.iter().enumerate() {
-            high[i] = check(libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10))?;
-        }
-        for (i, (_, target)) in fds.iter().enumerate() {
-            // dup2 leaves the new descriptor without close-on-exec: the worker keeps it.
-            check(libc::dup2(high[i], *target))?;
+
+        // 8. no_new_privs: nothing the worker runs can gain privileges (setuid binaries,
+        //    file capabilities). Last of the restrictions, as nothing above needs it and
+        //    all that follows is the exec, where it takes effect.
+        at(
+            Stage::Privileges,
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+        )?;
+
+        // 9. The parent-death signal again, after the namespaces changed who this is:
+        //    the fork of the pid shim cleared it, and a change of credentials (a user
+        //    namespace) may have. Then the check again: the parent (jobsup, or the shim)
+        //    may have died before it was armed. Without namespaces nothing changed since
+        //    step 2, which still holds.
+        if plan.isolation.is_some() {
+            at(
+                Stage::ParentDeath,
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ),
+            )?;
+            if parent.gone(plan.supervisor_pid) {
+                libc::_exit(1);
+            }
         }
     }
     Ok(())

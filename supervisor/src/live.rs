@@ -94,10 +94,10 @@ impl Live {
         let mut spawned = spawner.spawn(spec).await?;
         let pid = spawned.pid;
         // An exec slot starts a process per job under the same id: its cgroups are reused.
-        // No pidfd from the spawner (yet): `Process::new` opens one.
+        // The clone's own pidfd where the kernel made one; else `Process::new` opens one.
         let mut process = Process::new(
             spawned.exit,
-            None,
+            spawned.pidfd.take(),
             id,
             spawned.cgroup.take(),
             settings.mode == crate::link::Mode::Exec,

@@ -144,6 +144,7 @@ pub struct Jobsup {
     timeout: Duration,
     stdout_to: Option<Stdio>,
     stderr_to: Option<Stdio>,
+    inherited: Vec<(std::os::fd::OwnedFd, std::os::fd::RawFd)>,
 }
 
 impl Jobsup {
@@ -164,6 +165,7 @@ impl Jobsup {
             timeout: DEFAULT_RUN_TIMEOUT,
             stdout_to: None,
             stderr_to: None,
+            inherited: Vec::new(),
         }
     }
 
@@ -284,6 +286,13 @@ impl Jobsup {
         self
     }
 
+    /// Starts jobsup with `file` open on fd `target` and not close-on-exec, as a shell's
+    /// `7>file` would: an fd jobsup inherited and must keep from its workers.
+    pub fn inherit_fd(mut self, file: std::fs::File, target: std::os::fd::RawFd) -> Self {
+        self.inherited.push((file.into(), target));
+        self
+    }
+
     /// Overrides the global deadline of this run.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -326,6 +335,33 @@ impl Jobsup {
     /// and closes the pipe.
     pub fn spawn(mut self) -> Background {
         let mut cmd = self.command();
+        if !self.inherited.is_empty() {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)> = self
+                .inherited
+                .iter()
+                .map(|(fd, target)| (fd.as_raw_fd(), *target))
+                .collect();
+            // SAFETY: dup2 is async-signal-safe, and `fds` was made before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &(fd, target) in &fds {
+                        // dup2 leaves the new fd without close-on-exec: jobsup gets it
+                        // (onto itself it does nothing, so the flag is cleared then).
+                        let rc = if fd == target {
+                            libc::fcntl(fd, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(fd, target)
+                        };
+                        if rc < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(to) = self.stdout_to.take() {
             cmd.stdout(to);
         }

@@ -303,10 +303,23 @@ fn a_delegated_cgroup_v1_pids_hierarchy_contains_an_unprivileged_run() {
     // is writable for nobody, so jobsup must kill through the v1 pids cgroup: stop forks,
     // then kill every listed process, which reaches a grandchild that escaped every other
     // way.
-    if !jobsup_tests::running_as_root() {
-        return;
-    }
+    assert!(
+        jobsup_tests::running_as_root(),
+        "cannot test a delegated cgroup here: handing one to nobody needs root"
+    );
     let Some(parent) = own_cgroup_dir(Some("pids")).filter(|d| can_make_dir_in(d)) else {
+        // No cgroup v1 pids hierarchy to delegate from: then an unprivileged jobsup has
+        // no cgroup to kill through, and must say that it falls back to the group.
+        let run = jobsup_as!(User::Unprivileged)
+            .args(["--mode", "exec"])
+            .processor("true", [] as [&str; 0])
+            .stdin("x\n")
+            .run();
+        let line = sandbox_line(&run.stderr);
+        assert!(
+            line.contains("hard kill through their process group"),
+            "{line}"
+        );
         return;
     };
     let dir = TestCgroup(parent.join(format!("jobsup-test-delegated-{}", std::process::id())));

@@ -1,0 +1,316 @@
+//! What a worker starts with: an fd table of exactly its standard streams (plus the
+//! protocol pipes on 3 and 4 in native mode), whatever jobsup inherited or has open; its
+//! cgroup from its first instruction; limits applied after the fd table; a pid shim that
+//! holds nothing of jobsup's; and a failed start reported with the step it failed at.
+//!
+//! Every case runs as the invoking user (root on CI) and as an unprivileged user (nobody,
+//! through `setpriv`), and again with `JOBSUP_FALLBACK` making jobsup take the paths of
+//! older kernels (no `close_range`, no `/proc`, no `clone3`).
+
+use jobsup_tests::{
+    bin, can_make_dir_in, jobsup_as, own_cgroup_dir, wait_until, Jobsup, Record, User, WAIT,
+};
+
+/// `jobsup run` as `user`, holding a file on fd 7 without close-on-exec, as after
+/// `jobsup run ... 7>seven` in a shell.
+fn with_fd_7(user: User) -> Jobsup {
+    let j = jobsup_as!(user);
+    let seven = std::fs::File::create(j.dir().join("seven")).expect("a file for fd 7");
+    j.inherit_fd(seven, 7)
+}
+
+/// The fds a worker of `mode` must have: the standard streams, and the protocol pipes in
+/// native mode.
+fn expected_fds(mode: &str) -> &'static str {
+    if mode == "native" {
+        "0 1 2 3 4"
+    } else {
+        "0 1 2"
+    }
+}
+
+/// The ways of going over the fd table that each case is run with: the kernel's
+/// (`close_range`), then as without it (a `/proc/self/fd` walk), then as without `/proc`
+/// either (every number below `RLIMIT_NOFILE`).
+const FALLBACKS: [Option<&str>; 3] = [None, Some("close-range"), Some("proc")];
+
+/// Runs `fx-fds` in `mode` (three jobs, two workers) under a jobsup that holds fd 7, and
+/// checks that jobsup really held it while its workers ran (or the test would prove
+/// nothing) and that each worker had exactly its own fds.
+fn workers_have_only_their_own_fds(user: User, mode: &str, flags: &[&str], fallback: Option<&str>) {
+    let mut j = with_fd_7(user)
+        .args(["--mode", mode, "-j", "2"])
+        .args(flags);
+    if let Some(f) = fallback {
+        j = j.env("JOBSUP_FALLBACK", f);
+    }
+    let args: &[&str] = if mode == "lines" { &["lines"] } else { &[] };
+    let mut bg = j
+        .processor(bin!("fx-fds"), args)
+        .stdin("a\nb\nc\n")
+        .keep_stdin_open()
+        .spawn();
+    let case = format!("{user:?} --mode {mode} {flags:?} JOBSUP_FALLBACK={fallback:?}");
+    wait_until(WAIT, &format!("{case}: three records"), || {
+        bg.records_so_far().len() == 3
+    });
+    let seven = std::fs::read_link(format!("/proc/{}/fd/7", bg.pid()));
+    assert!(
+        seven.as_ref().is_ok_and(|p| p.ends_with("seven")),
+        "{case}: jobsup does not hold the inherited fd 7 ({seven:?}): the test proves nothing"
+    );
+    bg.close_stdin();
+    let run = bg.wait();
+    assert_eq!(run.code(), 0, "{case}\n{run}");
+    let records = run.records();
+    assert_eq!(records.len(), 3, "{case}\n{run}");
+    for r in &records {
+        assert_eq!(
+            r.output().map(str::trim_end),
+            Some(expected_fds(mode)),
+            "{case}: {r}\n{run}"
+        );
+    }
+}
+
+#[test]
+fn an_inherited_fd_reaches_no_worker_in_any_mode() {
+    for user in User::BOTH {
+        for mode in ["exec", "lines", "native"] {
+            workers_have_only_their_own_fds(user, mode, &[], None);
+        }
+    }
+}
+
+#[test]
+fn an_inherited_fd_reaches_no_isolated_worker() {
+    // `net` alone: the shared-memory clone enters the namespace; with `pid`: the fork and
+    // the shim.
+    for user in User::BOTH {
+        for mode in ["exec", "lines", "native"] {
+            for isolate in ["net", "pid,net"] {
+                workers_have_only_their_own_fds(user, mode, &["--isolate", isolate], None);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fd_table_is_the_same_on_the_paths_of_older_kernels() {
+    for fallback in FALLBACKS.into_iter().flatten() {
+        for user in User::BOTH {
+            for mode in ["exec", "lines", "native"] {
+                for flags in [&[][..], &["--isolate", "pid,net"][..]] {
+                    workers_have_only_their_own_fds(user, mode, flags, Some(fallback));
+                }
+            }
+        }
+    }
+    // Without clone3 the spawn takes the plain clone, and joins the cgroup in the child.
+    workers_have_only_their_own_fds(User::Invoker, "exec", &[], Some("clone3"));
+}
+
+#[test]
+fn open_files_limits_as_low_as_the_worker_needs_work() {
+    // The limit is set after the fd table, so that it cannot starve the child's own moves
+    // of its pipes (it did, for any limit below the numbers jobsup's fds have).
+    for user in User::BOTH {
+        for (limit, workers) in [("16", "8"), ("32", "2")] {
+            for mode in ["native", "exec"] {
+                let run = jobsup_as!(user)
+                    .args(["--mode", mode, "--open-files", limit, "-j", workers])
+                    .processor(bin!("fx-fds"), [] as [&str; 0])
+                    .stdin(jobsup_tests::lines(16, |i| i.to_string()))
+                    .run();
+                let case = format!("{user:?} --mode {mode} --open-files {limit} -j {workers}");
+                assert_eq!(run.code(), 0, "{case}\n{run}");
+                let records = run.records();
+                assert_eq!(records.len(), 16, "{case}\n{run}");
+                for r in &records {
+                    assert_eq!(r.outcome(), "ok", "{case}: {r}");
+                    assert_eq!(
+                        r.output().map(str::trim_end),
+                        Some(expected_fds(mode)),
+                        "{case}: {r}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The cgroup v2 line of a worker's `/proc/self/cgroup`, as `fx-fds cgroup` printed it.
+fn v2_line(r: &Record) -> String {
+    let out = r.output().unwrap_or_default();
+    out.lines()
+        .find(|l| l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {r}"))
+        .to_string()
+}
+
+/// What the spawner says once about `clone3` and `CLONE_INTO_CGROUP` (with `-v`).
+const CREATED_IN: &str = "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP)";
+
+#[test]
+fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
+    let writable = own_cgroup_dir(None).is_some_and(|d| can_make_dir_in(&d));
+    if !(jobsup_tests::running_as_root() && writable) {
+        // No cgroup v2 jobsup could use: workers run where jobsup runs, and it says so.
+        let run = jobsup_as!(User::Invoker)
+            .args(["--mode", "exec", "-v"])
+            .processor(bin!("fx-fds"), ["cgroup"])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{run}");
+        assert!(
+            run.stderr.contains("hard kill through their process group"),
+            "cgroup v2 is not writable here, yet jobsup claims another kill: {run}"
+        );
+        panic!(
+            "cannot test cgroup placement here: it needs root and a writable cgroup v2 hierarchy"
+        );
+    }
+    // Exec mode: each job a new process in the slot's one cgroup (the first one created
+    // there, the later ones in a cgroup killed after each job). Native mode: workers in
+    // fresh cgroups of their own. With JOBSUP_FALLBACK=clone3: all joined in the child.
+    for (mode, fallback) in [
+        ("exec", None),
+        ("native", None),
+        ("exec", Some("clone3")),
+        ("native", Some("clone3")),
+    ] {
+        let mut j = jobsup_as!(User::Invoker).args(["--mode", mode, "-j", "1", "-v"]);
+        if let Some(f) = fallback {
+            j = j.env("JOBSUP_FALLBACK", f);
+        }
+        let run = j
+            .processor(bin!("fx-fds"), ["cgroup"])
+            .stdin("a\nb\nc\n")
+            .run();
+        let case = format!("--mode {mode} JOBSUP_FALLBACK={fallback:?}");
+        assert_eq!(run.code(), 0, "{case}\n{run}");
+        let records = run.records();
+        assert_eq!(records.len(), 3, "{case}\n{run}");
+        for r in &records {
+            assert_eq!(r.outcome(), "ok", "{case}: {r}");
+            let line = v2_line(r);
+            let worker = r.worker().expect("a worker");
+            assert!(
+                line.contains("/jobsup-") && line.ends_with(&format!("/w{worker}")),
+                "{case}: not in its worker's cgroup: {line:?}\n{r}"
+            );
+        }
+        match fallback {
+            // x86-64 is where jobsup has clone3; a kernel without it (before 5.7) fails
+            // this with the line that says so instead.
+            None if cfg!(target_arch = "x86_64") => assert!(
+                run.stderr.contains(CREATED_IN),
+                "{case}: workers were not created in their cgroup\n{run}"
+            ),
+            _ => assert!(!run.stderr.contains(CREATED_IN), "{case}\n{run}"),
+        }
+    }
+    // Unprivileged, nobody can write root's cgroups: the worker stays where jobsup is.
+    let run = jobsup_as!(User::Unprivileged)
+        .args(["--mode", "exec"])
+        .processor(bin!("fx-fds"), ["cgroup"])
+        .stdin("x\n")
+        .run();
+    let records = run.records();
+    assert_eq!(records.len(), 1, "{run}");
+    assert!(!v2_line(&records[0]).contains("/jobsup-"), "{run}");
+}
+
+#[test]
+fn the_pid_shim_holds_nothing_of_jobsups() {
+    // If the shim kept the report pipe, jobsup would take the worker's start for
+    // unfinished until the worker exited: the first job would never be handed over while
+    // the worker waits for it. If it kept other fds, other workers' pipes would stay open.
+    for fallback in FALLBACKS {
+        for user in User::BOTH {
+            let mut j = with_fd_7(user).args(["--mode", "lines", "-j", "1", "--isolate", "pid"]);
+            if let Some(f) = fallback {
+                j = j.env("JOBSUP_FALLBACK", f);
+            }
+            let mut bg = j
+                .processor(bin!("fx-fds"), ["lines"])
+                .stdin("a\n")
+                .keep_stdin_open()
+                .spawn();
+            let case = format!("{user:?} JOBSUP_FALLBACK={fallback:?}");
+            wait_until(WAIT, &format!("{case}: the first record"), || {
+                !bg.records_so_far().is_empty()
+            });
+            let first = bg.records_so_far().remove(0);
+            assert_eq!(first.output(), Some("0 1 2"), "{case}: {first}");
+            // The pid jobsup knows is the shim's (the worker is PID 1 inside): it holds
+            // one fd, its end of the pipe through which the worker learns of its death.
+            let shim = first.pid().expect("a pid");
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{shim}/fd"))
+                .expect("the shim's fds")
+                .flatten()
+                .map(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert!(
+                fds.len() == 1 && fds[0].starts_with("pipe:"),
+                "{case}: the shim holds {fds:?}"
+            );
+            bg.close_stdin();
+            let run = bg.wait();
+            assert_eq!(run.code(), 0, "{case}\n{run}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_start_is_reported_with_the_step_it_failed_at() {
+    for user in User::BOTH {
+        for flags in [&[][..], &["--isolate", "pid"][..]] {
+            let case = format!("{user:?} {flags:?}");
+            // The exec itself: executable by its mode, but no format the kernel knows.
+            let j = jobsup_as!(user);
+            let bad = j.write_file("bad.bin", b"\x00\x01\x02garbage");
+            std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+            let run = j
+                .args(["--mode", "exec"])
+                .args(flags)
+                .processor(&bad, [] as [&str; 0])
+                .stdin("x\n")
+                .run();
+            let records = run.records();
+            assert_eq!(records.len(), 1, "{case}\n{run}");
+            assert_eq!(records[0].outcome(), "failed", "{case}: {}", records[0]);
+            assert!(
+                records[0]
+                    .error()
+                    .unwrap_or_default()
+                    .contains("Exec format error"),
+                "{case}: {}",
+                records[0]
+            );
+            // The limits: more open files than the kernel allows anyone (fs.nr_open).
+            let run = jobsup_as!(user)
+                .args(["--mode", "exec", "--open-files", "2000000000"])
+                .args(flags)
+                .processor(bin!("fx-fds"), [] as [&str; 0])
+                .stdin("x\n")
+                .run();
+            let records = run.records();
+            assert_eq!(records.len(), 1, "{case}\n{run}");
+            assert_eq!(records[0].outcome(), "failed", "{case}: {}", records[0]);
+            assert!(
+                records[0]
+                    .error()
+                    .unwrap_or_default()
+                    .contains("setting its resource limits failed"),
+                "{case}: {}",
+                records[0]
+            );
+        }
+    }
+}

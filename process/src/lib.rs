@@ -5,17 +5,20 @@
 //!
 //! A [`sandbox::Spawner`] starts worker processes from a few long-lived threads (a child's
 //! parent-death signal follows the thread that spawned it, so those threads never exit).
-//! Each child is set up between clone and exec by `launch` in one ordered routine:
-//! session and process group, parent-death signal, namespaces ([`isolate`]), the fd table,
-//! resource limits, `no_new_privs`, the environment and the directory; a failure before
-//! exec comes back as an error naming the stage, never as a processor that "exited 127".
+//! Each child is set up between clone and exec in one ordered routine
+//! (`sandbox::child_setup`, run by `launch`): session, parent-death signal, cgroups,
+//! namespaces ([`isolate`]), the fd table (exactly 0, 1, 2, and 3, 4 in native mode),
+//! the directory, resource limits, `no_new_privs`, the parent-death signal again after a
+//! namespace change, then exec. A failure before exec comes back as an error naming the
+//! stage, never as a processor that "exited 127". The clone hands back a pidfd
+//! (`CLONE_PIDFD`) and, where the kernel allows, creates the child straight in its cgroup
+//! (`clone3` with `CLONE_INTO_CGROUP`).
 //!
 //! A started worker is a [`process::Process`]: its pid (which is also its process group),
 //! its cgroup where the machine offers one ([`cgroup`]), and its exit status, which the one
 //! [`reaper`] thread collects (jobsup is a child subreaper; exactly one party may call
-//! `waitpid`). [`process::Process::end`] is the one kill-wait-reap sequence: SIGKILL to the
-//! group, the cgroup and the descendants that left the group, then the reaped status. A
-//! `Process` dropped without being ended is killed.
+//! `waitpid`). [`process::Process::end`] is the one kill-wait-reap sequence. A `Process`
+//! dropped without being ended is killed.
 //!
 //! No signal reaches a reused pid: the reaper kills a registered worker's group and cgroup
 //! just before it reaps the worker (the zombie keeps the group's id its own); other
@@ -35,7 +38,9 @@
 //! - Between clone and exec the child (which may share the supervisor's memory) runs no
 //!   code that allocates or takes a lock.
 //! - The reaper and spawner threads survive a bug in one spawn or reap: a panic there is
-//!   an error for that spawn, or closes every waiter's channel, never a hang.
+//!   an error for that spawn, or answers every waiter that its process is gone, never a
+//!   hang.
+//! - A worker's fd table is exactly its stdio (and its two protocol fds in native mode).
 
 pub mod cgroup;
 pub mod fault;

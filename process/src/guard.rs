@@ -591,13 +591,23 @@ mod tests {
                 Ok(())
             });
         }
-        let out = cmd.output().unwrap();
+        // Not `output()`: this test binary has a reaper that may collect the child's status
+        // first, and then std's own wait fails. The listing is all that is needed.
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = child.wait();
         // SAFETY: both were made above, owned by nothing else, and are closed once, here.
         unsafe {
             libc::close(stray);
             libc::close(keep);
         }
-        let fds = String::from_utf8_lossy(&out.stdout)
+        let fds = out
             .split_whitespace()
             .filter_map(|f| f.parse().ok())
             .collect();

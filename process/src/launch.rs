@@ -1006,8 +1006,32 @@ unsafe fn parse_fd(mut name: *const u8) -> Option<RawFd> {
 mod tests {
     use super::*;
 
+    /// The exit code of the child `pid`, cloned after `since`. This test binary has a
+    /// reaper (the reaper's own tests start it), which may reap any child first: so the
+    /// status is taken from it, never from a `waitpid` of our own.
+    fn exit_code_of(pid: i32, since: std::time::Instant) -> i32 {
+        let mut registration = crate::reaper::testing::reaper().register(pid, since);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(reaped) = registration.try_reaped() {
+                match reaped.exit {
+                    crate::reaper::Exit::Code(code) => return code,
+                    other => panic!("child {pid} ended with {other}"),
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {pid} never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Runs `f` in a forked child and returns its exit code.
     fn in_child(f: impl FnOnce() -> i32) -> i32 {
+        // Started before the fork, so that the child's status has somewhere to go.
+        crate::reaper::testing::reaper();
+        let since = std::time::Instant::now();
         // SAFETY: the child only makes system calls and exits.
         match unsafe { libc::fork() } {
             0 => {
@@ -1017,23 +1041,19 @@ mod tests {
             }
             pid => {
                 assert!(pid > 0, "fork: {}", io::Error::last_os_error());
-                let mut status = 0;
-                // SAFETY: waiting for our own child.
-                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-                assert!(libc::WIFEXITED(status), "status {status:#x}");
-                libc::WEXITSTATUS(status)
+                exit_code_of(pid, since)
             }
         }
     }
 
-    /// Opens `n` fds without close-on-exec, in the child; returns the highest.
-    fn open_plain(n: usize) -> RawFd {
-        let mut last = -1;
-        for _ in 0..n {
+    /// Opens fds without close-on-exec, in the child, one in each slot of `fds` (on the
+    /// stack: a forked child may not allocate). They need not be contiguous: the test
+    /// process's other threads may have held fds at the fork, and closed ones leave holes.
+    fn open_plain(fds: &mut [RawFd]) {
+        for fd in fds.iter_mut() {
             // SAFETY: a literal path; the fd is the child's.
-            last = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+            *fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
         }
-        last
     }
 
     fn flags(fd: RawFd) -> libc::c_int {
@@ -1044,19 +1064,18 @@ mod tests {
     fn every_method_marks_the_rest_close_on_exec(method: FdMethod) {
         let code = in_child(|| {
             let stdin = flags(0);
-            let high = open_plain(40);
-            let low = high - 39;
-            if flags(low) != 0 {
+            let mut ours = [0; 40];
+            open_plain(&mut ours);
+            let low = ours.iter().copied().min().unwrap_or(3);
+            if ours.iter().any(|&fd| flags(fd) != 0) {
                 return 10;
             }
             // SAFETY: in a forked child that will exit without exec.
             if unsafe { cloexec_from(low, method) }.is_err() {
                 return 11;
             }
-            for fd in low..=high {
-                if flags(fd) != libc::FD_CLOEXEC {
-                    return 12;
-                }
+            if ours.iter().any(|&fd| flags(fd) != libc::FD_CLOEXEC) {
+                return 12;
             }
             // Below `first`: untouched.
             if flags(0) != stdin {
@@ -1077,12 +1096,15 @@ mod tests {
         every_method_marks_the_rest_close_on_exec(FdMethod::Proc);
         // The walk itself, not what it falls back to.
         let code = in_child(|| {
-            let high = open_plain(300);
+            let mut ours = [0; 300];
+            open_plain(&mut ours);
             // SAFETY: in a forked child that will exit without exec.
             if unsafe { over_proc_fds(3, None, FdOp::Cloexec) }.is_err() {
                 return 11;
             }
-            if (3..=high).any(|fd| flags(fd) != libc::FD_CLOEXEC) {
+            // Every open fd from 3 up, ours and any the fork copied.
+            let high = ours.iter().copied().max().unwrap_or(3);
+            if (3..=high).any(|fd| flags(fd) >= 0 && flags(fd) != libc::FD_CLOEXEC) {
                 return 12;
             }
             0
@@ -1099,8 +1121,9 @@ mod tests {
     fn every_method_closes_all_but_the_one_kept() {
         for method in [FdMethod::CloseRange, FdMethod::Proc, FdMethod::Rlimit] {
             let code = in_child(|| {
-                let high = open_plain(300);
-                let keep = high - 150;
+                let mut ours = [0; 300];
+                open_plain(&mut ours);
+                let keep = ours[150];
                 // SAFETY: in a forked child that will exit without exec.
                 if unsafe { close_all_but(keep, method) }.is_err() {
                     return 11;
@@ -1116,22 +1139,19 @@ mod tests {
         }
     }
 
-    /// Waits through `pidfd` for the process it names; returns its pid and exit code.
-    fn wait_pidfd(pidfd: &OwnedFd) -> (i32, i32) {
-        // SAFETY: a zeroed siginfo is a valid value for waitid to fill.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid fills `info`; P_PIDFD waits for exactly the pidfd's process.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED,
-            )
-        };
-        assert_eq!(rc, 0, "waitid: {}", io::Error::last_os_error());
-        // SAFETY: waitid reported a child's exit: these fields are set.
-        unsafe { (info.si_pid(), info.si_status()) }
+    /// Waits through `pidfd` for the process it names to end (a pidfd becomes readable
+    /// when its process exits: one naming another process would never be), and returns
+    /// that process's exit code, which the reaper collects.
+    fn wait_pidfd(pidfd: &OwnedFd, pid: i32, since: std::time::Instant) -> i32 {
+        let mut fds = [libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 30_000) };
+        assert_eq!(rc, 1, "the pidfd of {pid} never became readable");
+        exit_code_of(pid, since)
     }
 
     fn plan(program: &str, share_memory: bool) -> Plan {
@@ -1144,6 +1164,8 @@ mod tests {
         // while the child waits).
         for share_memory in [true, false] {
             let mut stack = Stack::default();
+            crate::reaper::testing::reaper();
+            let since = std::time::Instant::now();
             // SAFETY: the setup does nothing.
             let launched = unsafe {
                 launch(
@@ -1162,7 +1184,7 @@ mod tests {
             // SAFETY: F_GETFD on our own fd.
             let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
             assert_eq!(flags, libc::FD_CLOEXEC, "{share_memory}: close-on-exec");
-            assert_eq!(wait_pidfd(&pidfd), (launched.pid, 0), "{share_memory}");
+            assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 0, "{share_memory}");
         }
     }
 
@@ -1176,6 +1198,8 @@ mod tests {
                     errno: libc::EPERM,
                 })
             };
+            crate::reaper::testing::reaper();
+            let since = std::time::Instant::now();
             // SAFETY: the setup makes no call at all.
             let launched = unsafe {
                 launch(
@@ -1191,7 +1215,9 @@ mod tests {
             assert_eq!(failed.stage, Stage::Limits);
             assert_eq!(failed.error.raw_os_error(), Some(libc::EPERM));
             let pidfd = launched.pidfd.expect("a pidfd");
-            assert_eq!(wait_pidfd(&pidfd), (launched.pid, 127));
+            assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 127);
+            crate::reaper::testing::reaper();
+            let since = std::time::Instant::now();
             // SAFETY: the setup does nothing.
             let launched = unsafe {
                 launch(
@@ -1206,7 +1232,8 @@ mod tests {
             let failed = launched.started.expect_err("no such program");
             assert_eq!(failed.stage, Stage::Exec);
             assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));
-            assert_eq!(wait_pidfd(&launched.pidfd.expect("a pidfd")).1, 127);
+            let pidfd = launched.pidfd.expect("a pidfd");
+            assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 127);
         }
     }
 

@@ -60,6 +60,12 @@ impl Prepared {
     pub fn forks(&self) -> bool {
         self.pid
     }
+
+    /// Whether entering makes a user namespace (jobsup is not root): the child then holds
+    /// every capability there.
+    pub fn user_namespace(&self) -> bool {
+        self.user_ns
+    }
 }
 
 /// Prepares `what` for the spawner; `None` when there is nothing to isolate.

@@ -668,8 +668,13 @@ pub enum Stage {
     Limits = 6,
     /// `no_new_privs`.
     Privileges = 7,
+    /// Dropping its capabilities (bounding set, ambient, effective, permitted,
+    /// inheritable).
+    Capabilities = 8,
+    /// Taking its user and groups (`--user`).
+    Identity = 9,
     /// The exec itself: the processor could not be run.
-    Exec = 8,
+    Exec = 10,
 }
 
 impl Stage {
@@ -683,6 +688,8 @@ impl Stage {
             5 => Stage::Directory,
             6 => Stage::Limits,
             7 => Stage::Privileges,
+            8 => Stage::Capabilities,
+            9 => Stage::Identity,
             _ => Stage::Exec,
         }
     }
@@ -698,6 +705,8 @@ impl Stage {
             Stage::Directory => Some("entering its working directory failed"),
             Stage::Limits => Some("setting its resource limits failed"),
             Stage::Privileges => Some("setting no_new_privs failed"),
+            Stage::Capabilities => Some("dropping its capabilities failed"),
+            Stage::Identity => Some("taking its user and groups (--user) failed"),
             Stage::Exec => None,
         }
     }
@@ -1234,6 +1243,27 @@ mod tests {
             assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));
             let pidfd = launched.pidfd.expect("a pidfd");
             assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 127);
+        }
+    }
+
+    #[test]
+    fn every_stage_survives_the_report_pipe_by_its_code() {
+        let all = [
+            Stage::Session,
+            Stage::ParentDeath,
+            Stage::Cgroup,
+            Stage::Namespaces,
+            Stage::Fds,
+            Stage::Directory,
+            Stage::Limits,
+            Stage::Privileges,
+            Stage::Capabilities,
+            Stage::Identity,
+            Stage::Exec,
+        ];
+        for stage in all {
+            assert_eq!(Stage::from_code(stage as i32), stage);
+            assert_eq!(stage.failed().is_none(), stage == Stage::Exec, "{stage:?}");
         }
     }
 

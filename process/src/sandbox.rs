@@ -10,7 +10,11 @@
 //!   the worker task drains, and in native mode the protocol pipes on fds 3 and 4: nothing
 //!   jobsup inherited or opened reaches it;
 //! - its resource limits, no core dumps and `no_new_privs`;
-//! - a cleared environment with a short allowlist plus jobsup's own `JOBSUP_*` variables;
+//! - the user and groups of `--user`, if given;
+//! - no capabilities at all: bounding set, ambient, effective, permitted and inheritable
+//!   all empty (the bounding set only where jobsup may drop it: as root, or in the user
+//!   namespace of `--isolate`; elsewhere `no_new_privs` keeps exec from using it);
+//! - a cleared environment with an exact allowlist plus jobsup's own `JOBSUP_*` variables;
 //! - a fresh private working directory (mode 0700), removed when the worker is dropped.
 //!
 //! The order in which the child sets this up is `child_setup`'s, which says why each
@@ -33,8 +37,40 @@ use crate::isolate::Parent;
 use crate::launch::{self, Born, FdMethod, Stage, StageError};
 use crate::reaper::Reaper;
 
-/// Variables passed through from jobsup's own environment to every worker.
-const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+/// Variables passed through from jobsup's own environment to every worker: exactly these
+/// (the locale ones are those glibc defines); anything else only when asked for.
+const ENV_ALLOWLIST: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TZ",
+    "TMPDIR",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "LC_MONETARY",
+    "LC_MESSAGES",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+];
+
+/// The user and groups a worker runs as (`--user`), resolved before any spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its uid.
+    pub uid: u32,
+    /// Its gid.
+    pub gid: u32,
+    /// Its supplementary groups (`setgroups`).
+    pub groups: Vec<u32>,
+}
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -61,6 +97,8 @@ pub struct SpawnSpec {
     pub limits: Limits,
     /// Namespaces to enter (`--isolate`), prepared before any fork.
     pub isolation: Option<crate::isolate::Prepared>,
+    /// Who the worker runs as (`--user`); `None` keeps jobsup's own user.
+    pub user: Option<Identity>,
 }
 
 /// Resource limits set on a worker before it runs: rlimits (inherited by its children), or
@@ -340,6 +378,10 @@ fn spawn(
         None => builder.tempdir(),
     }
     .map_err(other)?;
+    // The worker's own: it runs as `--user`'s uid and must be able to use it.
+    if let Some(id) = &spec.user {
+        std::os::unix::fs::chown(workdir.path(), Some(id.uid), Some(id.gid)).map_err(other)?;
+    }
 
     // The standard fds: stdin on a pipe or /dev/null, stdout and stderr on pipes. Every
     // end is close-on-exec; the child's copies are placed by dup2.
@@ -354,10 +396,7 @@ fn spawn(
     let (stderr_r, stderr_w) = crate::fd::pipe().map_err(other)?;
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(key, _)| {
-            let k = key.to_string_lossy();
-            ENV_ALLOWLIST.contains(&k.as_ref()) || k.starts_with("LC_")
-        })
+        .filter(|(key, _)| key.to_str().is_some_and(|k| ENV_ALLOWLIST.contains(&k)))
         .collect();
     env.extend(spec.env.iter().cloned());
     env.push(("JOBSUP_WORKER_ID".into(), spec.worker_id.to_string().into()));
@@ -438,6 +477,10 @@ fn spawn(
         cgroup_required: state.cgroups.as_ref().is_some_and(|c| c.has_limits()),
         isolation: spec.isolation.clone(),
         fd_method: state.fallbacks.fd_method(),
+        identity: spec.user.clone(),
+        cap_last: cap_last().map_err(other)?,
+        drop_bounding: may_set_pcap()
+            || spec.isolation.as_ref().is_some_and(|p| p.user_namespace()),
     };
     // SAFETY: runs in the child between clone and exec; `child_setup` makes only
     // async-signal-safe calls on `child`, prepared above, and never allocates or panics,
@@ -582,7 +625,63 @@ struct ChildPlan {
     isolation: Option<crate::isolate::Prepared>,
     /// How the fd table is gone over (all but the tests: `close_range` first).
     fd_method: FdMethod,
+    /// Who the worker becomes (`--user`).
+    identity: Option<Identity>,
+    /// The highest capability this kernel knows.
+    cap_last: libc::c_int,
+    /// Whether the child may empty its bounding set (it has `CAP_SETPCAP` there).
+    drop_bounding: bool,
 }
+
+/// The highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`), read
+/// once.
+fn cap_last() -> io::Result<libc::c_int> {
+    static LAST: std::sync::OnceLock<Result<libc::c_int, String>> = std::sync::OnceLock::new();
+    LAST.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .map_err(|e| format!("cannot read /proc/sys/kernel/cap_last_cap: {e}"))?;
+        text.trim()
+            .parse()
+            .map_err(|e| format!("/proc/sys/kernel/cap_last_cap: {e}: {text:?}"))
+    })
+    .clone()
+    .map_err(io::Error::other)
+}
+
+/// Whether jobsup itself has `CAP_SETPCAP`, which emptying a bounding set takes (a child
+/// that enters a user namespace has it there, whoever jobsup is).
+fn may_set_pcap() -> bool {
+    const CAP_SETPCAP: u32 = 8;
+    static MAY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MAY.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let caps = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+                u64::from_str_radix(caps.trim(), 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << CAP_SETPCAP) != 0)
+    })
+}
+
+/// `capset`'s header (`struct __user_cap_header_struct`).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One of `capset`'s two data words (`struct __user_cap_data_struct`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, in two data words.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// The return code of a system call, or its errno at `stage`.
 fn at(stage: Stage, rc: libc::c_int) -> Result<libc::c_int, StageError> {
@@ -600,7 +699,8 @@ fn at(stage: Stage, rc: libc::c_int) -> Result<libc::c_int, StageError> {
 /// reported to jobsup with its [`Stage`].
 ///
 /// The order follows nsjail's (`containProc`): namespaces, then the fd table, then the
-/// limits, then `no_new_privs`, then the parent-death signal again, then exec.
+/// user and the capabilities, then the limits, then `no_new_privs`, then the parent-death
+/// signal again, then exec.
 ///
 /// # Safety
 /// Only in the child, between clone and exec (`launch::launch`'s contract: it may share
@@ -681,11 +781,39 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
         launch::cloexec_from(n as RawFd, plan.fd_method)
             .map_err(|e| StageError::of(Stage::Fds, &e))?;
 
-        // 6. Its working directory. After the namespaces, so that the check is made with
-        //    the credentials the processor will have.
+        // 6. The capability bounding set, emptied: no exec can ever grant one again.
+        //    Before the change of user, as it takes CAP_SETPCAP, which a setuid from root
+        //    clears; after the namespaces, as a user namespace is where an unprivileged
+        //    jobsup's child has it. Where it has it nowhere (an unprivileged jobsup
+        //    without `--isolate`) the set cannot be dropped, and `no_new_privs` (step 11)
+        //    keeps exec from granting from it.
+        if plan.drop_bounding {
+            for cap in 0..=plan.cap_last {
+                at(
+                    Stage::Capabilities,
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
+                )?;
+            }
+        }
+
+        // 7. The user and groups of `--user`: supplementary groups, then the group, then
+        //    the user, as each but the last needs the privilege the last gives up. After
+        //    the cgroups and namespaces, which need root; before the directory, so that it
+        //    is entered as the processor.
+        if let Some(id) = &plan.identity {
+            at(
+                Stage::Identity,
+                libc::setgroups(id.groups.len(), id.groups.as_ptr()),
+            )?;
+            at(Stage::Identity, libc::setgid(id.gid))?;
+            at(Stage::Identity, libc::setuid(id.uid))?;
+        }
+
+        // 8. Its working directory. After the namespaces and the user, so that the check
+        //    is made with the credentials the processor will have.
         at(Stage::Directory, libc::chdir(plan.cwd.as_ptr()))?;
 
-        // 7. Resource limits, inherited by everything the worker starts. After the fd
+        // 9. Resource limits, inherited by everything the worker starts. After the fd
         //    table (`RLIMIT_NOFILE`, see above) and after the cgroups and namespaces, which
         //    open files and fork; no core dumps, as a core would take the worker's
         //    memory (and maybe secrets) to disk.
@@ -709,20 +837,54 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
             set(libc::RLIMIT_CPU, secs, secs + 1)?;
         }
 
-        // 8. no_new_privs: nothing the worker runs can gain privileges (setuid binaries,
-        //    file capabilities). Last of the restrictions, as nothing above needs it and
-        //    all that follows is the exec, where it takes effect.
+        // 10. Every other capability set emptied: ambient, then effective, permitted and
+        //     inheritable. The processor starts with no privilege at all, root or not,
+        //     in a user namespace or not (a setuid from root has cleared them already;
+        //     this holds without `--user` too). After the limits, the last step that may
+        //     have used one. A kernel without ambient capabilities (before 4.3) has none
+        //     to clear.
+        let rc = libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if rc < 0 && *libc::__errno_location() != libc::EINVAL {
+            return Err(StageError::last(Stage::Capabilities));
+        }
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        at(
+            Stage::Capabilities,
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            ) as libc::c_int,
+        )?;
+
+        // 11. no_new_privs: nothing the worker runs can gain privileges (setuid binaries,
+        //     file capabilities). Last of the restrictions, as nothing above needs it and
+        //     all that follows is the exec, where it takes effect.
         at(
             Stage::Privileges,
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
         )?;
 
-        // 9. The parent-death signal again, after the namespaces changed who this is:
-        //    the fork of the pid shim cleared it, and a change of credentials (a user
-        //    namespace) may have. Then the check again: the parent (jobsup, or the shim)
-        //    may have died before it was armed. Without namespaces nothing changed since
-        //    step 2, which still holds.
-        if plan.isolation.is_some() {
+        // 12. The parent-death signal again, after the namespaces or `--user` changed who
+        //     this is: the fork of the pid shim cleared it, and so does a change of
+        //     credentials (a user namespace, setuid). Then the check again: the parent
+        //     (jobsup, or the shim) may have died before it was armed. Otherwise nothing
+        //     changed since step 2, which still holds.
+        if plan.isolation.is_some() || plan.identity.is_some() {
             at(
                 Stage::ParentDeath,
                 libc::prctl(

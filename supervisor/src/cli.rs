@@ -366,6 +366,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             env: extra_env,
             limits: pool.limits,
             isolation: crate::isolate::prepare(&pool.isolate),
+            user: pool.user.clone(),
         },
         start_timeout: pool.start_timeout,
         max_jobs: pool.max_jobs_per_worker,
@@ -520,7 +521,8 @@ fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
         std::path::absolute(dir).map_err(|e| anyhow::anyhow!("--cwd {}: {e}", dir.display()))?;
     match std::fs::metadata(&abs) {
         Ok(m) if m.is_dir() => {
-            // Workers run as jobsup's user: it must be able to enter it.
+            // Workers run as jobsup's user: it must be able to enter it (a `--user`
+            // that cannot is said by the worker's own start, at its directory stage).
             nix::unistd::access(&abs, nix::unistd::AccessFlags::X_OK)
                 .map_err(|e| anyhow::anyhow!("--cwd {}: {}", dir.display(), e.desc()))?;
             Ok(abs)

@@ -318,6 +318,11 @@ pub struct PoolSpec {
     #[arg(long, value_enum, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolate: Option<Vec<Isolate>>,
+    /// Run the workers as this user, and its groups or only GROUP (jobsup must be root,
+    /// unless it names jobsup's own user).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Fills every field `self` leaves unset from `under`.
@@ -360,6 +365,7 @@ impl PoolSpec {
             open_files,
             max_procs,
             isolate,
+            user,
         )
     }
 }
@@ -427,6 +433,62 @@ pub struct Pool {
     pub limits: crate::sandbox::Limits,
     /// Namespaces each worker gets.
     pub isolate: Vec<Isolate>,
+    /// Who the workers run as (`--user`), when not as jobsup's own user.
+    pub user: Option<crate::sandbox::Identity>,
+    /// What `user` was given as, for `jobsup check`.
+    pub user_name: Option<String>,
+}
+
+/// Resolves `USER[:GROUP]` for `--user`: `None` when it names jobsup's own user and group
+/// (nothing to change), an error naming an unknown user or group, or saying that taking
+/// another takes root.
+fn resolve_user(given: &str) -> Result<Option<crate::sandbox::Identity>, String> {
+    use nix::unistd::{Group, User};
+    let (name, group) = match given.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (given, None),
+    };
+    let key = |detail: String| out_of_range("user", &detail);
+    if name.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(key(format!("{given:?}: expected USER or USER:GROUP")));
+    }
+    let user = User::from_name(name)
+        .map_err(|e| key(format!("cannot look up user {name:?}: {e}")))?
+        .ok_or_else(|| key(format!("no such user: {name:?}")))?;
+    let gid = match group {
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| key(format!("cannot look up group {g:?}: {e}")))?
+                .ok_or_else(|| key(format!("no such group: {g:?}")))?
+                .gid
+        }
+        None => user.gid,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        if user.uid == nix::unistd::geteuid() && gid == nix::unistd::getegid() {
+            return Ok(None);
+        }
+        return Err(key(format!(
+            "{given:?}: running workers as another user or group needs root (jobsup runs as uid {}, gid {})",
+            nix::unistd::geteuid(),
+            nix::unistd::getegid()
+        )));
+    }
+    // Its own groups, unless a group was named: then that one alone.
+    let groups = match group {
+        Some(_) => vec![gid],
+        None => {
+            let c_name = std::ffi::CString::new(name)
+                .map_err(|_| key(format!("{given:?}: a name cannot hold a NUL")))?;
+            nix::unistd::getgrouplist(&c_name, gid)
+                .map_err(|e| key(format!("cannot list the groups of {name:?}: {e}")))?
+        }
+    };
+    Ok(Some(crate::sandbox::Identity {
+        uid: user.uid.as_raw(),
+        gid: gid.as_raw(),
+        groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+    }))
 }
 
 impl Pool {
@@ -494,7 +556,13 @@ impl Pool {
                 ));
             }
         }
+        let user = match &spec.user {
+            Some(given) => resolve_user(given).map_err(|e| format!("pool \"{name}\": {e}"))?,
+            None => None,
+        };
         Ok(Pool {
+            user,
+            user_name: spec.user.clone(),
             name: name.to_string(),
             command,
             mode,
@@ -574,7 +642,7 @@ impl Pool {
             })
         };
         format!(
-            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}, processes {}\n  isolate: {:?}\n",
+            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}, processes {}\n  isolate: {:?}\n  user: {}\n",
             self.name,
             command,
             self.mode,
@@ -597,6 +665,7 @@ impl Pool {
             self.limits.open_files.map_or("-".into(), |n| n.to_string()),
             self.limits.max_procs.map_or("-".into(), |n| n.to_string()),
             self.isolate,
+            self.user_name.as_deref().unwrap_or("-"),
         )
     }
 }
@@ -838,5 +907,35 @@ mod tests {
         assert_eq!(p.command, vec![OsString::from("y")]);
         let e = resolve_run(PoolSpec::default(), Some((&path, Some("c"))), Vec::new()).unwrap_err();
         assert!(e.contains("no pool named \"c\""), "{e}");
+    }
+
+    #[test]
+    fn user_names_resolve_at_start_or_say_what_is_wrong() {
+        for bad in ["", ":", "nobody:", ":root"] {
+            let e = resolve_user(bad).unwrap_err();
+            assert!(e.contains("expected USER or USER:GROUP"), "{bad:?}: {e}");
+        }
+        let e = resolve_user("no-such-user-13f").unwrap_err();
+        assert!(e.contains("no such user: \"no-such-user-13f\""), "{e}");
+        let e = resolve_user("nobody:no-such-group-13f").unwrap_err();
+        assert!(e.contains("no such group: \"no-such-group-13f\""), "{e}");
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .expect("this process's user has a name");
+        if nix::unistd::geteuid().is_root() {
+            let id = resolve_user("nobody").unwrap().expect("a change of user");
+            assert_eq!((id.uid, id.gid), (65534, 65534));
+            assert!(id.groups.contains(&id.gid), "{id:?}");
+            let id = resolve_user("nobody:root")
+                .unwrap()
+                .expect("a change of user");
+            assert_eq!((id.uid, id.gid, id.groups), (65534, 0, vec![0]));
+            // Root as root: still a change (the groups are set).
+            assert!(resolve_user(&me.name).unwrap().is_some());
+        } else {
+            assert_eq!(resolve_user(&me.name), Ok(None));
+            let e = resolve_user("root").unwrap_err();
+            assert!(e.contains("needs root"), "{e}");
+        }
     }
 }

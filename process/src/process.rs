@@ -140,6 +140,8 @@ pub struct Process {
     /// The cgroup limits the kernel enforced on its tree (known once [`Process::end`] has
     /// run).
     limits_hit: Hits,
+    /// It is the shim of a pid namespace (`--isolate pid`), and the worker its one child.
+    shim: bool,
 }
 
 impl Process {
@@ -190,7 +192,14 @@ impl Process {
             cgroup,
             keep_cgroup,
             limits_hit: Hits::default(),
+            shim: false,
         }
+    }
+
+    /// Says that it is the shim of a pid namespace, which the worker runs in as its one
+    /// child: [`Process::kill_leftovers`] spares that child too.
+    pub fn set_shim(&mut self) {
+        self.shim = true;
     }
 
     /// Its pid (and process group id).
@@ -243,7 +252,8 @@ impl Process {
         }
     }
 
-    /// SIGKILL to every process of the worker's tree but the worker itself: what a job left
+    /// SIGKILL to every process of the worker's tree but the worker itself (and, behind a
+    /// pid namespace's shim, the shim's one child, the worker proper): what a job left
     /// behind in a worker that is kept for the next one. Its cgroup's members where it has
     /// a cgroup, its descendants by the `/proc` walk, the members of its process group,
     /// and the descendants that escaped to jobsup (the subreaper) still carrying the
@@ -261,7 +271,11 @@ impl Process {
                 }
                 pids.extend(crate::reaper::group_members(leader));
                 pids.extend(crate::reaper::adopted_from(self.worker));
-                pids.retain(|&p| p != leader);
+                let mut spared = vec![leader];
+                if self.shim {
+                    spared.extend(crate::reaper::children(leader));
+                }
+                pids.retain(|p| !spared.contains(p));
                 pids.sort_unstable();
                 pids.dedup();
                 crate::reaper::kill_all(&pids);

@@ -513,6 +513,11 @@ pub fn children_of_self() -> Vec<i32> {
     children_of("self")
 }
 
+/// Pids of `pid`'s live children, from `/proc/PID/task/*/children`.
+pub fn children(pid: i32) -> Vec<i32> {
+    children_of(&pid.to_string())
+}
+
 /// Every descendant of `pid` (not `pid` itself), walking `/proc/PID/task/*/children`.
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut found = Vec::new();

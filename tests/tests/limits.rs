@@ -3,15 +3,10 @@
 //! tried as the invoking user (root on CI: cgroup controllers) and as an unprivileged user
 //! (nobody: no writable cgroups, so `RLIMIT_AS` for memory and a refusal for processes).
 
-use std::time::Duration;
-
 use jobsup_tests::{
-    can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, pid_alive, sleepers, wait_until, Jobsup,
-    Record, Run, User,
+    can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, sleepers, wait_until, Jobsup, Record, Run,
+    User, WAIT,
 };
-
-/// A generous bound for what takes a moment.
-const WAIT: Duration = Duration::from_secs(30);
 
 fn only_record(run: &Run) -> Record {
     let mut records = run.records();
@@ -285,37 +280,42 @@ fn a_native_job_that_spins_is_killed_at_its_cpu_budget() {
 
 #[test]
 fn a_job_leaves_no_process_behind_for_the_next_job_of_its_worker() {
-    let script = r#"while read l; do
+    // Plain, and behind a pid namespace's shim (where the worker is the shim's child).
+    for flags in [&[][..], &["--isolate", "pid"][..]] {
+        let token = format!("{}.{}", 800 + flags.len(), std::process::id());
+        let script = format!(
+            r#"while read l; do
   case "$l" in
-    bg) sleep 1000 >/dev/null 2>&1 & echo "$!" ;;
+    bg) sleep {token} >/dev/null 2>&1 & echo started ;;
     *) echo next ;;
   esac
-done"#;
-    let mut bg = jobsup!()
-        .args(["--mode", "lines", "-j", "1"])
-        .processor("sh", ["-c", script])
-        .stdin("bg\n")
-        .keep_stdin_open()
-        .spawn();
-    wait_until(WAIT, "the first record", || !bg.records_so_far().is_empty());
-    let first = bg.records_so_far().remove(0);
-    let child: i32 = first
-        .output()
-        .and_then(|o| o.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the background child's pid: {first}"));
-    wait_until(WAIT, "the job's background child is gone", || {
-        !pid_alive(child)
-    });
-    bg.write_stdin("next\n");
-    bg.close_stdin();
-    let run = bg.wait();
-    let records = run.records();
-    assert_eq!(records.len(), 2, "{run}");
-    assert_eq!(records[0].outcome(), "ok", "{run}");
-    assert_eq!(records[1].output(), Some("next"), "{run}");
-    assert_eq!(
-        records[0].pid(),
-        records[1].pid(),
-        "the worker itself serves the next job\n{run}"
-    );
+done"#
+        );
+        let mut bg = jobsup!()
+            .args(["--mode", "lines", "-j", "1"])
+            .args(flags)
+            .processor("sh", ["-c", script.as_str()])
+            .stdin("bg\n")
+            .keep_stdin_open()
+            .spawn();
+        wait_until(WAIT, "the first record", || !bg.records_so_far().is_empty());
+        let first = bg.records_so_far().remove(0);
+        assert_eq!(first.outcome(), "ok", "{flags:?}: {first}");
+        assert_eq!(first.output(), Some("started"), "{flags:?}: {first}");
+        wait_until(WAIT, "the job's background child is gone", || {
+            sleepers(&token).is_empty()
+        });
+        bg.write_stdin("next\n");
+        bg.close_stdin();
+        let run = bg.wait();
+        let records = run.records();
+        assert_eq!(records.len(), 2, "{flags:?}\n{run}");
+        assert_eq!(records[1].outcome(), "ok", "{flags:?}\n{run}");
+        assert_eq!(records[1].output(), Some("next"), "{flags:?}\n{run}");
+        assert_eq!(
+            records[0].pid(),
+            records[1].pid(),
+            "{flags:?}: the worker itself serves the next job\n{run}"
+        );
+    }
 }

@@ -565,6 +565,18 @@ impl WorkerCgroup {
         self.fresh_v2
     }
 
+    /// The processes in the worker's cgroups, in every hierarchy (pids listed once).
+    pub fn members(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .flat_map(|(dir, _)| procs_of(dir))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// SIGKILL to every process in the worker's cgroups.
     pub fn kill(&self) {
         if let Some(i) = self.kill {

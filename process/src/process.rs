@@ -140,6 +140,8 @@ pub struct Process {
     /// The cgroup limits the kernel enforced on its tree (known once [`Process::end`] has
     /// run).
     limits_hit: Hits,
+    /// It is the shim of a pid namespace (`--isolate pid`), and the worker its one child.
+    shim: bool,
 }
 
 impl Process {
@@ -190,7 +192,14 @@ impl Process {
             cgroup,
             keep_cgroup,
             limits_hit: Hits::default(),
+            shim: false,
         }
+    }
+
+    /// Says that it is the shim of a pid namespace, which the worker runs in as its one
+    /// child: [`Process::kill_leftovers`] spares that child too.
+    pub fn set_shim(&mut self) {
+        self.shim = true;
     }
 
     /// Its pid (and process group id).
@@ -241,6 +250,47 @@ impl Process {
             // A pidfd still names what is left of the group.
             let _ = self.signal_group(Signal::SIGKILL);
         }
+    }
+
+    /// SIGKILL to every process of the worker's tree but the worker itself (and, behind a
+    /// pid namespace's shim, the shim's one child, the worker proper): what a job left
+    /// behind in a worker that is kept for the next one. Its cgroup's members where it has
+    /// a cgroup, its descendants by the `/proc` walk, the members of its process group,
+    /// and the descendants that escaped to jobsup (the subreaper) still carrying the
+    /// worker's serial; all listed and killed while the worker is certainly unreaped, with
+    /// the reaper held off (so neither its group's id nor an adopted child's pid can name
+    /// a successor meanwhile). Returns how many processes were sent the kill; 0, sending
+    /// nothing, once the worker has been reaped (the reaper has killed its tree then).
+    pub fn kill_leftovers(&self) -> usize {
+        let leader = self.pid();
+        self.exit
+            .while_unreaped(|_| {
+                let mut pids = crate::reaper::descendants(leader);
+                if let Some(cgroup) = &self.cgroup {
+                    pids.extend(cgroup.members());
+                }
+                pids.extend(crate::reaper::group_members(leader));
+                pids.extend(crate::reaper::adopted_from(self.worker));
+                let mut spared = vec![leader];
+                if self.shim {
+                    spared.extend(crate::reaper::children(leader));
+                }
+                pids.retain(|p| !spared.contains(p));
+                pids.sort_unstable();
+                pids.dedup();
+                crate::reaper::kill_all(&pids);
+                pids.len()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The CPU time the worker's tree has used so far (see
+    /// [`crate::reaper::tree_cpu_time`]), read while the worker is certainly unreaped, so
+    /// that its pid names it. `None` once it has been reaped.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.exit
+            .while_unreaped(|_| crate::reaper::tree_cpu_time(self.pid()))
+            .flatten()
     }
 
     /// Lets the process exit by itself for up to `grace`, then kills it, and waits for it
@@ -508,6 +558,56 @@ mod tests {
                 assert_eq!(reaped(&mut member_status).exit, Exit::Signal(libc::SIGUSR1));
             }
         }
+    }
+
+    /// Dead: gone, or a zombie its parent has not waited for yet.
+    fn dead(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s[s.rfind(')')? + 1..].trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    }
+
+    #[test]
+    fn kill_leftovers_kills_the_tree_but_not_the_worker() {
+        for kind in kinds() {
+            // A group member, and a descendant in a session of its own.
+            let mut leader = Leader::start(
+                "sleep 1000 >/dev/null 2>&1 & echo $!; setsid sleep 1000 >/dev/null 2>&1 & echo $!; read go",
+            );
+            let mut p = process(leader.register(), kind);
+            let member = leader.read_pid();
+            let escaped = leader.read_pid();
+            wait_until("the escaped sleeper has a session of its own", || {
+                crate::reaper::group_members(leader.pid()) == [member]
+                    && crate::reaper::descendants(leader.pid()).contains(&escaped)
+            });
+            assert_eq!(p.kill_leftovers(), 2, "{kind}");
+            wait_until("both sleepers are dead", || dead(member) && dead(escaped));
+            // The worker goes on.
+            assert!(!dead(leader.pid()), "{kind}");
+            assert_eq!(p.exit(), None, "{kind}");
+            leader.go();
+            assert_eq!(block_on(p.exited()), Exit::Code(0), "{kind}");
+            // Reaped: nothing is sent to anyone.
+            assert_eq!(p.kill_leftovers(), 0, "{kind}");
+        }
+    }
+
+    #[test]
+    fn cpu_time_counts_the_tree_and_its_waited_for_children() {
+        let mut leader = Leader::start(
+            "python3 -c 'import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass'; echo done; read go",
+        );
+        let mut p = process(leader.register(), "pid");
+        assert_eq!(leader.read_line(), "done");
+        // The child burned 0.2 s and was waited for by the shell: its time is the shell's
+        // cutime now.
+        let used = p.cpu_time().expect("the worker is there");
+        assert!(used >= Duration::from_millis(150), "{used:?}");
+        leader.go();
+        assert_eq!(block_on(p.exited()), Exit::Code(0));
+        assert_eq!(p.cpu_time(), None);
     }
 
     #[test]

@@ -513,6 +513,11 @@ pub fn children_of_self() -> Vec<i32> {
     children_of("self")
 }
 
+/// Pids of `pid`'s live children, from `/proc/PID/task/*/children`.
+pub fn children(pid: i32) -> Vec<i32> {
+    children_of(&pid.to_string())
+}
+
 /// Every descendant of `pid` (not `pid` itself), walking `/proc/PID/task/*/children`.
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
@@ -548,6 +553,66 @@ pub fn adopted_from(worker: u64) -> Vec<i32> {
 pub fn environ_has(pid: i32, var: &[u8]) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|environ| environ.split(|&b| b == 0).any(|v| v == var))
+}
+
+/// The members of process group `pgid` other than its leader, from the `pgrp` field of
+/// every `/proc/PID/stat`. Only meaningful while the leader is known unreaped (its group's
+/// id cannot be reused then).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            pid != pgid && stat_fields(pid).and_then(|f| f.get(2)?.parse().ok()) == Some(pgid)
+        })
+        .collect()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (the first is the state).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself hold spaces or parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The CPU time (user and system) `pid` has used, with that of its children it has
+/// waited for, from `/proc/PID/stat`, in clock ticks. `None` once it is gone.
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    // utime, stime, cutime, cstime: fields 14 to 17 of proc(5), the state being 3.
+    let ticks = fields.get(11..15)?;
+    ticks
+        .iter()
+        .map(|t| t.parse::<u64>().ok())
+        .sum::<Option<u64>>()
+}
+
+/// The CPU time the process tree under `pid` has used: `pid`'s and each live descendant's
+/// own time, plus that of the children each of them has waited for (their `cutime` and
+/// `cstime`, which hold nothing of a process still in the tree, so nothing is counted
+/// twice). Time of a descendant reaped by someone outside the tree is not seen. `None`
+/// once `pid` is gone.
+pub fn tree_cpu_time(pid: i32) -> Option<Duration> {
+    let mut ticks = cpu_ticks(pid)?;
+    for p in descendants(pid) {
+        ticks += cpu_ticks(p).unwrap_or(0);
+    }
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100);
+    Some(Duration::from_micros(ticks.saturating_mul(1_000_000) / hz))
+}
+
+/// The number of CPUs online: how many CPU-seconds a process tree can use per second at
+/// most.
+pub fn online_cpus() -> u32 {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u32::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
 }
 
 /// SIGKILL to each pid; "already gone" is success.
@@ -685,6 +750,13 @@ pub(crate) mod testing {
             let mut line = String::new();
             self.out.read_line(&mut line).expect("read its output");
             line.trim().parse().expect("a pid")
+        }
+
+        /// The next line it prints.
+        pub(crate) fn read_line(&mut self) -> String {
+            let mut line = String::new();
+            self.out.read_line(&mut line).expect("read its output");
+            line.trim_end().to_owned()
         }
 
         /// Lets its `read go` return.

@@ -344,6 +344,17 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         }
     }
     let codec = Codec::new(DEFAULT_MAX_FRAME);
+    // RLIMIT_CPU counts a process's whole life: in a worker that serves many jobs it would
+    // add their times up. There the worker task measures each job's time instead.
+    let (spawn_limits, cpu_budget) = if pool.mode.reuses_processes() {
+        let limits = crate::sandbox::Limits {
+            cpu_secs: None,
+            ..pool.limits
+        };
+        (limits, pool.limits.cpu_secs.map(Duration::from_secs))
+    } else {
+        (pool.limits, None)
+    };
     let settings = WorkerSettings {
         pool: Arc::from(pool.name.as_str()),
         slow: pool.slow,
@@ -364,7 +375,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             protocol_fds: pool.mode == Mode::Native,
             stdin_pipe: pool.mode != Mode::Native,
             env: extra_env,
-            limits: pool.limits,
+            limits: spawn_limits,
             isolation: crate::isolate::prepare(&pool.isolate),
             user: pool.user.clone(),
         },
@@ -372,6 +383,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         max_jobs: pool.max_jobs_per_worker,
         retire_grace: pool.cleanup,
         codec,
+        cpu_budget,
     };
     let defaults = Defaults {
         ttl: pool.ttl,

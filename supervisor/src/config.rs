@@ -299,7 +299,8 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Size>,
-    /// Limit each worker's CPU time (RLIMIT_CPU; SIGXCPU, then SIGKILL a second later); 0
+    /// Limit each job's CPU time, in whole seconds (exec mode: RLIMIT_CPU, SIGXCPU then
+    /// SIGKILL a second later; native and lines: measured per job, killed when used up); 0
     /// means no limit.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

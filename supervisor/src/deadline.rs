@@ -27,6 +27,10 @@
 //! - A ttl of 0 is no deadline (as GNU `timeout`); a cleanup of 0 is SIGKILL at the ttl, with
 //!   no cleanup request. The idle timeout is a second running deadline, moved by every
 //!   heartbeat or progress report.
+//! - The CPU-time budget is a hard limit, in every phase: a job whose worker has used it
+//!   up ([`Input::CpuUsed`]) is `killed` at once, with no cleanup request, as at the hard
+//!   deadline; it overrides a stopping run's `cancelled` too, since the limit, not the stop,
+//!   ended the job. What was in the pipe before the measurement is fed first.
 //! - A message about the job that ran before on this worker is stale: ignored, not blamed
 //!   on this job. A message about any other job, a hello, or an acknowledgement nobody
 //!   asked for is a protocol error: `crashed`.
@@ -57,6 +61,10 @@ pub(crate) struct Rules {
     /// Wait up to this long for the worker to take the job before the clock starts (the
     /// first job of a line worker).
     pub start_grace: Option<Duration>,
+    /// The job's CPU-time budget (`--cpu-time` in a reused worker), measured by the shell
+    /// and reported as [`Input::CpuUsed`]; `None` where there is none, or where an rlimit
+    /// holds it (exec mode).
+    pub cpu: Option<Duration>,
 }
 
 /// What happened to a running job.
@@ -76,6 +84,8 @@ pub(crate) enum Input {
     Stop { reason: String, grace: Duration },
     /// A timer fired: apply the deadlines that passed.
     Tick,
+    /// The worker's tree has used this much CPU time on this job so far.
+    CpuUsed(Duration),
 }
 
 /// What the worker task does next.
@@ -157,6 +167,8 @@ pub(crate) enum Trigger {
     Idle,
     /// The run is stopping; the text says why.
     Stop(String),
+    /// The job used up its CPU-time budget.
+    Cpu,
 }
 
 /// Where the job stands.
@@ -220,6 +232,11 @@ impl JobRun {
         self.slow_at = self.rules.slow.map(|d| now + d);
     }
 
+    /// The rules it applies.
+    pub(crate) fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// When the clock started: the job's duration counts from here.
     pub(crate) fn started(&self) -> Instant {
         self.started
@@ -276,6 +293,14 @@ impl JobRun {
                 Act::Wait
             }
             Input::Stop { reason, grace } => self.stop(reason, grace, now),
+            Input::CpuUsed(used) => match self.rules.cpu {
+                Some(budget) if used >= budget => {
+                    self.trigger = Trigger::Cpu;
+                    let late = self.late.take();
+                    self.finish(Verdict::Killed(late))
+                }
+                _ => Act::Wait,
+            },
             Input::Said(msg) => {
                 // A worker that answers has certainly taken its job.
                 if self.awaits_take() {

@@ -102,6 +102,10 @@ impl Live {
             spawned.cgroup.take(),
             settings.mode == crate::link::Mode::Exec,
         );
+        // Under `--isolate pid` the process jobsup started is the namespace's shim.
+        if settings.spawn.isolation.as_ref().is_some_and(|i| i.forks()) {
+            process.set_shim();
+        }
         let origin = Origin {
             pool: Arc::clone(&settings.pool),
             worker: id,

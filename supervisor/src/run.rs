@@ -28,6 +28,46 @@ const READY_BUDGET: usize = 1024;
 /// interval doubles up to the maximum: a slow start-up is polled less).
 const TAKE_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(16));
 
+/// The shortest wait between two measurements of a worker's CPU time.
+const CPU_CHECK_FLOOR: Duration = Duration::from_millis(10);
+
+/// The CPU time a reused worker's tree spends on one job, measured against its budget.
+struct CpuWatch {
+    budget: Duration,
+    /// The tree's CPU time at hand-off.
+    base: Duration,
+    /// When to measure next.
+    next: Instant,
+}
+
+impl CpuWatch {
+    /// Starts measuring at hand-off, if the job has a budget and its worker can be read.
+    fn start(budget: Option<Duration>, live: &Live, now: Instant) -> Option<CpuWatch> {
+        let budget = budget?;
+        let base = live.process.cpu_time()?;
+        let mut watch = CpuWatch {
+            budget,
+            base,
+            next: now,
+        };
+        watch.schedule(Duration::ZERO, now);
+        Some(watch)
+    }
+
+    /// The CPU time used on this job so far (a tree that lost a process's time may read
+    /// less than at hand-off: nothing then).
+    fn used(&self, live: &Live) -> Option<Duration> {
+        Some(live.process.cpu_time()?.saturating_sub(self.base))
+    }
+
+    /// The next measurement: CPU time cannot grow faster than wall time on every CPU, so
+    /// the budget cannot run out before `(budget - used) / ncpus`.
+    fn schedule(&mut self, used: Duration, now: Instant) {
+        let left = self.budget.saturating_sub(used) / crate::reaper::online_cpus();
+        self.next = now + left.max(CPU_CHECK_FLOOR);
+    }
+}
+
 /// Sleeps until `at`, or forever. Lazy: nothing is made until it is first polled, so a
 /// branch that cannot fire costs nothing in a `select!` that runs once per message.
 async fn sleep_until_some(at: Option<Instant>) {
@@ -69,6 +109,7 @@ impl Worker {
             // A line worker proves it has started only by reading its first line.
             start_grace: (settings.mode == Mode::Lines && self.jobs_done == 0)
                 .then_some(settings.start_timeout),
+            cpu: settings.cpu_budget,
         }
     }
 
@@ -122,6 +163,7 @@ impl Worker {
     async fn await_verdict(&mut self, job: &JobSpec, run: &mut JobRun) -> (Verdict, Trigger) {
         let mut take_poll = TAKE_POLL.0;
         let mut control_open = true;
+        let mut cpu = CpuWatch::start(run.rules().cpu, self.live(), Instant::now());
         loop {
             let timer = run.next_timer();
             if timer.is_some_and(|t| Instant::now() >= t) {
@@ -137,6 +179,7 @@ impl Worker {
             enum Heard {
                 Control(Option<Control>),
                 Timer,
+                CpuCheck,
                 Writable,
                 Said(Result<Option<FromWorker>, LinkError>),
                 Exited,
@@ -156,6 +199,7 @@ impl Worker {
                     biased;
                     ctl = control.recv(), if control_open => Heard::Control(ctl),
                     () = sleep_until_some(timer) => Heard::Timer,
+                    () = sleep_until_some(cpu.as_ref().map(|c| c.next)) => Heard::CpuCheck,
                     _ = link.tx.writable(), if writing => Heard::Writable,
                     msg = link.rx.next(), if open => Heard::Said(msg),
                     _ = process.exited() => Heard::Exited,
@@ -184,6 +228,22 @@ impl Worker {
                     continue;
                 }
                 Heard::Timer => continue,
+                Heard::CpuCheck => {
+                    let Some(watch) = cpu.as_mut() else { continue };
+                    let Some(used) = watch.used(self.live()) else {
+                        // Reaped: its exit says what happened.
+                        cpu = None;
+                        continue;
+                    };
+                    watch.schedule(used, Instant::now());
+                    // What was in the pipe when the budget ran out was sent in time.
+                    if used >= watch.budget {
+                        if let Some(done) = self.feed_ready(job, run) {
+                            return done;
+                        }
+                    }
+                    Input::CpuUsed(used)
+                }
                 Heard::Writable => {
                     self.live().link.tx.write_some();
                     continue;
@@ -326,6 +386,10 @@ impl Worker {
     /// Which deadline a job met, in words.
     fn what_fired(&self, trigger: &Trigger, job: &JobSpec) -> String {
         match trigger {
+            Trigger::Cpu => format!(
+                "cpu time limit of {}s reached (--cpu-time)",
+                self.settings.cpu_budget.unwrap_or_default().as_secs()
+            ),
             Trigger::Idle => format!(
                 "idle timeout of {} reached (no heartbeat or progress)",
                 humantime::format_duration(self.settings.idle_timeout.unwrap_or_default())
@@ -340,6 +404,7 @@ impl Worker {
         match (outcome, trigger) {
             (_, Trigger::Stop(reason)) => Some(reason.clone()),
             (Outcome::Timeout, _) => Some(format!("{fired}; the worker cleaned up in time")),
+            (Outcome::Killed, Trigger::Cpu) => Some(format!("{fired}; process group killed")),
             (Outcome::Killed, _) if job.cleanup.is_zero() => Some(format!(
                 "{fired}; process group killed (a cleanup of 0 allows no cleanup window)"
             )),
@@ -389,6 +454,7 @@ impl Worker {
         if matches!(outcome, Outcome::Timeout | Outcome::Killed) {
             record.deadline = Some(match trigger {
                 Trigger::Idle => "idle",
+                Trigger::Cpu => "cpu",
                 _ => "ttl",
             });
         }
@@ -413,6 +479,12 @@ impl Worker {
             Verdict::Unseen => {}
         }
         if reusable && mode.reuses_processes() {
+            // The next job starts clean: nothing this one started runs into it.
+            let left = self.live().process.kill_leftovers();
+            if left > 0 {
+                tracing::debug!(pool = %self.settings.pool, worker = self.id, job = job.seq,
+                    "killed {left} processes the job left in its worker");
+            }
             record.set_duration(decided);
             return (record, true);
         }

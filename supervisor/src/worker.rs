@@ -44,6 +44,9 @@ pub struct WorkerSettings {
     pub max_output: usize,
     /// The protocol codec.
     pub codec: Codec,
+    /// `--cpu-time` as a per-job budget measured by the worker task (native and lines
+    /// modes, whose workers serve many jobs; exec mode sets `RLIMIT_CPU` instead).
+    pub cpu_budget: Option<Duration>,
 }
 
 /// Pool → worker.

@@ -4,7 +4,8 @@
 //! (nobody: no writable cgroups, so `RLIMIT_AS` for memory and a refusal for processes).
 
 use jobsup_tests::{
-    can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, sleepers, Jobsup, Record, Run, User,
+    can_make_dir_in, jobsup, jobsup_as, own_cgroup_dir, sleepers, wait_until, Jobsup, Record, Run,
+    User, WAIT,
 };
 
 fn only_record(run: &Run) -> Record {
@@ -210,4 +211,111 @@ fn a_limit_hit_is_not_blamed_on_the_next_job_of_the_same_worker() {
         "{}",
         records[1]
     );
+}
+
+/// A line worker that burns 0.7 s of CPU for each job, by its own clock.
+const BURN: &str = "import sys, time\nfor line in sys.stdin:\n    t = time.process_time()\n    while time.process_time() - t < 0.7:\n        pass\n    print('burned', flush=True)\n";
+
+#[test]
+fn cpu_time_is_a_budget_per_job_in_a_reused_worker() {
+    // RLIMIT_CPU would add the two jobs up (1.4 s) and kill the second at 1 s.
+    let run = jobsup!()
+        .args([
+            "--mode",
+            "lines",
+            "-j",
+            "1",
+            "--cpu-time",
+            "1",
+            "--ttl",
+            "60s",
+        ])
+        .processor("python3", ["-c", BURN])
+        .stdin("a\nb\n")
+        .run();
+    let records = run.records();
+    assert_eq!(records.len(), 2, "{run}");
+    for r in &records {
+        assert_eq!(r.outcome(), "ok", "{r}\n{run}");
+        assert_eq!(r.output(), Some("burned"), "{r}");
+    }
+    assert_eq!(
+        records[0].pid(),
+        records[1].pid(),
+        "one worker ran both\n{run}"
+    );
+}
+
+fn assert_killed_for_cpu(run: &Run) {
+    let r = only_record(run);
+    assert_eq!(r.outcome(), "killed", "{r}\n{run}");
+    assert_eq!(r.deadline(), Some("cpu"), "{r}");
+    assert!(
+        r.error()
+            .unwrap_or_default()
+            .contains("cpu time limit of 1s reached (--cpu-time)"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_line_job_that_spins_is_killed_at_its_cpu_budget() {
+    let run = jobsup!()
+        .args(["--mode", "lines", "--cpu-time", "1", "--ttl", "300s"])
+        .processor("sh", ["-c", "while read l; do while :; do :; done; done"])
+        .stdin("x\n")
+        .run();
+    assert_killed_for_cpu(&run);
+}
+
+#[test]
+fn a_native_job_that_spins_is_killed_at_its_cpu_budget() {
+    let run = jobsup!()
+        .args(["--mode", "native", "--cpu-time", "1", "--ttl", "300s"])
+        .processor(jobsup_tests::bin!("spin"), [] as [&str; 0])
+        .stdin("x\n")
+        .run();
+    assert_killed_for_cpu(&run);
+}
+
+#[test]
+fn a_job_leaves_no_process_behind_for_the_next_job_of_its_worker() {
+    // Plain, and behind a pid namespace's shim (where the worker is the shim's child).
+    for flags in [&[][..], &["--isolate", "pid"][..]] {
+        let token = format!("{}.{}", 800 + flags.len(), std::process::id());
+        let script = format!(
+            r#"while read l; do
+  case "$l" in
+    bg) sleep {token} >/dev/null 2>&1 & echo started ;;
+    *) echo next ;;
+  esac
+done"#
+        );
+        let mut bg = jobsup!()
+            .args(["--mode", "lines", "-j", "1"])
+            .args(flags)
+            .processor("sh", ["-c", script.as_str()])
+            .stdin("bg\n")
+            .keep_stdin_open()
+            .spawn();
+        wait_until(WAIT, "the first record", || !bg.records_so_far().is_empty());
+        let first = bg.records_so_far().remove(0);
+        assert_eq!(first.outcome(), "ok", "{flags:?}: {first}");
+        assert_eq!(first.output(), Some("started"), "{flags:?}: {first}");
+        wait_until(WAIT, "the job's background child is gone", || {
+            sleepers(&token).is_empty()
+        });
+        bg.write_stdin("next\n");
+        bg.close_stdin();
+        let run = bg.wait();
+        let records = run.records();
+        assert_eq!(records.len(), 2, "{flags:?}\n{run}");
+        assert_eq!(records[1].outcome(), "ok", "{flags:?}\n{run}");
+        assert_eq!(records[1].output(), Some("next"), "{flags:?}\n{run}");
+        assert_eq!(
+            records[0].pid(),
+            records[1].pid(),
+            "{flags:?}: the worker itself serves the next job\n{run}"
+        );
+    }
 }

@@ -7,8 +7,8 @@
 //! process group, the tree walk, the environment tag and the guard do the work).
 
 use jobsup_tests::{
-    bin, can_make_dir_in, guard_of, jobsup, jobsup_as, own_cgroup_dir, pid_alive, sleepers,
-    wait_until, Jobsup, Record, Run, User, WAIT,
+    bin, can_make_dir_in, guard_of, is_guard, jobsup, jobsup_as, own_cgroup_dir, pid_alive,
+    sleepers, wait_until, Jobsup, Record, Run, User, WAIT,
 };
 
 fn only_record(run: &Run) -> Record {
@@ -385,26 +385,38 @@ fn voluntary_switches(pid: i32) -> Option<u64> {
 fn nothing_survives_a_killed_jobsup(case: u32, user: User, flags: &[&str]) {
     let tokens: Vec<String> = (0..3).map(|i| token(10 + i + 3 * case, user)).collect();
     // One descendant of each kind: in the worker's group, in a session of its own, and in
-    // a session of its own with an empty environment (no tag).
+    // a session of its own with an empty environment (no tag). The job goes on running
+    // (waiting for the first): what a finished job leaves behind is killed at its end.
     let script = format!(
-        "while IFS= read -r l; do sleep {a} & ( setsid sleep {b} & ); ( setsid env -i sleep {c} & ); echo \"$l\"; done",
+        "while IFS= read -r l; do sleep {a} & ( setsid sleep {b} & ); ( setsid env -i sleep {c} & ); wait; echo \"$l\"; done",
         a = tokens[0],
         b = tokens[1],
         c = tokens[2],
     );
     let bg = jobsup_as!(user)
-        .args(["--mode", "lines", "-j", "1"])
+        .args(["--mode", "lines", "-j", "1", "--ttl", "600s"])
         .args(flags)
         .processor("sh", ["-c", script.as_str()])
         .stdin("go\n")
         .keep_stdin_open()
         .spawn();
     let jobsup = bg.pid();
-    wait_until(WAIT, "the job's record", || !bg.records_so_far().is_empty());
     wait_until(WAIT, "every descendant runs", || {
         tokens.iter().all(|t| !sleepers(t).is_empty())
     });
-    let worker = bg.records_so_far()[0].pid().expect("a worker pid");
+    // jobsup's children: the worker, its guard, and the escapees it adopted.
+    let escapees: Vec<i32> = tokens.iter().flat_map(|t| sleepers(t)).collect();
+    let workers: Vec<i32> = bg
+        .children()
+        .into_iter()
+        .filter(|p| !is_guard(*p) && !escapees.contains(p))
+        .collect();
+    assert_eq!(
+        workers.len(),
+        1,
+        "{user:?} {flags:?}: jobsup's children {workers:?}"
+    );
+    let worker = workers[0];
     let guard = guard_of(jobsup).expect("jobsup runs a guard");
     // Without cgroups the guard learns of the empty-environment escapee by watching the
     // tree between its waits: let it finish a few rounds after the escapee appeared.

@@ -20,6 +20,7 @@ fn rules() -> Rules {
         slow: None,
         ends_by_exit: false,
         start_grace: None,
+        cpu: None,
     }
 }
 
@@ -446,6 +447,84 @@ fn nothing_happens_after_the_verdict() {
     }
 }
 
+fn cpu(ms: u64) -> Input {
+    Input::CpuUsed(Duration::from_millis(ms))
+}
+
+fn with_cpu(ms: u64) -> Rules {
+    Rules {
+        cpu: Some(Duration::from_millis(ms)),
+        ..rules()
+    }
+}
+
+#[test]
+fn using_up_the_cpu_budget_kills_the_job_at_once() {
+    let (mut run, c) = start(with_cpu(2_000));
+    assert!(is_wait(&run.on(cpu(1_999), c.at(1_000))));
+    let (v, t) = finished(run.on(cpu(2_000), c.at(1_500)));
+    assert_eq!(v, Verdict::Killed(None));
+    assert_eq!(t, Trigger::Cpu);
+    assert_eq!(v.outcome(&t), Outcome::Killed);
+    // Nothing after it.
+    assert!(is_wait(&run.on(done(JOB, "x"), c.at(1_501))));
+}
+
+#[test]
+fn without_a_budget_cpu_time_is_only_news() {
+    let (mut run, c) = start(rules());
+    assert!(is_wait(&run.on(cpu(u32::MAX as u64), c.at(1))));
+    let (v, _) = finished(run.on(done(JOB, "x"), c.at(2)));
+    assert_eq!(v, Verdict::Returned(ok("x")));
+}
+
+#[test]
+fn a_result_before_the_budget_is_used_up_counts() {
+    let (mut run, c) = start(with_cpu(1_000));
+    let (v, _) = finished(run.on(done(JOB, "x"), c.at(900)));
+    assert_eq!(v, Verdict::Returned(ok("x")));
+    assert!(is_wait(&run.on(cpu(5_000), c.at(901))));
+}
+
+#[test]
+fn the_cpu_budget_holds_during_cleanup_and_keeps_a_late_result() {
+    let (mut run, c) = start(with_cpu(2_000));
+    assert!(matches!(
+        run.on(Input::Tick, c.at(10_000)),
+        Act::RequestCleanup { .. }
+    ));
+    assert!(is_wait(&run.on(done(JOB, "late"), c.at(10_100))));
+    let (v, t) = finished(run.on(cpu(2_500), c.at(10_200)));
+    assert_eq!(v, Verdict::Killed(Some(ok("late"))));
+    assert_eq!(t, Trigger::Cpu);
+}
+
+#[test]
+fn the_cpu_budget_overrides_a_stop() {
+    let (mut run, c) = start(with_cpu(2_000));
+    let stop = Input::Stop {
+        reason: "stopping".into(),
+        grace: Duration::from_secs(5),
+    };
+    assert!(matches!(
+        run.on(stop, c.at(100)),
+        Act::RequestCleanup { .. }
+    ));
+    let (v, t) = finished(run.on(cpu(2_000), c.at(200)));
+    assert_eq!(v.outcome(&t), Outcome::Killed);
+    assert_eq!(t, Trigger::Cpu);
+}
+
+#[test]
+fn the_cpu_budget_counts_while_a_line_worker_has_not_taken_its_job() {
+    let (mut run, c) = start(Rules {
+        start_grace: Some(Duration::from_secs(1)),
+        ..with_cpu(500)
+    });
+    let (v, t) = finished(run.on(cpu(600), c.at(300)));
+    assert_eq!((v, t), (Verdict::Killed(None), Trigger::Cpu));
+}
+
 /// One input of a random history, with how far the clock moves before it.
 fn any_input() -> impl Strategy<Value = (u64, Input)> {
     let job = prop_oneof![Just(JOB), Just(PREVIOUS), Just(99u64)];
@@ -469,6 +548,7 @@ fn any_input() -> impl Strategy<Value = (u64, Input)> {
             grace: Duration::from_millis(g),
         }),
         1 => Just(Input::Broke(LinkError::Protocol("junk".into()))),
+        2 => (0..3_000u64).prop_map(|ms| Input::CpuUsed(Duration::from_millis(ms))),
     ];
     (0..4_000u64, input)
 }
@@ -481,15 +561,19 @@ fn any_rules() -> impl Strategy<Value = Rules> {
         prop::option::of(1..3_000u64),
         any::<bool>(),
         prop::option::of(0..2_000u64),
+        prop::option::of(1..2_000u64),
     )
-        .prop_map(|(ttl, cleanup, idle, slow, ends_by_exit, grace)| Rules {
-            ttl: ttl.map(Duration::from_millis),
-            cleanup: Duration::from_millis(cleanup),
-            idle: idle.map(Duration::from_millis),
-            slow: slow.map(Duration::from_millis),
-            ends_by_exit,
-            start_grace: grace.map(Duration::from_millis),
-        })
+        .prop_map(
+            |(ttl, cleanup, idle, slow, ends_by_exit, grace, cpu)| Rules {
+                ttl: ttl.map(Duration::from_millis),
+                cleanup: Duration::from_millis(cleanup),
+                idle: idle.map(Duration::from_millis),
+                slow: slow.map(Duration::from_millis),
+                ends_by_exit,
+                start_grace: grace.map(Duration::from_millis),
+                cpu: cpu.map(Duration::from_millis),
+            },
+        )
 }
 
 proptest! {
@@ -532,6 +616,11 @@ proptest! {
         }
         if matches!(verdict, Verdict::TimedOut(_) | Verdict::Killed(_)) {
             prop_assert!(*trigger != Trigger::None, "a timeout or kill says what fired");
+        }
+        // Only a budget ends a job for its CPU time, and only with the kill.
+        if *trigger == Trigger::Cpu {
+            prop_assert!(rules.cpu.is_some());
+            prop_assert!(matches!(verdict, Verdict::Killed(_)), "{:?}", verdict);
         }
     }
 }

@@ -221,9 +221,17 @@ impl Process {
     /// process can act on it. Once the group cannot be named any more (nothing of it is
     /// left; or, by pid, its leader has been reaped), nothing is sent to anyone: ESRCH.
     pub fn ask(&self, sig: Option<Signal>) -> Result<(), Errno> {
-        let asked = sig
-            .map_or(Ok(()), |sig| self.signal_group(sig))
-            .and_then(|()| self.signal_group(Signal::SIGCONT));
+        let asked = match sig {
+            Some(sig) => self.signal_group(sig),
+            None => Ok(()),
+        };
+        // SIGCONT lets a stopped process act on the request. A group the request itself
+        // already ended (and that was reaped meanwhile) answers ESRCH: no failure of the ask.
+        let cont = asked.and_then(|()| self.signal_group(Signal::SIGCONT));
+        let asked = match (sig, cont) {
+            (Some(_), Err(Errno::ESRCH)) if asked.is_ok() => Ok(()),
+            (_, cont) => cont,
+        };
         if let Err(e) = asked {
             tracing::debug!(pid = self.pid(), "the worker was not signalled: {e}");
         }

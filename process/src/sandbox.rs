@@ -692,6 +692,21 @@ fn at(stage: Stage, rc: libc::c_int) -> Result<libc::c_int, StageError> {
     }
 }
 
+/// SIGKILL when the parent dies (see steps 2 and 9 of [`child_setup`]).
+fn arm_parent_death() -> Result<(), StageError> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; async-signal-safe, no memory.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    at(Stage::ParentDeath, rc).map(|_| ())
+}
+
 /// The worker's setup between clone and exec: one routine, in this order, each step where
 /// it is for the reason given. Before it, `launch` reset every signal to its default
 /// disposition and unblocked them all; after it, `launch` execs the processor (which
@@ -717,16 +732,7 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
         // 2. Parent-death signal, armed at once: a jobsup that dies while the child sets
         //    up must not leave it behind. jobsup may have died before it was armed, and
         //    then nobody would send it: check.
-        at(
-            Stage::ParentDeath,
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ),
-        )?;
+        arm_parent_death()?;
         if libc::getppid() != plan.supervisor_pid {
             libc::_exit(1);
         }
@@ -885,16 +891,7 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
         //     (jobsup, or the shim) may have died before it was armed. Otherwise nothing
         //     changed since step 2, which still holds.
         if plan.isolation.is_some() || plan.identity.is_some() {
-            at(
-                Stage::ParentDeath,
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ),
-            )?;
+            arm_parent_death()?;
             if parent.gone(plan.supervisor_pid) {
                 libc::_exit(1);
             }

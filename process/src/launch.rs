@@ -1167,82 +1167,67 @@ mod tests {
         Plan::new(OsStr::new(program), &[], std::iter::empty(), share_memory).expect("a plan")
     }
 
+    /// Launches `program` with a `setup` that makes no call of its own (so the contract
+    /// of [`launch`] holds), and waits through the child's pidfd for its exit code.
+    fn launch_and_wait<F>(program: &str, share_memory: bool, setup: &F) -> (Launched, i32)
+    where
+        F: Fn(Born) -> Result<(), StageError>,
+    {
+        crate::reaper::testing::reaper();
+        let since = std::time::Instant::now();
+        let mut stack = Stack::default();
+        // SAFETY: `setup` makes no system call and does not allocate.
+        let mut launched = unsafe {
+            launch(
+                &plan(program, share_memory),
+                &mut stack,
+                None,
+                Fallbacks::default(),
+                setup,
+            )
+        }
+        .expect("launch");
+        let pidfd = launched
+            .pidfd
+            .take()
+            .expect("no pidfd: this needs Linux 5.2 (CLONE_PIDFD) or 5.3 (pidfd_open)");
+        // SAFETY: F_GETFD on our own fd.
+        let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags, libc::FD_CLOEXEC, "{share_memory}: close-on-exec");
+        let code = wait_pidfd(&pidfd, launched.pid, since);
+        (launched, code)
+    }
+
     #[test]
     fn a_child_comes_with_a_close_on_exec_pidfd_that_names_it() {
         // Both clones: shared memory (clone with CLONE_PIDFD) and libc's fork (pidfd_open
         // while the child waits).
         for share_memory in [true, false] {
-            let mut stack = Stack::default();
-            crate::reaper::testing::reaper();
-            let since = std::time::Instant::now();
-            // SAFETY: the setup does nothing.
-            let launched = unsafe {
-                launch(
-                    &plan("/bin/true", share_memory),
-                    &mut stack,
-                    None,
-                    Fallbacks::default(),
-                    &|_| Ok(()),
-                )
-            }
-            .expect("launch");
+            let (launched, code) = launch_and_wait("/bin/true", share_memory, &|_| Ok(()));
             assert!(launched.started.is_ok(), "{launched:?}");
-            let pidfd = launched
-                .pidfd
-                .expect("no pidfd: this needs Linux 5.2 (CLONE_PIDFD) or 5.3 (pidfd_open)");
-            // SAFETY: F_GETFD on our own fd.
-            let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
-            assert_eq!(flags, libc::FD_CLOEXEC, "{share_memory}: close-on-exec");
-            assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 0, "{share_memory}");
+            assert_eq!(code, 0, "{share_memory}");
         }
     }
 
     #[test]
     fn a_failure_before_exec_is_reported_with_its_stage() {
         for share_memory in [true, false] {
-            let mut stack = Stack::default();
             let refuse = |_: Born| {
                 Err(StageError {
                     stage: Stage::Limits,
                     errno: libc::EPERM,
                 })
             };
-            crate::reaper::testing::reaper();
-            let since = std::time::Instant::now();
-            // SAFETY: the setup makes no call at all.
-            let launched = unsafe {
-                launch(
-                    &plan("/bin/true", share_memory),
-                    &mut stack,
-                    None,
-                    Fallbacks::default(),
-                    &refuse,
-                )
-            }
-            .expect("launch");
+            let (launched, code) = launch_and_wait("/bin/true", share_memory, &refuse);
             let failed = launched.started.expect_err("the setup failed");
             assert_eq!(failed.stage, Stage::Limits);
             assert_eq!(failed.error.raw_os_error(), Some(libc::EPERM));
-            let pidfd = launched.pidfd.expect("a pidfd");
-            assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 127);
-            crate::reaper::testing::reaper();
-            let since = std::time::Instant::now();
-            // SAFETY: the setup does nothing.
-            let launched = unsafe {
-                launch(
-                    &plan("/no/such/program", share_memory),
-                    &mut stack,
-                    None,
-                    Fallbacks::default(),
-                    &|_| Ok(()),
-                )
-            }
-            .expect("launch");
+            assert_eq!(code, 127);
+            let (launched, code) = launch_and_wait("/no/such/program", share_memory, &|_| Ok(()));
             let failed = launched.started.expect_err("no such program");
             assert_eq!(failed.stage, Stage::Exec);
             assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));
-            let pidfd = launched.pidfd.expect("a pidfd");
-            assert_eq!(wait_pidfd(&pidfd, launched.pid, since), 127);
+            assert_eq!(code, 127);
         }
     }
 

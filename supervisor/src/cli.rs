@@ -235,6 +235,11 @@ fn init_logging(cli: &Cli) -> std::io::Result<crate::logs::Logs> {
 /// Prints a command's text on stdout (exit 0), or logs its error (exit 125).
 fn print_or_fail(result: Result<String, String>) -> u8 {
     match result {
+        // Rust put /dev/null where a closed stdout was: the text would vanish silently.
+        Ok(_) if stdout_was_closed() => {
+            tracing::error!("stdout is closed: there is nowhere to print to");
+            exit::JOBSUP_ERROR
+        }
         Ok(text) => {
             let mut out = std::io::stdout().lock();
             if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

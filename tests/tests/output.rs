@@ -44,6 +44,35 @@ fn jobsup_redirected(redirection: &str) -> Jobsup {
         .args(["sh", bin!("jobsup-shim"), "run"])
 }
 
+/// `jobsup check` and `jobsup report` print on stdout: closed, it is an error too.
+#[test]
+fn check_and_report_with_a_closed_stdout_are_errors() {
+    let j = jobsup_redirected(">&-");
+    let config = j.write_file("jobs.toml", "[pools.p]\ncommand = \"echo\"\n");
+    let log = j.write_file(
+        "results.ndjson",
+        "{\"seq\":1,\"id\":\"1\",\"outcome\":\"ok\",\"duration_ms\":1.0,\"attempts\":1}\n",
+    );
+    let shim = bin!("jobsup-shim");
+    let runs = [
+        Jobsup::new("/bin/sh")
+            .arg("-c")
+            .arg("exec \"$@\" >&-")
+            .args(["sh", shim, "check", "--config"])
+            .arg(&config),
+        Jobsup::new("/bin/sh")
+            .arg("-c")
+            .arg("exec \"$@\" >&-")
+            .args(["sh", shim, "report"])
+            .arg(&log),
+    ];
+    for cmd in runs {
+        let run = cmd.run();
+        assert_eq!(run.code(), 125, "{run}");
+        assert!(run.stderr.contains("stdout is closed"), "{run}");
+    }
+}
+
 #[test]
 fn closed_stdout_without_output_is_an_error_before_any_job() {
     let cmd = jobsup_redirected(">&-");

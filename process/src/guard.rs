@@ -283,6 +283,8 @@ impl Guard {
 
 /// The guard's life: wait for jobsup to end, then sweep.
 pub fn serve(args: &GuardArgs) -> u8 {
+    // Out of the workers' reach through /proc (see `isolate::undumpable`).
+    crate::isolate::undumpable();
     // Its own name in `ps`, `top` and for `killall jobsup`, which should leave it be.
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe {

@@ -1,27 +1,34 @@
-//! Stronger isolation on request (`--isolate net,pid`), through Linux namespaces.
+//! Containment through Linux namespaces: by default, and more on request (`--isolate`).
 //!
-//! - `net`: the worker gets a network namespace of its own, with no interface up: it
-//!   cannot reach anything, not even a listener on the host's loopback.
-//! - `pid`: the worker runs as PID 1 of a pid namespace of its own. When it dies the kernel
-//!   kills everything in the namespace, so no descendant can outlive it, however it
-//!   daemonized (`setsid`, double fork, a cleared environment). As PID 1 must be a child of
-//!   the process that created the namespace, the process jobsup starts stays behind as a
-//!   small shim: it ignores soft signals (the worker gets them through the process group),
-//!   waits for the worker and exits the same way; it and the worker both die with jobsup.
+//! By default (wherever the kernel allows it) every worker runs in
+//! - a **pid namespace** of its own, behind an init that jobsup starts as its PID 1 (see
+//!   `launch`): the worker cannot see or signal anything outside it (not jobsup, not the
+//!   guard, not other workers), and when it ends, the kernel kills everything left in the
+//!   namespace, however it daemonized (`setsid`, double fork, a cleared environment, a
+//!   process that keeps forking);
+//! - a **mount namespace** whose only changes are a `/proc` of that pid namespace (the
+//!   host's processes are not even listed) and every cgroup file system read-only, so that
+//!   no worker, root or not, can move itself out of its cgroup by writing `cgroup.procs`;
+//! - a **cgroup namespace** rooted at its own cgroup, so that `/proc/self/cgroup` names
+//!   nothing above it;
+//! - and, when jobsup is not root, a **user namespace** that maps only jobsup's own user
+//!   and group, which is what grants the right to make the others.
 //!
-//! Without root, a user namespace (mapping the caller's own uid and gid) grants the right
-//! to create the others. Whether the kernel allows all this is probed once at start
-//! ([`probe`]), so that a refusal is a clear error before any job is read.
+//! Where one of these is refused (a kernel or a container that forbids user namespaces,
+//! a `/proc` that cannot be mounted), [`resolve`] falls back to what works and says once
+//! what is missing. `--isolate none` opts out of all of it.
+//!
+//! On request:
+//! - `net`: a network namespace with no interface up: the worker cannot reach anything,
+//!   not even a listener on the host's loopback or an abstract Unix socket;
+//! - `pid`: the pid namespace, required: jobsup refuses to start without it.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
-use crate::launch::{close_all_but, FdMethod, PLACED_FDS};
+use crate::launch::{Init, Part};
 
-/// What to isolate.
+/// What to isolate, beyond the default.
 #[derive(
     Debug,
     Clone,
@@ -36,62 +43,187 @@ use crate::launch::{close_all_but, FdMethod, PLACED_FDS};
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Isolate {
+    /// Nothing at all, not even the default containment.
+    None,
     /// No network at all.
     Net,
-    /// A pid namespace: nothing the worker starts can outlive it.
+    /// A pid namespace, required rather than best effort.
     Pid,
 }
 
-/// Everything the child needs, prepared before fork (nothing may be allocated after it).
+/// Everything the child needs, prepared before the clone (nothing may be allocated after
+/// it).
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// The pid namespace and its init, with what the clone makes with it.
+    init: Option<Init>,
+    /// What a child without an init unshares itself (user, net).
+    unshare: libc::c_int,
+    /// What the init unshares once it is in its cgroups (mount, cgroup).
+    after_cgroups: libc::c_int,
     user_ns: bool,
-    flags: libc::c_int,
-    pid: bool,
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
     setgroups: CString,
     uid_map_path: CString,
     gid_map_path: CString,
+    /// Mount the pid namespace's own `/proc`.
+    proc: bool,
+    /// The cgroup file systems, made read-only, each with the flags it is mounted with
+    /// (which a remount must keep).
+    cgroup_mounts: Vec<(CString, libc::c_ulong)>,
 }
 
 impl Prepared {
-    /// Whether entering forks (a pid namespace: the started process stays as the shim).
-    pub fn forks(&self) -> bool {
-        self.pid
+    /// The pid namespace's init, if workers get one.
+    pub fn init(&self) -> Option<Init> {
+        self.init
     }
 
-    /// Whether entering makes a user namespace (jobsup is not root): the child then holds
+    /// Whether the child makes a user namespace (jobsup is not root): it then holds
     /// every capability there.
     pub fn user_namespace(&self) -> bool {
         self.user_ns
     }
+
+    /// What the workers get, for a log line.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.init.is_some() {
+            parts.push("pid");
+        }
+        if self.after_cgroups & libc::CLONE_NEWNS != 0 {
+            parts.push(if self.proc {
+                "mount (own /proc, cgroups read-only)"
+            } else {
+                "mount (cgroups read-only)"
+            });
+        }
+        if self.after_cgroups & libc::CLONE_NEWCGROUP != 0 {
+            parts.push("cgroup");
+        }
+        let flags = self.init.map_or(0, |i| i.flags) | self.unshare;
+        if flags & libc::CLONE_NEWNET != 0 {
+            parts.push("net");
+        }
+        if self.user_ns {
+            parts.push("user");
+        }
+        parts.join(", ")
+    }
 }
 
-/// Prepares `what` for the spawner; `None` when there is nothing to isolate.
-pub fn prepare(what: &[Isolate]) -> Option<Prepared> {
-    if what.is_empty() {
-        return None;
-    }
+/// How much of the default containment is asked of the kernel, most first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    /// Pid, mount and cgroup namespaces.
+    Full,
+    /// The pid namespace with a mount namespace that leaves `/proc` as it is.
+    NoProc,
+    /// The pid namespace alone.
+    PidOnly,
+    /// No namespace but those asked for.
+    Nothing,
+}
+
+fn prepare(what: &[Isolate], level: Level) -> Option<Prepared> {
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut flags = 0;
-    if what.contains(&Isolate::Net) {
-        flags |= libc::CLONE_NEWNET;
+    let user_ns = uid != 0;
+    let net = what.contains(&Isolate::Net);
+    let pid = level != Level::Nothing;
+    if !pid && !net {
+        return None;
     }
-    if what.contains(&Isolate::Pid) {
-        flags |= libc::CLONE_NEWPID;
-    }
+    let user = if user_ns { libc::CLONE_NEWUSER } else { 0 };
+    let net_flag = if net { libc::CLONE_NEWNET } else { 0 };
+    let (init, unshare) = if pid {
+        (
+            Some(Init {
+                flags: libc::CLONE_NEWPID | user | net_flag,
+            }),
+            0,
+        )
+    } else {
+        (None, user | net_flag)
+    };
+    let mounts = matches!(level, Level::Full | Level::NoProc);
+    let after_cgroups = if mounts {
+        libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP
+    } else {
+        0
+    };
+    let c = |s: &str| CString::new(s).expect("no NUL");
     Some(Prepared {
-        user_ns: uid != 0,
-        flags,
-        pid: what.contains(&Isolate::Pid),
+        init,
+        unshare,
+        after_cgroups,
+        user_ns,
         uid_map: format!("{uid} {uid} 1\n").into_bytes(),
         gid_map: format!("{gid} {gid} 1\n").into_bytes(),
-        setgroups: CString::new("/proc/self/setgroups").expect("no NUL"),
-        uid_map_path: CString::new("/proc/self/uid_map").expect("no NUL"),
-        gid_map_path: CString::new("/proc/self/gid_map").expect("no NUL"),
+        setgroups: c("/proc/self/setgroups"),
+        uid_map_path: c("/proc/self/uid_map"),
+        gid_map_path: c("/proc/self/gid_map"),
+        proc: level == Level::Full,
+        cgroup_mounts: if mounts { cgroup_mounts() } else { Vec::new() },
     })
+}
+
+/// The mount points of every cgroup file system this process sees, with their flags,
+/// from `/proc/self/mountinfo`.
+fn cgroup_mounts() -> Vec<(CString, libc::c_ulong)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split(' ').next()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            let fields: Vec<&str> = before.split(' ').collect();
+            let point = unescape(fields.get(4)?);
+            let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            for opt in fields.get(5)?.split(',') {
+                flags |= match opt {
+                    "nosuid" => libc::MS_NOSUID,
+                    "nodev" => libc::MS_NODEV,
+                    "noexec" => libc::MS_NOEXEC,
+                    "noatime" => libc::MS_NOATIME,
+                    "nodiratime" => libc::MS_NODIRATIME,
+                    "relatime" => libc::MS_RELATIME,
+                    _ => 0,
+                };
+            }
+            Some((CString::new(point).ok()?, flags))
+        })
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -118,175 +250,235 @@ fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Who a worker's parent-death signal comes from, once its namespaces are entered: what
-/// the last step of its setup checks is still alive after arming the signal again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parent {
-    /// jobsup itself (no pid namespace): its pid is what `getppid` must say.
-    Supervisor,
-    /// The pid shim, which `getppid` cannot name (it is outside the worker's pid
-    /// namespace): the read end of a pipe whose only write end the shim holds, so that
-    /// its end-of-file means the shim is gone.
-    Shim(RawFd),
+/// Maps jobsup's own user and group in the user namespace just made: an unprivileged
+/// process may map exactly those, once it has given up `setgroups`.
+fn map_user(p: &Prepared) -> io::Result<()> {
+    let _ = write_file(&p.setgroups, b"deny");
+    write_file(&p.uid_map_path, &p.uid_map)?;
+    write_file(&p.gid_map_path, &p.gid_map)
 }
 
-impl Parent {
-    /// Whether the parent is gone, checked after arming the parent-death signal: a parent
-    /// that died before could not have sent it.
-    ///
-    /// # Safety
-    /// Between fork and exec: async-signal-safe calls only.
-    pub unsafe fn gone(self, supervisor_pid: i32) -> bool {
-        match self {
-            // SAFETY: getppid cannot fail.
-            Parent::Supervisor => (unsafe { libc::getppid() }) != supervisor_pid,
-            Parent::Shim(life) => {
-                let mut poll = libc::pollfd {
-                    fd: life,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: poll on a live struct, without waiting; then our own fd.
-                unsafe {
-                    let rc = libc::poll(&mut poll, 1, 0);
-                    libc::close(life);
-                    rc != 0
+/// The namespaces' part of the child's setup, between clone and exec: in the init
+/// ([`Part::Init`]), once it is in its cgroups, the user mapping, then the mount and
+/// cgroup namespaces and their mounts; in a child without an init ([`Part::Whole`]), the
+/// namespaces it unshares itself. The worker of an init ([`Part::Worker`]) has nothing to
+/// do: it was born in them.
+///
+/// # Safety
+/// Only between clone and exec: async-signal-safe calls on data prepared before.
+pub(crate) unsafe fn enter(p: &Prepared, part: Part) -> io::Result<()> {
+    // SAFETY: plain system calls on buffers prepared before the clone.
+    unsafe {
+        match part {
+            Part::Worker => Ok(()),
+            Part::Whole => {
+                if p.user_ns {
+                    check(libc::unshare(libc::CLONE_NEWUSER))?;
+                    map_user(p)?;
+                }
+                check(libc::unshare(p.unshare & !libc::CLONE_NEWUSER))?;
+                Ok(())
+            }
+            Part::Init => {
+                if p.user_ns {
+                    map_user(p)?;
+                }
+                if p.after_cgroups == 0 {
+                    return Ok(());
+                }
+                check(libc::unshare(p.after_cgroups))?;
+                // Nothing done here may reach the host's mounts.
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ))?;
+                if p.proc {
+                    check(libc::mount(
+                        c"proc".as_ptr(),
+                        c"/proc".as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    ))?;
+                }
+                for (point, flags) in &p.cgroup_mounts {
+                    check(libc::mount(
+                        std::ptr::null(),
+                        point.as_ptr(),
+                        std::ptr::null(),
+                        *flags,
+                        std::ptr::null(),
+                    ))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Makes this process not dumpable: no process of the same user without capabilities (a
+/// worker, a worker's descendant) may then read or write its memory or take its fds
+/// through `/proc` or `ptrace`. A pid namespace's init shares jobsup's memory, and a
+/// worker sees it as its `/proc/1`; without a pid namespace, jobsup and the guard are
+/// reachable by pid.
+pub fn undumpable() {
+    // SAFETY: PR_SET_DUMPABLE takes an integer and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc < 0 {
+        tracing::debug!(
+            "cannot make jobsup undumpable: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// What workers get: the namespaces of `what` (each required) and as much of the default
+/// containment as this kernel allows, found by starting `/bin/true` that way once, at
+/// start. Says once (a warning) what it fell back to, and why. Must run before the reaper
+/// starts (it waits for its own probe children).
+pub fn resolve(what: &[Isolate]) -> Result<Option<Prepared>, String> {
+    if what.contains(&Isolate::None) {
+        if what.len() > 1 {
+            return Err("--isolate none cannot be combined with other namespaces".into());
+        }
+        return Ok(None);
+    }
+    let names = |w: &[Isolate]| {
+        w.iter()
+            .map(|i| match i {
+                Isolate::None => "none",
+                Isolate::Net => "net",
+                Isolate::Pid => "pid",
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut first_refusal: Option<(Level, io::Error)> = None;
+    for level in [Level::Full, Level::NoProc, Level::PidOnly, Level::Nothing] {
+        if level == Level::Nothing && what.contains(&Isolate::Pid) {
+            break;
+        }
+        let Some(prepared) = prepare(what, level) else {
+            break;
+        };
+        match probe(&prepared) {
+            Ok(()) => {
+                if let Some((_, e)) = &first_refusal {
+                    tracing::warn!(
+                        "workers are contained less than they could be: {}; they get: {}",
+                        fallback_reason(level, e),
+                        match prepared.describe() {
+                            d if d.is_empty() => "no namespace".to_string(),
+                            d => format!("{d} namespaces"),
+                        }
+                    );
+                }
+                return Ok(Some(prepared));
+            }
+            Err(e) => {
+                tracing::debug!(?level, "namespaces refused: {e}");
+                if first_refusal.is_none() {
+                    first_refusal = Some((level, e));
                 }
             }
         }
     }
-}
-
-/// Enters the namespaces, in the child between fork and exec. With `pid`, forks once more:
-/// the caller returns in the new PID 1 ([`Parent::Shim`]), while this process stays
-/// behind as the shim and never returns. `supervisor_pid` is jobsup's, which the shim
-/// checks is still its parent once its parent-death signal is armed again.
-///
-/// # Safety
-/// Only between fork and exec, in a single-threaded child that does not share the
-/// caller's memory when `pid` is asked for: it uses async-signal-safe calls only, and the
-/// shim closes every fd it inherited.
-pub(crate) unsafe fn enter(
-    p: &Prepared,
-    supervisor_pid: i32,
-    fd_method: FdMethod,
-) -> io::Result<Parent> {
-    // SAFETY: plain system calls; the buffers were prepared before fork.
-    unsafe {
-        if p.user_ns {
-            check(libc::unshare(libc::CLONE_NEWUSER))?;
-            // An unprivileged process must give up setgroups before it may map its gid.
-            let _ = write_file(&p.setgroups, b"deny");
-            write_file(&p.uid_map_path, &p.uid_map)?;
-            write_file(&p.gid_map_path, &p.gid_map)?;
-        }
-        check(libc::unshare(p.flags))?;
-        if !p.pid {
-            return Ok(Parent::Supervisor);
-        }
-        // The worker learns of the shim's death through this pipe: it cannot see the
-        // shim's pid from inside its namespace.
-        let mut life = [0; 2];
-        check(libc::pipe2(life.as_mut_ptr(), libc::O_CLOEXEC))?;
-        // The worker's end must survive the placing of its fds 0 to 4.
-        if life[0] < PLACED_FDS {
-            let high = check(libc::fcntl(life[0], libc::F_DUPFD_CLOEXEC, PLACED_FDS))?;
-            libc::close(life[0]);
-            life[0] = high;
-        }
-        let child = check(libc::fork())?;
-        if child == 0 {
-            // PID 1 of the new namespace: the worker. The parent-death signal does not
-            // survive fork: the last step of its setup arms it again, towards the shim.
-            libc::close(life[1]);
-            return Ok(Parent::Shim(life[0]));
-        }
-        shim(child, life[1], supervisor_pid, fd_method)
-    }
-}
-
-/// The process jobsup started, once the worker runs in its pid namespace: holds nothing
-/// open but its end of the worker's life pipe, ignores soft signals, and ends the way the
-/// worker ends.
-unsafe fn shim(child: libc::pid_t, life: RawFd, supervisor_pid: i32, fd_method: FdMethod) -> ! {
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        // Its credentials may have changed with the user namespace: arm the parent-death
-        // signal again, then make sure jobsup did not die before.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != supervisor_pid {
-            libc::kill(child, libc::SIGKILL);
-            libc::_exit(1);
-        }
-        // It never execs, so close-on-exec does not apply: close everything it inherited,
-        // or it would hold other workers' pipes open, and the report pipe, whose end of
-        // file tells jobsup that the worker has exec'd. A shim that cannot must not stay.
-        if close_all_but(life, fd_method).is_err() {
-            libc::kill(child, libc::SIGKILL);
-            libc::_exit(126);
-        }
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP && sig != libc::SIGCHLD {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-        }
-        let mut status = 0;
-        loop {
-            let rc = libc::waitpid(child, &mut status, 0);
-            if rc == child {
-                break;
-            }
-            if rc < 0 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(126);
-            }
-        }
-        if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            libc::signal(sig, libc::SIG_DFL);
-            libc::kill(libc::getpid(), sig);
-            libc::_exit(128 + sig);
-        }
-        libc::_exit(libc::WEXITSTATUS(status))
-    }
-}
-
-/// Checks once, at start, that the kernel lets this process isolate workers this way.
-/// Must run before the reaper starts (it waits for its own probe child).
-pub fn probe(what: &[Isolate]) -> Result<(), String> {
-    let Some(prepared) = prepare(what) else {
-        return Ok(());
-    };
-    let mut cmd = Command::new("/bin/true");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let supervisor_pid = std::process::id() as i32;
-    // SAFETY: `enter` only makes async-signal-safe calls, in the child of a fork.
-    unsafe {
-        cmd.pre_exec(move || enter(&prepared, supervisor_pid, FdMethod::CloseRange).map(|_| ()));
-    }
-    let names: Vec<&str> = what
-        .iter()
-        .map(|w| match w {
-            Isolate::Net => "net",
-            Isolate::Pid => "pid",
-        })
-        .collect();
-    match cmd.status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!(
-            "--isolate {}: the kernel refused it (probe ended with {status})",
-            names.join(",")
-        )),
-        Err(e) => Err(format!(
+    match first_refusal {
+        // Nothing was needed and nothing could be had.
+        None => Ok(None),
+        Some((_, e)) if !what.is_empty() => Err(format!(
             "--isolate {}: the kernel refused it: {e} (user namespaces may be disabled: see /proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone)",
-            names.join(",")
+            names(what)
         )),
+        Some((level, e)) => {
+            tracing::warn!(
+                "workers get no namespace: {}; a daemon a job starts can outlive it, and a worker can see and signal jobsup",
+                fallback_reason(level, &e)
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Why the first level tried was refused, for the warning.
+fn fallback_reason(first: Level, e: &io::Error) -> String {
+    let what = match first {
+        Level::Full => "the kernel refused a pid namespace with its own /proc and read-only cgroups",
+        Level::NoProc => "the kernel refused a mount namespace",
+        Level::PidOnly => "the kernel refused a pid namespace",
+        Level::Nothing => "the kernel refused the namespaces asked for",
+    };
+    let hint = if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC)
+    {
+        " (user namespaces may be disabled: see /proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone; --isolate none silences this)"
+    } else {
+        " (--isolate none silences this)"
+    };
+    format!("{what} ({e}){hint}")
+}
+
+/// Starts `/bin/true` with `prepared`'s namespaces and waits for it.
+fn probe(prepared: &Prepared) -> io::Result<()> {
+    let plan = crate::launch::Plan::new(std::ffi::OsStr::new("/bin/true"), &[], [])?;
+    let mut stack = crate::launch::Stack::default();
+    let setup = |_born, part| {
+        // SAFETY: between clone and exec, as `enter` requires.
+        unsafe { enter(prepared, part) }
+            .map_err(|e| crate::launch::StageError::of(crate::launch::Stage::Namespaces, &e))
+    };
+    // SAFETY: `setup` only makes `enter`'s async-signal-safe calls.
+    let launched = unsafe {
+        crate::launch::launch(
+            &plan,
+            &mut stack,
+            None,
+            crate::launch::Fallbacks::default(),
+            prepared.init(),
+            &setup,
+        )
+    }?;
+    let mut status = 0;
+    // SAFETY: waiting for our own child into a live int (no reaper runs yet).
+    let rc = loop {
+        let rc = unsafe { libc::waitpid(launched.pid, &mut status, 0) };
+        if rc >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break rc;
+        }
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let exit = if libc::WIFSIGNALED(status) {
+        crate::reaper::Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        crate::reaper::Exit::Code(libc::WEXITSTATUS(status))
+    };
+    let exit = crate::launch::init_ended(launched.pid, exit);
+    launched.started.map_err(|f| f.error)?;
+    match exit {
+        crate::reaper::Exit::Code(0) => Ok(()),
+        other => Err(io::Error::other(format!("the probe ended with {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/sys/fs/cgroup"), b"/sys/fs/cgroup");
+        assert_eq!(unescape(r"/a\040b"), b"/a b");
+        assert_eq!(unescape(r"/a\134b"), b"/a\\b");
+        assert_eq!(unescape(r"/a\9"), b"/a\\9");
+    }
+
+    #[test]
+    fn none_stands_alone() {
+        assert!(resolve(&[Isolate::None]).expect("none").is_none());
+        assert!(resolve(&[Isolate::None, Isolate::Net]).is_err());
     }
 }

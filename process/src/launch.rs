@@ -24,12 +24,16 @@
 //! close-on-exec in jobsup after the child's fd table was copied, so the child never has
 //! it.
 //!
-//! The exception is `--isolate pid`: the child forks again and stays behind as the PID-1
-//! shim, which a shared-memory child must never do; it gets a copy of jobsup's memory
-//! through libc's `fork` (whose fork handlers keep the copy's allocator usable, which
-//! that second fork needs) instead. `fork` cannot make a pidfd, so the parent opens one
-//! (`pidfd_open`) while the child waits for it before doing anything: the pid cannot have
-//! been reaped and reused in between.
+//! A pid namespace (the default containment, see [`crate::isolate`]) needs an init: PID 1,
+//! which must not be the processor (PID 1 gets from outside only the signals it handles,
+//! so a processor's default SIGTERM would be ignored, and orphans would pile up as its
+//! zombies). The clone then makes the namespaces and the init, still sharing jobsup's
+//! memory but not waiting for it (it never execs), on a stack of its own; the init clones
+//! the worker (`CLONE_VFORK`, on the spawning thread's stack), closes every fd, and reaps
+//! until the worker ends. A fork would have given the init a memory of its own, at the
+//! price of copying jobsup's (about 1 ms a spawn, measured here); sharing it costs
+//! nothing, and jobsup is not dumpable, so that no worker can read or write it through
+//! the init's `/proc/1/mem`.
 //!
 //! A failure in the child is reported through a close-on-exec pipe: the child writes the
 //! stage it was at and its errno, and exits with 127; end-of-file means the exec
@@ -44,7 +48,8 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The fds a child's setup may place (0, 1, 2 and the protocol's 3 and 4): the report
 /// pipe is never one of them, so placing them cannot close it.
@@ -58,8 +63,6 @@ pub struct Plan {
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
     envp_ptrs: Vec<*const libc::c_char>,
-    /// The child shares jobsup's memory until exec (false under `--isolate pid`).
-    share_memory: bool,
 }
 
 pub(crate) fn c_string(s: &OsStr) -> io::Result<CString> {
@@ -86,7 +89,6 @@ impl Plan {
         program: &OsStr,
         args: &[OsString],
         env: impl IntoIterator<Item = (OsString, OsString)>,
-        share_memory: bool,
     ) -> io::Result<Plan> {
         let program = c_string(program)?;
         let argv = std::iter::once(Ok(program.clone()))
@@ -108,7 +110,6 @@ impl Plan {
             program,
             _argv: argv,
             _envp: envp,
-            share_memory,
         })
     }
 }
@@ -232,6 +233,38 @@ struct Child<'a, F> {
     setup: &'a F,
     report: RawFd,
     born: Born,
+    /// For a pid namespace's init: the top of the stack its worker is cloned on (the
+    /// spawning thread's, which waits until the worker has exec'd or exited), where the
+    /// init leaves the worker's status, and the fds to close once the worker has exec'd.
+    init: Option<InitArgs>,
+}
+
+/// See [`Child::init`].
+#[derive(Clone, Copy)]
+struct InitArgs {
+    worker_stack: *mut libc::c_void,
+    status: *const AtomicU64,
+    fd_method: FdMethod,
+}
+
+/// Which part of the setup a child runs (see [`launch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// All of it: the child execs the processor.
+    Whole,
+    /// What comes before the worker of a pid namespace is cloned: this child is the
+    /// namespace's init, which stays behind.
+    Init,
+    /// The rest, in the init's one child, which execs the processor.
+    Worker,
+}
+
+/// A pid namespace for the child (see the module's doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Init {
+    /// The namespaces the clone creates: `CLONE_NEWPID` and those that must come with it
+    /// (`CLONE_NEWUSER` for an unprivileged jobsup, `CLONE_NEWNET`).
+    pub flags: libc::c_int,
 }
 
 /// Whether `clone3` with `CLONE_INTO_CGROUP` may work here: false once the kernel said it
@@ -241,10 +274,101 @@ static CLONE3: AtomicBool = AtomicBool::new(cfg!(target_arch = "x86_64"));
 /// `CLONE_INTO_CGROUP` (Linux 5.7), a `clone3`-only flag.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Starts the process: a clone (a fork under `--isolate pid`, see the module's doc), then,
-/// in the child, the default signal dispositions, `setup`, and the exec of `plan`.
-/// `cgroup`, an `O_PATH` fd of a cgroup v2 directory, is where the child is created where
-/// the kernel allows it (`setup` is told through [`Born`]).
+/// The memory a pid namespace's init runs on: it shares jobsup's, so its stack is its own
+/// mapping, kept (with the word where it leaves its worker's status) until the reaper has
+/// collected it: only then is it certain that the init runs no more.
+struct InitMemory {
+    stack: *mut libc::c_void,
+    len: usize,
+    status: Box<AtomicU64>,
+}
+
+// SAFETY: the mapping is only ever unmapped, by whoever holds the value.
+unsafe impl Send for InitMemory {}
+
+/// The init's stack: little is done on it (the first part of the setup and a wait loop).
+const INIT_STACK: usize = 128 * 1024;
+
+/// The bit that says the init has left a status in [`InitMemory::status`].
+const STATUS_SET: u64 = 1 << 32;
+
+impl InitMemory {
+    fn new() -> io::Result<InitMemory> {
+        let page = 4096;
+        // SAFETY: a fresh anonymous mapping, owned by the value made here.
+        let stack = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                INIT_STACK + page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // The lowest page is a guard: an overflow faults instead of writing over jobsup.
+        // SAFETY: the first page of the mapping made above.
+        if unsafe { libc::mprotect(stack, page, libc::PROT_NONE) } < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: the mapping made above, used by nobody yet.
+            unsafe { libc::munmap(stack, INIT_STACK + page) };
+            return Err(e);
+        }
+        Ok(InitMemory {
+            stack,
+            len: INIT_STACK + page,
+            status: Box::new(AtomicU64::new(0)),
+        })
+    }
+
+}
+
+impl Drop for InitMemory {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; its init has been reaped (see [`init_ended`]).
+        unsafe { libc::munmap(self.stack, self.len) };
+    }
+}
+
+/// The memory of every init not yet reaped, by pid. Held across an init's clone until its
+/// entry is in, so that the reaper (which asks [`init_ended`] after each reap) cannot miss
+/// it however soon the init ends.
+static INITS: Mutex<BTreeMap<i32, InitMemory>> = Mutex::new(BTreeMap::new());
+
+/// How a reaped child ended, for its owner: for a pid namespace's init, how its worker
+/// ended (which the init left in its memory before it exited: as PID 1 it cannot die of
+/// the same signal), unless the init itself was killed first. Frees an init's memory.
+/// Called by whoever reaped `pid`, after the reap.
+pub(crate) fn init_ended(pid: i32, exit: crate::reaper::Exit) -> crate::reaper::Exit {
+    let memory = INITS.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    let Some(memory) = memory else {
+        return exit;
+    };
+    let word = memory.status.load(Ordering::Acquire);
+    if word & STATUS_SET == 0 {
+        return exit;
+    }
+    let status = word as u32 as libc::c_int;
+    if libc::WIFSIGNALED(status) {
+        crate::reaper::Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        crate::reaper::Exit::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Starts the process: a clone that shares this process's memory until the exec (see the
+/// module's doc), then, in the child, the default signal dispositions, `setup`, and the
+/// exec of `plan`. `cgroup`, an `O_PATH` fd of a cgroup v2 directory, is where the child
+/// is created where the kernel allows it (`setup` is told through [`Born`]).
+///
+/// With `init`, the child is the init of a new pid namespace: it runs `setup`'s
+/// [`Part::Init`], clones the worker (which runs [`Part::Worker`] and execs), closes every
+/// fd, and waits, reaping whatever the namespace leaves to it, until the worker has ended;
+/// then it exits, which ends everything left in the namespace, and the reaper reports the
+/// worker's status as the init's ([`init_ended`]). Otherwise the child runs [`Part::Whole`].
 ///
 /// Returns the pid once the child has exec'd, or the pid and where and why it failed
 /// before (the child then exits with 127); either way the caller registers the pid with
@@ -252,7 +376,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 ///
 /// # Safety
 ///
-/// `setup` runs in the child between clone and exec, where the child may share this
+/// `setup` runs in the child between clone and exec, where the child shares this
 /// process's memory (and so its heap, its locks and its thread-local data) and is the only
 /// thread of its process. It must:
 /// - make async-signal-safe calls only (no allocation, no lock, no `std` I/O, no logging);
@@ -268,18 +392,42 @@ pub unsafe fn launch<F>(
     stack: &mut Stack,
     cgroup: Option<BorrowedFd<'_>>,
     fallbacks: Fallbacks,
+    init: Option<Init>,
     setup: &F,
 ) -> io::Result<Launched>
 where
-    F: Fn(Born) -> Result<(), StageError>,
+    F: Fn(Born, Part) -> Result<(), StageError>,
 {
     let (report_r, report_w) = report_pipe()?;
     let report = report_w.as_raw_fd();
     let (stack_base, stack_size) = stack.bounds();
     let top = stack_base.wrapping_byte_add(stack_size);
+    let memory = init.map(|_| InitMemory::new()).transpose()?;
+    let init_args = match &memory {
+        Some(m) => Some(InitArgs {
+            worker_stack: top,
+            status: &*m.status as *const AtomicU64,
+            fd_method: fallbacks.fd_method(),
+        }),
+        None => None,
+    };
+    // The init runs on its own stack, the others on the spawning thread's.
+    let (entry, base, size): (Entry, _, _) = match &memory {
+        Some(m) => (init_main::<F>, m.stack, m.len),
+        None => (child_main::<F>, stack_base, stack_size),
+    };
+    let child_top = base.wrapping_byte_add(size);
+    // A child that shares this memory and never execs must not make this thread wait.
+    let sharing = match init {
+        Some(i) => libc::CLONE_VM | i.flags,
+        None => libc::CLONE_VM | libc::CLONE_VFORK,
+    };
     // No signal handler of jobsup's may run in a child that shares its memory: all
     // signals stay blocked across the clone, and the child resets every handler before
-    // it unblocks them.
+    // it unblocks them. Under an init they stay blocked here until the report's end of
+    // file: the init then makes calls of libc that may set errno, which is this thread's
+    // (the init runs with its thread pointer), while this thread only waits on a read
+    // that no handler can interrupt.
     // SAFETY: zeroed sigsets are valid values, filled and used by the calls below.
     let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
         unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
@@ -290,103 +438,121 @@ where
     }
     let mut pidfd: libc::c_int = -1;
     let mut clone3_refused = None;
-    let pid = if plan.share_memory {
-        let mut pid = -1;
-        if let Some(cgroup) = cgroup.filter(|_| !fallbacks.clone3 && CLONE3.load(Ordering::Relaxed))
-        {
-            let child = Child {
-                plan,
-                setup,
-                report,
-                born: Born { in_cgroup: true },
-            };
-            let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
-            // SAFETY: `child_main` runs `setup` under this function's contract; `child` and
-            // the stack outlive the child's use of them (CLONE_VFORK: this thread waits
-            // until the child execs or exits); `pidfd` is a live int; signals are blocked.
-            match unsafe {
-                clone3_vfork(
-                    child_main::<F>,
-                    arg,
-                    stack_base,
-                    stack_size,
-                    cgroup,
-                    &mut pidfd,
-                )
-            } {
-                Ok(p) => pid = p,
-                Err(e) => {
-                    // Not known to this kernel: remembered, and said once. Any other
-                    // refusal (a cgroup that cannot take the process) is this spawn's.
-                    if matches!(e, libc::ENOSYS | libc::E2BIG | libc::EINVAL)
-                        && CLONE3.swap(false, Ordering::Relaxed)
-                    {
-                        clone3_refused = Some(e);
-                    }
-                    pidfd = -1;
-                }
-            }
-        }
-        if pid < 0 {
-            let child = Child {
-                plan,
-                setup,
-                report,
-                born: Born { in_cgroup: false },
-            };
-            let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
-            let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-            // SAFETY: a valid entry point, a stack that outlives the child's use of it
-            // (with CLONE_VFORK this thread waits until the child execs or exits), an
-            // argument that lives as long, and `pidfd` for the kernel's CLONE_PIDFD
-            // answer (a kernel before 5.2 ignores the flag and leaves it at -1).
-            pid = unsafe {
-                libc::clone(
-                    child_main::<F>,
-                    top,
-                    flags,
-                    arg,
-                    &mut pidfd as *mut libc::c_int,
-                    std::ptr::null_mut::<libc::c_void>(),
-                    std::ptr::null_mut::<libc::c_int>(),
-                )
-            };
-        }
-        pid
-    } else {
+    // Until the init's memory is registered, the reaper cannot translate its status.
+    let inits = memory
+        .as_ref()
+        .map(|_| INITS.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(cgroup) = cgroup.filter(|_| !fallbacks.clone3 && CLONE3.load(Ordering::Relaxed)) {
         let child = Child {
             plan,
             setup,
             report,
-            born: Born { in_cgroup: false },
+            born: Born { in_cgroup: true },
+            init: init_args,
         };
-        // SAFETY: see `fork_with_pidfd`; the child runs `child_main` on its own copy of
-        // `child` and never returns.
-        unsafe { fork_with_pidfd(&child, &mut pidfd) }
+        let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
+        // SAFETY: `entry` runs `setup` under this function's contract; `child` and the
+        // stack outlive the child's use of them (this thread waits for the report's end
+        // of file below, and with CLONE_VFORK already here, before `child` goes); `pidfd`
+        // is a live int; signals are blocked.
+        match unsafe {
+            clone3_with(
+                sharing as u64,
+                entry,
+                arg,
+                base,
+                size,
+                cgroup,
+                &mut pidfd,
+            )
+        } {
+            Ok(pid) => {
+                // `child` is kept alive until the end of file, which comes after the
+                // child's last use of it.
+                let started = after_clone(&report_r, report_w, inits, memory, pid, &old);
+                return Ok(launched(pid, pidfd, started));
+            }
+            Err(e) => {
+                // Not known to this kernel: remembered, and said once. Any other
+                // refusal (a cgroup that cannot take the process) is this spawn's.
+                if matches!(e, libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                    && CLONE3.swap(false, Ordering::Relaxed)
+                {
+                    clone3_refused = Some(e);
+                }
+                pidfd = -1;
+            }
+        }
+    }
+    let child = Child {
+        plan,
+        setup,
+        report,
+        born: Born { in_cgroup: false },
+        init: init_args,
+    };
+    let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
+    let flags = sharing | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: a valid entry point, a stack that outlives the child's use of it (this
+    // thread waits for the report's end of file, and with CLONE_VFORK already here), an
+    // argument that lives as long, and `pidfd` for the kernel's CLONE_PIDFD answer (a
+    // kernel before 5.2 ignores the flag and leaves it at -1).
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            child_top,
+            flags,
+            arg,
+            &mut pidfd as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+        )
     };
     let clone_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    if pid < 0 {
+        drop(inits);
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        return Err(clone_error);
     }
+    let started = after_clone(&report_r, report_w, inits, memory, pid, &old);
     if let Some(e) = clone3_refused {
         tracing::debug!(
             "clone3 with CLONE_INTO_CGROUP refused ({}): workers join their cgroup between clone and exec",
             io::Error::from_raw_os_error(e)
         );
     }
-    if pid < 0 {
-        return Err(clone_error);
-    }
-    // SAFETY: a pidfd the kernel (or pidfd_open) just made for this process alone.
-    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
-    drop(report_w);
-    let started = read_report(&report_r);
-    Ok(Launched {
+    Ok(launched(pid, pidfd, started))
+}
+
+fn launched(pid: i32, pidfd: libc::c_int, started: Result<(), Failed>) -> Launched {
+    Launched {
         pid,
-        pidfd,
+        // SAFETY: a pidfd the kernel just made for this process alone.
+        pidfd: (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
         started,
-    })
+    }
+}
+
+/// After a clone that made `pid`: registers an init's memory (from then on the reaper may
+/// collect it), reads the child's report to its end of file with signals still blocked
+/// (see [`launch`]), then restores the signal mask.
+fn after_clone(
+    report_r: &OwnedFd,
+    report_w: OwnedFd,
+    inits: Option<MutexGuard<'_, BTreeMap<i32, InitMemory>>>,
+    memory: Option<InitMemory>,
+    pid: i32,
+    old: &libc::sigset_t,
+) -> Result<(), Failed> {
+    if let (Some(mut inits), Some(memory)) = (inits, memory) {
+        inits.insert(pid, memory);
+    }
+    drop(report_w);
+    let started = read_report(report_r);
+    // SAFETY: restores the mask the caller saved.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+    started
 }
 
 /// The report pipe, close-on-exec, its write end at or above [`PLACED_FDS`] so that the
@@ -406,21 +572,24 @@ fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Reads what the child said: nothing (end-of-file: it exec'd) or its stage and errno.
+/// Read to the end of file in either case: only then has every process that was given
+/// the spawning thread's stack (a child, or the worker of an init) stopped using it.
 fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
     let mut report = [0u8; 8];
     let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reading into a live buffer from an fd this function borrows.
-        let n = unsafe {
-            libc::read(
-                report_r.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
+    let mut rest = [0u8; 8];
+    loop {
+        // A report is one 8-byte record; anything after it is not read into it.
+        let into: &mut [u8] = if got < report.len() {
+            &mut report[got..]
+        } else {
+            &mut rest
         };
+        // SAFETY: reading into a live buffer from an fd this function borrows.
+        let n = unsafe { libc::read(report_r.as_raw_fd(), into.as_mut_ptr().cast(), into.len()) };
         match n {
             0 => break,
-            n if n > 0 => got += n as usize,
+            n if n > 0 => got = (got + n as usize).min(report.len()),
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
             _ => {
                 return Err(Failed {
@@ -429,6 +598,12 @@ fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
                 })
             }
         }
+    }
+    if got < report.len() && got > 0 {
+        return Err(Failed {
+            stage: Stage::Exec,
+            error: io::Error::other("a child's report was cut short"),
+        });
     }
     if got == 0 {
         return Ok(());
@@ -444,16 +619,19 @@ fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
 /// The entry point of a child that shares this process's memory, and its argument.
 type Entry = extern "C" fn(*mut libc::c_void) -> libc::c_int;
 
-/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)`, the child running
+/// `clone3(flags | CLONE_PIDFD | CLONE_INTO_CGROUP)`, `flags` sharing this memory
+/// (`CLONE_VM`, with `CLONE_VFORK` or the namespaces of an init), the child running
 /// `entry(arg)` on the given stack and exiting with what it returns. Returns the pid, or
 /// the errno (no child was made).
 ///
 /// # Safety
 /// `entry` must keep `launch`'s contract for `setup` (the child shares this memory);
-/// `arg` and the stack must stay valid until the child has exec'd or exited (which
-/// `CLONE_VFORK` makes this thread wait for); signals must be blocked.
+/// `arg` and the stack must stay valid for as long as the child uses them (until it has
+/// exec'd or exited with `CLONE_VFORK`, which makes this thread wait for it); signals must
+/// be blocked.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone3_vfork(
+unsafe fn clone3_with(
+    flags: u64,
     entry: Entry,
     arg: *mut libc::c_void,
     stack_base: *mut libc::c_void,
@@ -463,8 +641,7 @@ unsafe fn clone3_vfork(
 ) -> Result<i32, i32> {
     // SAFETY: clone_args is plain integers; zero is "not asked for".
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags =
-        (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP;
+    args.flags = flags | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP;
     args.pidfd = pidfd as *mut libc::c_int as u64;
     args.exit_signal = libc::SIGCHLD as u64;
     args.stack = stack_base as u64;
@@ -513,7 +690,8 @@ unsafe fn clone3_vfork(
 /// # Safety
 /// None: it makes no child.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_vfork(
+unsafe fn clone3_with(
+    _flags: u64,
     _entry: Entry,
     _arg: *mut libc::c_void,
     _stack_base: *mut libc::c_void,
@@ -552,7 +730,8 @@ pub(crate) fn child_runs_in(cgroup: BorrowedFd<'_>, stack: &mut Stack) -> (Optio
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = clone3_vfork(
+        let pid = clone3_with(
+            (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
             say_so,
             w.as_raw_fd() as usize as *mut libc::c_void,
             stack_base,
@@ -576,76 +755,6 @@ pub(crate) fn child_runs_in(cgroup: BorrowedFd<'_>, stack: &mut Stack) -> (Optio
     // (CLONE_VFORK), so it is there or never will be.
     let n = unsafe { libc::read(r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
     (Some(pid), n == 1)
-}
-
-/// libc's `fork`, the child running `child_main`; the pidfd is opened by the parent
-/// before the child may do anything (it waits for a byte on a pipe), so that it is
-/// certainly this child's. Returns the pid, or -1 with errno set.
-///
-/// # Safety
-/// With all signals blocked, from a thread that can fork; the child only makes
-/// async-signal-safe calls until it execs or exits.
-unsafe fn fork_with_pidfd<F>(child: &Child<'_, F>, pidfd: &mut libc::c_int) -> i32
-where
-    F: Fn(Born) -> Result<(), StageError>,
-{
-    let Ok((go_r, go_w)) = crate::fd::pipe() else {
-        return -1;
-    };
-    // SAFETY: getpid cannot fail.
-    let parent = unsafe { libc::getpid() };
-    // libc's own fork, not a bare clone: its fork handlers leave the child's allocator
-    // unlocked, and the `--isolate pid` child forks again (a bare clone copied a malloc
-    // lock another thread held, and that second fork hung on it).
-    // SAFETY: see the function's contract.
-    match unsafe { libc::fork() } {
-        0 => {
-            // SAFETY: async-signal-safe calls on fds this copy owns; never returns.
-            unsafe {
-                libc::close(go_w.as_raw_fd());
-                // Armed before the wait, so that a dead jobsup cannot leave it waiting;
-                // the setup arms it again.
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                let mut byte = 0u8;
-                loop {
-                    match libc::read(go_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) {
-                        1 => break,
-                        n if n < 0 && errno() == libc::EINTR => {}
-                        _ => libc::_exit(1),
-                    }
-                }
-                libc::close(go_r.as_raw_fd());
-                let arg: *mut libc::c_void = (child as *const Child<'_, F>).cast_mut().cast();
-                child_main::<F>(arg);
-                libc::_exit(127)
-            }
-        }
-        pid if pid > 0 => {
-            // SAFETY: pidfd_open takes a pid and flags; the child is alive (waiting for
-            // the byte below), so the pid is still this child's.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-            *pidfd = if fd >= 0 { fd as libc::c_int } else { -1 };
-            // SAFETY: writing one byte from a live local to a pipe this function owns (a
-            // pipe's buffer takes it without blocking).
-            let written = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
-            if written != 1 {
-                // The child cannot go on: it is killed and reaped as any failed start.
-                // SAFETY: our own child, not yet reaped.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            pid
-        }
-        _ => -1,
-    }
 }
 
 /// Where a child failed before it became the processor, in the order of the child's setup
@@ -721,34 +830,38 @@ pub struct Failed {
     pub error: io::Error,
 }
 
-/// The child's side, on its own stack.
-extern "C" fn child_main<F>(arg: *mut libc::c_void) -> libc::c_int
-where
-    F: Fn(Born) -> Result<(), StageError>,
-{
-    // SAFETY: `arg` is the `Child` the parent keeps alive until this process execs or
-    // exits; everything below is an async-signal-safe call on data prepared before clone,
-    // and `setup` keeps the contract of `launch`.
+/// Says where the child failed, on the report pipe, and exits with 127.
+///
+/// # Safety
+/// In a child before exec: two async-signal-safe calls.
+unsafe fn fail(report: RawFd, e: StageError) -> ! {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&(e.stage as i32).to_ne_bytes());
+    bytes[4..].copy_from_slice(&e.errno.to_ne_bytes());
+    // SAFETY: a write from a live local to the report pipe, then the exit.
     unsafe {
-        let child = &*(arg as *const Child<'_, F>);
-        let fail = |e: StageError| -> ! {
-            let mut report = [0u8; 8];
-            report[..4].copy_from_slice(&(e.stage as i32).to_ne_bytes());
-            report[4..].copy_from_slice(&e.errno.to_ne_bytes());
-            libc::write(child.report, report.as_ptr().cast(), report.len());
-            libc::_exit(127)
-        };
-        // Default dispositions (also for what jobsup ignores, such as SIGPIPE), then no
-        // blocked signal: a processor starts as from a shell. First, because until then
-        // one of jobsup's handlers could run here, on memory it shares with jobsup.
-        // The system call itself: libc's wrapper refuses the two signals it reserves (32
-        // and 33), which an ignoring parent would otherwise pass on.
-        let default = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
+        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+/// Default dispositions (also for what jobsup ignores, such as SIGPIPE), then no blocked
+/// signal: a processor starts as from a shell. First in a child, because until then one
+/// of jobsup's handlers could run there, on memory it shares with jobsup. The system call
+/// itself: libc's wrapper refuses the two signals it reserves (32 and 33), which an
+/// ignoring parent would otherwise pass on.
+///
+/// # Safety
+/// In a child before exec: async-signal-safe calls on locals.
+unsafe fn reset_signals() {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction and sigprocmask on live locals.
+    unsafe {
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::syscall(
@@ -763,8 +876,23 @@ where
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if let Err(e) = (child.setup)(child.born) {
-            fail(e);
+    }
+}
+
+/// `part` of the setup, then the exec of the plan; never returns.
+///
+/// # Safety
+/// `child` is the parent's `Child`, alive until this process execs or exits; `setup`
+/// keeps the contract of `launch`.
+unsafe fn setup_and_exec<F>(child: &Child<'_, F>, part: Part) -> !
+where
+    F: Fn(Born, Part) -> Result<(), StageError>,
+{
+    // SAFETY: the caller's contract; async-signal-safe calls on data prepared before the
+    // clone.
+    unsafe {
+        if let Err(e) = (child.setup)(child.born, part) {
+            fail(child.report, e);
         }
         let plan = child.plan;
         libc::execve(
@@ -772,7 +900,99 @@ where
             plan.argv_ptrs.as_ptr(),
             plan.envp_ptrs.as_ptr(),
         );
-        fail(StageError::last(Stage::Exec))
+        fail(child.report, StageError::last(Stage::Exec))
+    }
+}
+
+/// The child's side, on the spawning thread's stack (which it shares until it execs).
+extern "C" fn child_main<F>(arg: *mut libc::c_void) -> libc::c_int
+where
+    F: Fn(Born, Part) -> Result<(), StageError>,
+{
+    // SAFETY: `arg` is the `Child` the parent keeps alive until this process execs or
+    // exits (CLONE_VFORK).
+    unsafe {
+        reset_signals();
+        setup_and_exec(&*(arg as *const Child<'_, F>), Part::Whole)
+    }
+}
+
+/// The worker of a pid namespace's init, on the spawning thread's stack: the init waits
+/// until it execs (CLONE_VFORK), and the spawning thread until the report's end of file.
+extern "C" fn worker_main<F>(arg: *mut libc::c_void) -> libc::c_int
+where
+    F: Fn(Born, Part) -> Result<(), StageError>,
+{
+    // SAFETY: as for `child_main`; the init left the signals as `reset_signals` does.
+    unsafe { setup_and_exec(&*(arg as *const Child<'_, F>), Part::Worker) }
+}
+
+/// A pid namespace's init, on a stack of its own ([`InitMemory`]): the first part of the
+/// setup, the worker's clone, then, holding nothing open, the reaping of every process
+/// the namespace leaves to it until the worker has ended. It leaves the worker's status
+/// where [`init_ended`] reads it, and exits: the kernel then kills whatever is left in the
+/// namespace. A soft signal never reaches it (PID 1 gets from outside only the signals it
+/// handles, and it handles none), so it ends only this way or by SIGKILL.
+///
+/// Once its fds are closed the spawning thread goes on, and from then on this process
+/// touches neither the parent's `Child` nor the thread's stack, and makes only calls that
+/// cannot fail (so that errno, which is that thread's, is never written).
+extern "C" fn init_main<F>(arg: *mut libc::c_void) -> libc::c_int
+where
+    F: Fn(Born, Part) -> Result<(), StageError>,
+{
+    // SAFETY: `arg` is the `Child` the parent keeps alive until the report's end of file;
+    // async-signal-safe calls only.
+    unsafe {
+        reset_signals();
+        let child = &*(arg as *const Child<'_, F>);
+        let report = child.report;
+        let Some(args) = child.init else {
+            fail(report, StageError::of(Stage::Namespaces, &io::Error::other("no init")))
+        };
+        if let Err(e) = (child.setup)(child.born, Part::Init) {
+            fail(report, e);
+        }
+        // The setup armed the parent-death signal; had jobsup died before, nobody would
+        // send it, and `getppid` cannot tell (the parent is outside the namespace: 0).
+        // The report pipe can: its read end is jobsup's, and a pipe without a reader
+        // polls as an error.
+        let mut poll = libc::pollfd {
+            fd: report,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        if libc::poll(&mut poll, 1, 0) < 0 || poll.revents & libc::POLLERR != 0 {
+            libc::_exit(1);
+        }
+        let worker = libc::clone(
+            worker_main::<F>,
+            args.worker_stack,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg,
+        );
+        if worker < 0 {
+            fail(report, StageError::last(Stage::Namespaces));
+        }
+        // The worker has exec'd (or failed and exited): every fd goes, the report pipe
+        // last, as its end of file lets the spawning thread go on.
+        if close_all_but(report, args.fd_method).is_err() {
+            libc::_exit(126);
+        }
+        libc::close(report);
+        let mut status: libc::c_int = 0;
+        loop {
+            // Nothing can interrupt it (no signal is delivered here but SIGKILL), and
+            // there is a child to wait for until the worker has been reaped.
+            let reaped = libc::wait4(-1, &mut status, libc::__WALL, std::ptr::null_mut());
+            if reaped == worker {
+                (*args.status).store(STATUS_SET | status as u32 as u64, Ordering::Release);
+                libc::_exit(0);
+            }
+            if reaped < 0 {
+                libc::_exit(126);
+            }
+        }
     }
 }
 
@@ -817,8 +1037,8 @@ pub(crate) unsafe fn cloexec_from(first: RawFd, method: FdMethod) -> io::Result<
     unsafe { over_fds(first, None, method, FdOp::Cloexec) }
 }
 
-/// Closes every fd but `keep`, in a child that will never exec (the pid shim), so that it
-/// holds nothing of jobsup's open (other workers' pipes, the report pipe).
+/// Closes every fd but `keep`, in a child that will never exec (a pid namespace's init), so
+/// that it holds nothing of jobsup's open (other workers' pipes, the report pipe).
 /// Async-signal-safe and allocation-free.
 ///
 /// # Safety
@@ -1163,15 +1383,30 @@ mod tests {
         exit_code_of(pid, since)
     }
 
-    fn plan(program: &str, share_memory: bool) -> Plan {
-        Plan::new(OsStr::new(program), &[], std::iter::empty(), share_memory).expect("a plan")
+    fn plan(program: &str) -> Plan {
+        Plan::new(OsStr::new(program), &[], std::iter::empty()).expect("a plan")
+    }
+
+    /// Both ways a child is made: a plain clone, and a pid namespace's init (where the
+    /// test runs as root: elsewhere that takes a user namespace, which the isolation
+    /// tests cover).
+    fn ways() -> Vec<Option<Init>> {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut ways = vec![None];
+        if root {
+            ways.push(Some(Init {
+                flags: libc::CLONE_NEWPID,
+            }));
+        }
+        ways
     }
 
     /// Launches `program` with a `setup` that makes no call of its own (so the contract
     /// of [`launch`] holds), and waits through the child's pidfd for its exit code.
-    fn launch_and_wait<F>(program: &str, share_memory: bool, setup: &F) -> (Launched, i32)
+    fn launch_and_wait<F>(program: &str, init: Option<Init>, setup: &F) -> (Launched, i32)
     where
-        F: Fn(Born) -> Result<(), StageError>,
+        F: Fn(Born, Part) -> Result<(), StageError>,
     {
         crate::reaper::testing::reaper();
         let since = std::time::Instant::now();
@@ -1179,10 +1414,11 @@ mod tests {
         // SAFETY: `setup` makes no system call and does not allocate.
         let mut launched = unsafe {
             launch(
-                &plan(program, share_memory),
+                &plan(program),
                 &mut stack,
                 None,
                 Fallbacks::default(),
+                init,
                 setup,
             )
         }
@@ -1193,37 +1429,51 @@ mod tests {
             .expect("no pidfd: this needs Linux 5.2 (CLONE_PIDFD) or 5.3 (pidfd_open)");
         // SAFETY: F_GETFD on our own fd.
         let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
-        assert_eq!(flags, libc::FD_CLOEXEC, "{share_memory}: close-on-exec");
+        assert_eq!(flags, libc::FD_CLOEXEC, "{init:?}: close-on-exec");
         let code = wait_pidfd(&pidfd, launched.pid, since);
         (launched, code)
     }
 
     #[test]
     fn a_child_comes_with_a_close_on_exec_pidfd_that_names_it() {
-        // Both clones: shared memory (clone with CLONE_PIDFD) and libc's fork (pidfd_open
-        // while the child waits).
-        for share_memory in [true, false] {
-            let (launched, code) = launch_and_wait("/bin/true", share_memory, &|_| Ok(()));
+        for init in ways() {
+            let (launched, code) = launch_and_wait("/bin/true", init, &|_, _| Ok(()));
             assert!(launched.started.is_ok(), "{launched:?}");
-            assert_eq!(code, 0, "{share_memory}");
+            assert_eq!(code, 0, "{init:?}");
+            let (_, code) = launch_and_wait("/bin/false", init, &|_, _| Ok(()));
+            assert_eq!(code, 1, "{init:?}: the worker's status, not the init's");
         }
     }
 
     #[test]
     fn a_failure_before_exec_is_reported_with_its_stage() {
-        for share_memory in [true, false] {
-            let refuse = |_: Born| {
-                Err(StageError {
-                    stage: Stage::Limits,
-                    errno: libc::EPERM,
-                })
-            };
-            let (launched, code) = launch_and_wait("/bin/true", share_memory, &refuse);
-            let failed = launched.started.expect_err("the setup failed");
-            assert_eq!(failed.stage, Stage::Limits);
-            assert_eq!(failed.error.raw_os_error(), Some(libc::EPERM));
-            assert_eq!(code, 127);
-            let (launched, code) = launch_and_wait("/no/such/program", share_memory, &|_| Ok(()));
+        for init in ways() {
+            for failing in [Part::Whole, Part::Init, Part::Worker] {
+                let refuse = |_: Born, part: Part| {
+                    if part == failing {
+                        Err(StageError {
+                            stage: Stage::Limits,
+                            errno: libc::EPERM,
+                        })
+                    } else {
+                        Ok(())
+                    }
+                };
+                let (launched, code) = launch_and_wait("/bin/true", init, &refuse);
+                let runs = match init {
+                    None => failing == Part::Whole,
+                    Some(_) => failing != Part::Whole,
+                };
+                if !runs {
+                    assert!(launched.started.is_ok(), "{init:?} {failing:?}");
+                    continue;
+                }
+                let failed = launched.started.expect_err("the setup failed");
+                assert_eq!(failed.stage, Stage::Limits);
+                assert_eq!(failed.error.raw_os_error(), Some(libc::EPERM));
+                assert_eq!(code, 127, "{init:?} {failing:?}");
+            }
+            let (launched, code) = launch_and_wait("/no/such/program", init, &|_, _| Ok(()));
             let failed = launched.started.expect_err("no such program");
             assert_eq!(failed.stage, Stage::Exec);
             assert_eq!(failed.error.raw_os_error(), Some(libc::ENOENT));

@@ -140,8 +140,10 @@ pub struct Process {
     /// The cgroup limits the kernel enforced on its tree (known once [`Process::end`] has
     /// run).
     limits_hit: Hits,
-    /// It is the shim of a pid namespace (`--isolate pid`), and the worker its one child.
+    /// It is the init of a pid namespace, and the worker its first child.
     shim: bool,
+    /// The processor's pid: the init's worker, or this process.
+    processor: i32,
 }
 
 impl Process {
@@ -193,13 +195,25 @@ impl Process {
             keep_cgroup,
             limits_hit: Hits::default(),
             shim: false,
+            processor: 0,
         }
     }
 
-    /// Says that it is the shim of a pid namespace, which the worker runs in as its one
-    /// child: [`Process::kill_leftovers`] spares that child too.
-    pub fn set_shim(&mut self) {
+    /// Says that it is the init of a pid namespace, whose first child is the worker, the
+    /// processor `processor`: [`Process::kill_leftovers`] spares that child too.
+    pub fn behind_init(&mut self, processor: i32) {
         self.shim = true;
+        self.processor = processor;
+    }
+
+    /// The processor's pid, for records and logs: the worker behind an init, or
+    /// [`Process::pid`].
+    pub fn processor_pid(&self) -> i32 {
+        if self.shim {
+            self.processor
+        } else {
+            self.pid()
+        }
     }
 
     /// Its pid (and process group id).
@@ -261,7 +275,7 @@ impl Process {
     }
 
     /// SIGKILL to every process of the worker's tree but the worker itself (and, behind a
-    /// pid namespace's shim, the shim's one child, the worker proper): what a job left
+    /// pid namespace's init, the init's first child, the worker proper): what a job left
     /// behind in a worker that is kept for the next one. Its cgroup's members where it has
     /// a cgroup, its descendants by the `/proc` walk, the members of its process group,
     /// and the descendants that escaped to jobsup (the subreaper) still carrying the
@@ -280,8 +294,9 @@ impl Process {
                 pids.extend(crate::reaper::group_members(leader));
                 pids.extend(crate::reaper::adopted_from(self.worker));
                 let mut spared = vec![leader];
+                // The init's first child is the worker: orphans it adopts come after it.
                 if self.shim {
-                    spared.extend(crate::reaper::children(leader));
+                    spared.extend(crate::reaper::children(leader).first());
                 }
                 pids.retain(|p| !spared.contains(p));
                 pids.sort_unstable();

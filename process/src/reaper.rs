@@ -387,7 +387,8 @@ impl Registry {
             None => leader = self.leader_pidfd(pid),
         }
         let exit = match wait_exited(libc::P_PID, pid as libc::id_t, 0) {
-            Ok(Some((_, exit))) => exit,
+            // A pid namespace's init ends the way its worker did.
+            Ok(Some((_, exit))) => crate::launch::init_ended(pid, exit),
             failed => {
                 // Only this thread reaps, and it saw the zombie: unreachable in practice.
                 tracing::error!(pid, "cannot reap an exited child: {failed:?}");

@@ -33,8 +33,7 @@ use std::path::{Path, PathBuf};
 use jobsup_protocol::{ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RESULT_FD};
 use tokio::sync::oneshot;
 
-use crate::isolate::Parent;
-use crate::launch::{self, Born, FdMethod, Stage, StageError};
+use crate::launch::{self, Born, FdMethod, Part, Stage, StageError};
 use crate::reaper::Reaper;
 
 /// Variables passed through from jobsup's own environment to every worker: exactly these
@@ -118,10 +117,13 @@ pub struct Limits {
 
 /// A started worker process and the supervisor's ends of its pipes.
 pub struct Spawned {
-    /// Its pid, which is also its process group id.
+    /// Its pid, which is also its process group id: a pid namespace's init, where workers
+    /// get one.
     pub pid: i32,
+    /// The processor's own pid: the init's worker, or `pid`. What records and logs name.
+    pub processor_pid: i32,
     /// A pidfd for it, made by the clone itself where the kernel can (`CLONE_PIDFD`, Linux
-    /// 5.2; `pidfd_open` right after the fork under `--isolate pid`), so that it names
+    /// 5.2), so that it names
     /// this process even once its pid is reaped and reused. Close-on-exec, and never in
     /// the child's fd table.
     pub pidfd: Option<OwnedFd>,
@@ -408,11 +410,7 @@ fn spawn(
         env.push((ENV_PROTOCOL.into(), PROTOCOL_VERSION.to_string().into()));
         env.push((ENV_MAX_FRAME.into(), spec.max_frame.to_string().into()));
     }
-    // The PID-1 shim of `--isolate pid` needs a memory of its own: libc's fork, which
-    // cannot create the child in a cgroup.
-    let forks = spec.isolation.as_ref().is_some_and(|p| p.forks());
-    let plan =
-        launch::Plan::new(spec.program.as_os_str(), &spec.args, env, !forks).map_err(other)?;
+    let plan = launch::Plan::new(spec.program.as_os_str(), &spec.args, env).map_err(other)?;
 
     let mut limits = spec.limits;
     // Where a memory controller counts the worker's whole tree, the address-space rlimit
@@ -437,7 +435,7 @@ fn spawn(
     // Where the clone can create the child: its cgroup v2 directory, where this kernel
     // lets the child run there. Failing to open it only means the child joins it itself.
     let clone_into = match (&state.cgroups, &cgroup) {
-        (Some(all), Some(c)) if c.v2_dir().is_some() && !forks && !state.fallbacks.clone3 => {
+        (Some(all), Some(c)) if c.v2_dir().is_some() && !state.fallbacks.clone3 => {
             clone_into(all, &state.reaper, &mut state.stack).allows(c)
         }
         _ => false,
@@ -485,7 +483,7 @@ fn spawn(
     // SAFETY: runs in the child between clone and exec; `child_setup` makes only
     // async-signal-safe calls on `child`, prepared above, and never allocates or panics,
     // which is `launch`'s contract.
-    let setup = |born: Born| unsafe { child_setup(&child, born) };
+    let setup = |born: Born, part: Part| unsafe { child_setup(&child, born, part) };
     let since = std::time::Instant::now();
     // SAFETY: `setup` keeps the contract (see above).
     let launched = unsafe {
@@ -494,6 +492,7 @@ fn spawn(
             &mut state.stack,
             into_cgroup.as_ref().map(|f| f.as_fd()),
             state.fallbacks,
+            spec.isolation.as_ref().and_then(|p| p.init()),
             &setup,
         )
     }
@@ -522,8 +521,16 @@ fn spawn(
         }
         None => (None, None),
     };
+    // An init's first child is its worker, which has exec'd by now (or has exited, and then
+    // nothing is to be named by it).
+    let processor_pid = if spec.isolation.as_ref().is_some_and(|p| p.init().is_some()) {
+        crate::reaper::children(pid).first().copied().unwrap_or(pid)
+    } else {
+        pid
+    };
     Ok(Spawned {
         pid,
+        processor_pid,
         pidfd: launched.pidfd,
         exit,
         cgroup,
@@ -713,6 +720,10 @@ fn arm_parent_death() -> Result<(), StageError> {
 /// closes every fd the fd table step marked). A failure ends the child with 127 and is
 /// reported to jobsup with its [`Stage`].
 ///
+/// Under a pid namespace the routine is split at step 4 ([`Part`]): its init (PID 1, the
+/// process jobsup cloned) runs steps 1 to 4 and stays behind; its worker, which the init
+/// clones, runs the rest and execs. Otherwise one child runs it all ([`Part::Whole`]).
+///
 /// The order follows nsjail's (`containProc`): namespaces, then the fd table, then the
 /// user and the capabilities, then the limits, then `no_new_privs`, then the parent-death
 /// signal again, then exec.
@@ -720,47 +731,52 @@ fn arm_parent_death() -> Result<(), StageError> {
 /// # Safety
 /// Only in the child, between clone and exec (`launch::launch`'s contract: it may share
 /// jobsup's memory, so it makes async-signal-safe calls only and never allocates).
-unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
+unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), StageError> {
     // SAFETY: system calls on integers, on C strings and buffers prepared before the
     // clone, and on fds this child owns (its own copy of the table).
     unsafe {
-        // 1. Session. A session and process group of its own, which it leads: the hard
-        //    kill (SIGKILL to the group) reaches whatever it starts there, and the signals
-        //    of jobsup's terminal do not.
-        at(Stage::Session, libc::setsid())?;
+        if part != Part::Worker {
+            // 1. Session. A session and process group of its own, which it leads: the
+            //    hard kill (SIGKILL to the group) reaches whatever it starts there, and
+            //    the signals of jobsup's terminal do not. An init's worker is in its group.
+            at(Stage::Session, libc::setsid())?;
 
-        // 2. Parent-death signal, armed at once: a jobsup that dies while the child sets
-        //    up must not leave it behind. jobsup may have died before it was armed, and
-        //    then nobody would send it: check.
-        arm_parent_death()?;
-        if libc::getppid() != plan.supervisor_pid {
-            libc::_exit(1);
+            // 2. Parent-death signal, armed at once: a jobsup that dies while the child
+            //    sets up must not leave it behind. jobsup may have died before it was
+            //    armed, and then nobody would send it: check. (An init's parent is outside
+            //    its namespace, where `getppid` says 0: `launch` checks it another way.)
+            arm_parent_death()?;
+            if part == Part::Whole && libc::getppid() != plan.supervisor_pid {
+                libc::_exit(1);
+            }
+
+            // 3. Cgroups, other than the one `clone3` created the child in. Before the
+            //    namespaces, as a user namespace takes the right to write them away, a
+            //    cgroup namespace is rooted where the child is when it makes one, and the
+            //    init and its worker must both be inside. A kill-only cgroup is best
+            //    effort (the process group, the tree walk and the guard back it up); one
+            //    that carries a limit is not.
+            let procs = if born.in_cgroup {
+                &plan.cgroup_procs_v1
+            } else {
+                &plan.cgroup_procs
+            };
+            let joined = crate::cgroup::WorkerCgroup::join(procs);
+            if plan.cgroup_required {
+                joined.map_err(|e| StageError::of(Stage::Cgroup, &e))?;
+            }
         }
 
-        // 3. Cgroups, other than the one `clone3` created the child in. Before the
-        //    namespaces, as a user namespace takes the right to write them away, and the
-        //    pid shim and its worker must both be inside. A kill-only cgroup is best
-        //    effort (the process group, the tree walk and the guard back it up); one that
-        //    carries a limit is not.
-        let procs = if born.in_cgroup {
-            &plan.cgroup_procs_v1
-        } else {
-            &plan.cgroup_procs
-        };
-        let joined = crate::cgroup::WorkerCgroup::join(procs);
-        if plan.cgroup_required {
-            joined.map_err(|e| StageError::of(Stage::Cgroup, &e))?;
+        // 4. Namespaces. An init was cloned into its pid (and user, net) namespace: it maps
+        //    the user, and makes its mount and cgroup namespaces. A child without an init
+        //    unshares its own (`--isolate net` where no pid namespace can be had). Early,
+        //    so that every later step applies inside them.
+        if let Some(p) = &plan.isolation {
+            crate::isolate::enter(p, part).map_err(|e| StageError::of(Stage::Namespaces, &e))?;
         }
-
-        // 4. Namespaces (`--isolate`). With `pid` this forks: from here on this is the
-        //    worker, PID 1 of its namespace, while the process jobsup started stays behind
-        //    as the shim (which closes everything it inherited). Early, so that every
-        //    later step applies to the worker itself.
-        let parent = match &plan.isolation {
-            Some(p) => crate::isolate::enter(p, plan.supervisor_pid, plan.fd_method)
-                .map_err(|e| StageError::of(Stage::Namespaces, &e))?,
-            None => Parent::Supervisor,
-        };
+        if part == Part::Init {
+            return Ok(());
+        }
 
         // 5. The fd table: exactly 0, 1, 2 (and 3, 4 in native mode), nothing else. Every
         //    other fd (what jobsup inherited from its own parent, other workers' pipes,
@@ -885,14 +901,14 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born) -> Result<(), StageError> {
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
         )?;
 
-        // 12. The parent-death signal again, after the namespaces or `--user` changed who
-        //     this is: the fork of the pid shim cleared it, and so does a change of
-        //     credentials (a user namespace, setuid). Then the check again: the parent
-        //     (jobsup, or the shim) may have died before it was armed. Otherwise nothing
-        //     changed since step 2, which still holds.
-        if plan.isolation.is_some() || plan.identity.is_some() {
+        // 12. The parent-death signal again, after `--isolate` or `--user` changed who
+        //     this is: a change of credentials (a user namespace, setuid) clears it. Then
+        //     the check again: jobsup may have died before it was armed. Otherwise nothing
+        //     changed since step 2, which still holds. An init's worker needs neither:
+        //     when its init dies, the kernel kills everything in the namespace.
+        if part == Part::Whole && (plan.isolation.is_some() || plan.identity.is_some()) {
             arm_parent_death()?;
-            if parent.gone(plan.supervisor_pid) {
+            if libc::getppid() != plan.supervisor_pid {
                 libc::_exit(1);
             }
         }

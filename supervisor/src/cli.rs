@@ -381,7 +381,8 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             stdin_pipe: pool.mode != Mode::Native,
             env: extra_env,
             limits: spawn_limits,
-            isolation: crate::isolate::prepare(&pool.isolate),
+            // Before the reaper exists: the probe waits for its own children.
+            isolation: crate::isolate::resolve(&pool.isolate).map_err(|e| anyhow::anyhow!(e))?,
             user: pool.user.clone(),
         },
         start_timeout: pool.start_timeout,
@@ -397,8 +398,6 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         max_line: codec.max_frame() as usize - 4096,
     };
 
-    // Before the reaper exists: the probe waits for its own child.
-    crate::isolate::probe(&pool.isolate).map_err(|e| anyhow::anyhow!(e))?;
     let (cgroups, found) = crate::cgroup::Cgroups::detect(crate::cgroup::Wanted {
         memory: pool.limits.memory,
         max_procs: pool.limits.max_procs,
@@ -411,13 +410,30 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         }
         anyhow::bail!("--max-procs needs a pids cgroup controller, and none is usable here: {why}");
     }
+    // Before any worker exists: none may read or write jobsup's memory through /proc. A
+    // worker in a user namespace of its own cannot anyway (it has no capability in
+    // jobsup's), and there the init must stay dumpable to write its own user mapping.
+    if !settings
+        .spawn
+        .isolation
+        .as_ref()
+        .is_some_and(|p| p.user_namespace())
+    {
+        crate::isolate::undumpable();
+    }
+    let namespaces = settings.spawn.isolation.as_ref().map(|p| p.describe());
+    let pid_namespace = settings
+        .spawn
+        .isolation
+        .as_ref()
+        .is_some_and(|p| p.init().is_some());
     tracing::info!(
         kill = %found.kill,
-        isolate = ?pool.isolate,
+        namespaces = namespaces.as_deref().unwrap_or("none"),
         memory = found.memory.as_deref().unwrap_or("-"),
         max_procs = found.max_procs.as_deref().unwrap_or("-"),
         "sandbox: workers get their own session, directory and environment; hard kill through {}",
-        if pool.isolate.contains(&crate::isolate::Isolate::Pid) {
+        if pid_namespace {
             "their pid namespace"
         } else if cgroups.as_ref().is_some_and(|c| c.can_kill()) {
             "their cgroup"

@@ -92,7 +92,7 @@ impl Live {
         spec.args = args;
         let program = spec.program.display().to_string();
         let mut spawned = spawner.spawn(spec).await?;
-        let pid = spawned.pid;
+        let pid = spawned.processor_pid;
         // An exec slot starts a process per job under the same id: its cgroups are reused.
         // The clone's own pidfd where the kernel made one; else `Process::new` opens one.
         let mut process = Process::new(
@@ -102,9 +102,9 @@ impl Live {
             spawned.cgroup.take(),
             settings.mode == crate::link::Mode::Exec,
         );
-        // Under `--isolate pid` the process jobsup started is the namespace's shim.
-        if settings.spawn.isolation.as_ref().is_some_and(|i| i.forks()) {
-            process.set_shim();
+        // In a pid namespace the process jobsup started is the namespace's init.
+        if settings.spawn.isolation.as_ref().is_some_and(|i| i.init().is_some()) {
+            process.behind_init(pid);
         }
         let origin = Origin {
             pool: Arc::clone(&settings.pool),

@@ -93,7 +93,7 @@ impl Worker {
     }
 
     fn pid(&self) -> Option<i32> {
-        self.live.as_ref().map(|l| l.process.pid())
+        self.live.as_ref().map(|l| l.process.processor_pid())
     }
 
     /// The deadline rules for `job` on this worker.

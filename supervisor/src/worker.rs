@@ -302,7 +302,7 @@ impl Worker {
         tracing::warn!(
             pool = %self.settings.pool,
             worker = self.id,
-            pid = self.live.as_ref().map(|l| l.process.pid()),
+            pid = self.live.as_ref().map(|l| l.process.processor_pid()),
             job = self.last_job,
             "ignoring {frame} about a job that already ended"
         );
@@ -317,7 +317,7 @@ impl Worker {
 
     /// What an idle worker said; true when it must be replaced.
     fn idle_message_is_fatal(&mut self, msg: Result<Option<FromWorker>, LinkError>) -> bool {
-        let pid = self.live.as_ref().map(|l| l.process.pid());
+        let pid = self.live.as_ref().map(|l| l.process.processor_pid());
         match msg {
             Ok(Some(FromWorker::Heartbeat { .. } | FromWorker::Progress { .. })) => false,
             Ok(Some(msg)) if self.is_stale(&msg) => false,
@@ -364,7 +364,7 @@ impl Worker {
             } else if matches!(leaving, Leaving::Lost) {
                 tracing::warn!(
                     worker = self.id,
-                    pid = live.process.pid(),
+                    pid = live.process.processor_pid(),
                     "worker lost between jobs ({exit}); replacing it"
                 );
             }

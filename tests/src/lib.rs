@@ -537,9 +537,16 @@ impl Background {
         String::from_utf8_lossy(&self.stderr.snapshot()).into_owned()
     }
 
-    /// The processes whose parent is jobsup right now (its workers, mostly).
+    /// The processes jobsup started that run right now (its workers, mostly), looking
+    /// through a pid namespace's init to its worker (its first child).
     pub fn children(&self) -> Vec<i32> {
         children_of(self.pid())
+            .into_iter()
+            .map(|pid| match is_namespace_init(pid) {
+                true => children_of(pid).first().copied().unwrap_or(pid),
+                false => pid,
+            })
+            .collect()
     }
 
     /// Whether jobsup has exited (without reaping it: [`Background::wait`] still works).
@@ -941,6 +948,20 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out.into_iter().filter(|&p| !is_guard(p)).collect()
+}
+
+/// Whether `pid` is PID 1 of a pid namespace below this one (the init jobsup gives a
+/// worker), from the last entry of its `NSpid`.
+pub fn is_namespace_init(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() > 1 && ids.last() == Some(&"1")
+            })
+    })
 }
 
 /// `pid` and all its descendants, parents before children.

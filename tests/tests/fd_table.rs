@@ -157,7 +157,8 @@ fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
     if !(jobsup_tests::running_as_root() && writable) {
         // No cgroup v2 jobsup could use: workers run where jobsup runs, and it says so.
         let run = jobsup_as!(User::Invoker)
-            .args(["--mode", "exec", "-v"])
+            // Its cgroup namespace would show its own cgroup as the root.
+            .args(["--mode", "exec", "-v", "--isolate", "none"])
             .processor(bin!("fx-fds"), ["cgroup"])
             .stdin("x\n")
             .run();
@@ -179,7 +180,7 @@ fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
         ("exec", Some("clone3")),
         ("native", Some("clone3")),
     ] {
-        let mut j = jobsup_as!(User::Invoker).args(["--mode", mode, "-j", "1", "-v"]);
+        let mut j = jobsup_as!(User::Invoker).args(["--mode", mode, "-j", "1", "-v", "--isolate", "none"]);
         if let Some(f) = fallback {
             j = j.env("JOBSUP_FALLBACK", f);
         }
@@ -222,8 +223,8 @@ fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
 }
 
 #[test]
-fn the_pid_shim_holds_nothing_of_jobsups() {
-    // If the shim kept the report pipe, jobsup would take the worker's start for
+fn the_pid_namespace_init_holds_nothing_of_jobsups() {
+    // If the init kept the report pipe, jobsup would take the worker's start for
     // unfinished until the worker exited: the first job would never be handed over while
     // the worker waits for it. If it kept other fds, other workers' pipes would stay open.
     for fallback in FALLBACKS {
@@ -243,11 +244,13 @@ fn the_pid_shim_holds_nothing_of_jobsups() {
             });
             let first = bg.records_so_far().remove(0);
             assert_eq!(first.output(), Some("0 1 2"), "{case}: {first}");
-            // The pid jobsup knows is the shim's (the worker is PID 1 inside): it holds
-            // one fd, its end of the pipe through which the worker learns of its death.
-            let shim = first.pid().expect("a pid");
-            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{shim}/fd"))
-                .expect("the shim's fds")
+            // The record names the processor; its parent is the namespace's init, which
+            // holds no fd at all.
+            let worker = first.pid().expect("a pid");
+            let init = jobsup_tests::proc_ppid(worker).expect("the worker's parent");
+            assert!(jobsup_tests::is_namespace_init(init), "{case}: {init}");
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{init}/fd"))
+                .expect("the init's fds")
                 .flatten()
                 .map(|e| {
                     std::fs::read_link(e.path())
@@ -255,10 +258,7 @@ fn the_pid_shim_holds_nothing_of_jobsups() {
                         .unwrap_or_default()
                 })
                 .collect();
-            assert!(
-                fds.len() == 1 && fds[0].starts_with("pipe:"),
-                "{case}: the shim holds {fds:?}"
-            );
+            assert!(fds.is_empty(), "{case}: the init holds {fds:?}");
             bg.close_stdin();
             let run = bg.wait();
             assert_eq!(run.code(), 0, "{case}\n{run}");

@@ -169,7 +169,9 @@ fn cleanup_signal_can_be_sigint() {
 
 #[test]
 fn no_descendant_outlives_jobsup_in_or_out_of_the_workers_group() {
-    let j = lines_mode(&[]);
+    // Without the pid namespace (tests/tests/containment.rs's), which would end these
+    // anyway: the process group and the tree walk alone.
+    let j = lines_mode(&["--isolate", "none"]);
     let pidfile = j.dir().join("pids");
     // Each job leaves a sleeper in the worker's group and one in a session of its own;
     // both hold the worker's stdout open.
@@ -199,7 +201,8 @@ done
 
 #[test]
 fn no_descendant_outlives_a_timed_out_job() {
-    let j = lines_mode(&["--ttl", "300ms", "--cleanup", "2s"]);
+    // As above: the group and the tree walk alone.
+    let j = lines_mode(&["--ttl", "300ms", "--cleanup", "2s", "--isolate", "none"]);
     let pidfile = j.dir().join("pids");
     let script = j.write_file(
         "leaky.sh",

@@ -27,7 +27,11 @@ fn a_worker_holds_no_capability_as_root_or_not_with_or_without_namespaces() {
     for user in User::BOTH {
         // The same user as the tests' when they do not run as root.
         let privileged = user == User::Invoker && running_as_root();
-        for flags in [&[][..], &["--isolate", "pid,net"][..]] {
+        for flags in [
+            &["--isolate", "none"][..],
+            &[][..],
+            &["--isolate", "pid,net"][..],
+        ] {
             let run = jobsup_as!(user)
                 .args(["--mode", "exec"])
                 .args(flags)
@@ -44,11 +48,13 @@ fn a_worker_holds_no_capability_as_root_or_not_with_or_without_namespaces() {
                 assert_eq!(status_field(&status, key), Some(ZERO), "{key}: {what}");
             }
             assert_eq!(status_field(&status, "NoNewPrivs"), Some("1"), "{what}");
-            if privileged || !flags.is_empty() {
-                // As root, or in the user namespace of --isolate: emptied.
+            if privileged || flags != ["--isolate", "none"] {
+                // As root, or in the user namespace an unprivileged jobsup's workers get
+                // by default: emptied.
                 assert_eq!(status_field(&status, "CapBnd"), Some(ZERO), "{what}");
             } else {
-                // Without CAP_SETPCAP the kernel lets nobody drop its bounding set: it is
+                // Without CAP_SETPCAP (no user namespace, no root) the kernel lets nobody
+                // drop its bounding set: it is
                 // left as jobsup's (the one `setpriv` left, the tests' own), and
                 // no_new_privs keeps exec from granting anything from it.
                 assert_eq!(

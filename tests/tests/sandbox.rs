@@ -132,8 +132,11 @@ fn a_setsid_grandchild_dies_with_its_workers_hard_kill() {
                 pid = pid_file.display()
             ),
         );
+        // Without the pid namespace (whose end would take the grandchild anyway): the
+        // tree walk and the cgroup alone.
         let bg = j
             .args(["--mode", "lines", "--ttl", "300ms", "--cleanup", "300ms"])
+            .args(["--isolate", "none"])
             .processor("sh", [script])
             .stdin("go\n")
             .keep_stdin_open()
@@ -177,6 +180,11 @@ fn the_containment_in_use_is_logged_once_at_start() {
         sandbox_line(&run.stderr)
     };
     let default = run(User::Invoker, &[]);
+    assert!(
+        default.contains("hard kill through their pid namespace"),
+        "{default}"
+    );
+    let default = run(User::Invoker, &["--isolate", "none"]);
     let expected = if cgroup_v2_writable() {
         "hard kill through their cgroup"
     } else {
@@ -190,7 +198,7 @@ fn the_containment_in_use_is_logged_once_at_start() {
     );
     if jobsup_tests::running_as_root() {
         // nobody cannot write root's cgroups.
-        let unprivileged = run(User::Unprivileged, &[]);
+        let unprivileged = run(User::Unprivileged, &["--isolate", "none"]);
         assert!(
             unprivileged.contains("hard kill through their process group"),
             "{unprivileged}"
@@ -226,14 +234,15 @@ fn isolate_net_denies_a_loopback_listener_outside() {
 }
 
 #[test]
-fn isolate_pid_makes_the_worker_pid_1_for_an_unprivileged_user() {
+fn isolate_pid_puts_the_worker_behind_an_init_for_an_unprivileged_user() {
     let run = jobsup_as!(User::Unprivileged)
         .args(["--mode", "exec", "--isolate", "pid,net"])
         .processor("sh", ["-c", "echo \"uid=$(id -u) pid=$$\""])
         .stdin("x\n")
         .run();
     let out = only_record(&run).output().unwrap_or_default().to_string();
-    assert!(out.ends_with("pid=1\n"), "{out:?}\n{run}");
+    // PID 1 is jobsup's init; the worker is its first child.
+    assert!(out.ends_with("pid=2\n"), "{out:?}\n{run}");
     assert!(!out.starts_with("uid=0 "), "not root: {out:?}");
 }
 
@@ -353,7 +362,12 @@ fn a_delegated_cgroup_v1_pids_hierarchy_contains_an_unprivileged_run() {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .expect("open the test directory to nobody");
-    let stderr = fully_escaped_grandchild_dies_under(jobsup, token(40, User::Unprivileged), &[]);
+    // Without the pid namespace, which would end the grandchild by itself.
+    let stderr = fully_escaped_grandchild_dies_under(
+        jobsup,
+        token(40, User::Unprivileged),
+        &["--isolate", "none"],
+    );
     let line = sandbox_line(&stderr);
     assert!(line.contains("hard kill through their cgroup"), "{line}");
     assert!(line.contains("cgroup v1 pids controller"), "{line}");

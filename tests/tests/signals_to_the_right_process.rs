@@ -4,7 +4,9 @@
 //! jobsup kills a worker's process group just before it reaps the leader, while the group's
 //! id is still certainly the worker's; afterwards it signals nothing by that number. The
 //! members here scrub their environment (`env -i`), so the environment tag does not find
-//! them: the group kill (and, as root with cgroups, the cgroup kill) must.
+//! them: the group kill (and, as root with cgroups, the cgroup kill) must. The workers run
+//! without their pid namespace (`--isolate none`), which would kill the members anyway
+//! and is tests/tests/containment.rs's to test.
 //!
 //! Each case runs as the invoking user and as nobody, and with each way of naming
 //! processes: pidfds where this kernel has them, and plain pids (the fallback for kernels
@@ -94,7 +96,7 @@ fn a_member_left_in_the_group_dies_when_its_exec_leader_exits() {
     each_case(|j, case| {
         let (script, member) = start_member(&j);
         let bg = j
-            .args(["--mode", "exec"])
+            .args(["--mode", "exec", "--isolate", "none"])
             .processor("sh", ["-c", &script])
             .stdin("x\n")
             .keep_stdin_open()
@@ -109,7 +111,7 @@ fn a_member_left_in_the_group_dies_when_its_line_worker_crashes() {
         let (start, member) = start_member(&j);
         let script = j.write_file("worker.sh", format!("read -r line\n{start}\nexit 3\n"));
         let bg = j
-            .args(["--mode", "lines"])
+            .args(["--mode", "lines", "--isolate", "none"])
             .processor("sh", [script])
             .stdin("x\n")
             .keep_stdin_open()
@@ -128,7 +130,7 @@ fn a_member_that_ignores_the_cleanup_signal_dies_at_the_hard_kill() {
             format!("trap '' TERM\nread -r line\n{start}\nwhile :; do sleep 1; done\n"),
         );
         let bg = j
-            .args(["--mode", "lines", "--ttl", "200ms", "--cleanup", "200ms"])
+            .args(["--mode", "lines", "--ttl", "200ms", "--cleanup", "200ms", "--isolate", "none"])
             .processor("sh", [script])
             .stdin("x\n")
             .keep_stdin_open()

@@ -965,6 +965,8 @@ where
         if libc::poll(&mut poll, 1, 0) < 0 || poll.revents & libc::POLLERR != 0 {
             libc::_exit(1);
         }
+        // What a worker sees as its PID 1, and `ps` as the worker's parent.
+        libc::prctl(libc::PR_SET_NAME, c"jobsup-init".as_ptr(), 0, 0, 0);
         let worker = libc::clone(
             worker_main::<F>,
             args.worker_stack,

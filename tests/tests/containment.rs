@@ -1,0 +1,188 @@
+//! A hostile processor against the default containment (a pid namespace behind jobsup's
+//! init, its own `/proc`, read-only cgroup file systems, a cgroup namespace, a user
+//! namespace when unprivileged; no capabilities). Each case tries one way out, as root and
+//! as nobody, and checks that nothing was reachable and nothing is left.
+//!
+//! Escapees are found from outside by their command line (`sleep <token>`, unique to the
+//! case), never by a pid they report: inside their namespace, pids are not the host's.
+
+use jobsup_tests::{
+    guard_of, jobsup_as, pid_alive, sleepers, wait_until, Background, Jobsup, User, WAIT,
+};
+
+fn token(case: u32, user: User) -> String {
+    format!("{}.{}{}", 900 + case, std::process::id(), user as u32)
+}
+
+/// A lines-mode jobsup running `script` (with `sh -c`) on one worker, stdin kept open.
+fn lines(user: User, script: &str, extra: &[&str]) -> Jobsup {
+    jobsup_as!(user)
+        .args(["--mode", "lines", "-j", "1", "--ttl", "5s", "--cleanup", "1s"])
+        .args(extra)
+        .processor("sh", ["-c", script])
+        .keep_stdin_open()
+}
+
+fn first_record(bg: &Background, what: &str) -> jobsup_tests::Record {
+    wait_until(WAIT, what, || !bg.records_so_far().is_empty());
+    bg.records_so_far().remove(0)
+}
+
+#[test]
+fn a_worker_can_neither_see_nor_signal_jobsup_or_its_guard() {
+    for user in User::BOTH {
+        // Given jobsup's and the guard's pids, the job kills them, then everything else it
+        // can find through /proc, then every process it may signal (`kill -1`).
+        let script = r#"while IFS= read -r pids; do
+            for p in $pids; do kill -9 "$p" 2>/dev/null && echo "killed $p"; done
+            seen=""
+            for d in /proc/[0-9]*; do
+                p=${d#/proc/}
+                [ "$p" = "$$" ] && continue
+                seen="$seen $p:$(cat $d/comm 2>/dev/null)"
+                kill -9 "$p" 2>/dev/null
+            done
+            kill -9 -1 2>/dev/null
+            echo "seen$seen"
+        done"#;
+        let mut bg = lines(user, script, &[]).spawn();
+        let jobsup = bg.pid();
+        wait_until(WAIT, "the guard runs", || guard_of(jobsup).is_some());
+        let guard = guard_of(jobsup).expect("a guard");
+        bg.write_stdin(format!("{jobsup} {guard}\n"));
+        let record = first_record(&bg, "the job's record");
+        let out = record.output().unwrap_or_default().to_string();
+        let case = format!("{user:?}: {record}");
+        assert_eq!(record.outcome(), "ok", "{case}");
+        assert!(!out.contains("killed"), "{case}");
+        // Only its own namespace: jobsup's init (PID 1), nothing else of jobsup's.
+        assert!(out.contains(" 1:jobsup-init"), "{case}");
+        assert!(!out.contains("jobsup-guard"), "{case}");
+        assert!(!out.contains("jobsup-shim"), "{case}");
+        assert!(pid_alive(jobsup) && pid_alive(guard), "{case}");
+        bg.close_stdin();
+        let run = bg.wait();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+    }
+}
+
+#[test]
+fn a_worker_cannot_move_itself_out_of_its_cgroup() {
+    for user in User::BOTH {
+        // Every cgroup file system's top-level cgroup.procs, as listed in mountinfo: the
+        // way out of a cgroup.kill a root job would take.
+        let script = r#"while IFS= read -r l; do
+            for m in $(awk '$9 ~ /^cgroup/ {print $5}' /proc/self/mountinfo); do
+                if echo $$ > "$m/cgroup.procs" 2>/dev/null; then echo "moved to $m"; fi
+            done
+            echo tried
+        done"#;
+        let mut bg = lines(user, script, &[]).spawn();
+        bg.write_stdin("go\n");
+        let record = first_record(&bg, "the job's record");
+        let case = format!("{user:?}: {record}");
+        assert_eq!(record.output(), Some("tried"), "{case}");
+        bg.close_stdin();
+        let run = bg.wait();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+    }
+}
+
+#[test]
+fn a_double_forked_daemon_with_a_cleared_environment_ends_with_its_job() {
+    for user in User::BOTH {
+        let token = token(1, user);
+        // Its own session, no JOBSUP_* variable, reparented away from the worker.
+        let script = format!(
+            "while IFS= read -r l; do ( setsid env -i sleep {token} & ); echo started; done"
+        );
+        let mut bg = lines(user, &script, &[]).spawn();
+        bg.write_stdin("go\n");
+        let record = first_record(&bg, "the job's record");
+        assert_eq!(record.outcome(), "ok", "{user:?}: {record}");
+        // Leftovers die at the end of their job, while jobsup and the worker go on.
+        wait_until(WAIT, "the daemon is gone", || sleepers(&token).is_empty());
+        assert!(!bg.has_exited(), "{user:?}: jobsup must still run");
+        bg.close_stdin();
+        let run = bg.wait();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+    }
+}
+
+/// Live processes whose command line has `arg` as an argument.
+fn running_with_arg(arg: &std::path::Path) -> Vec<i32> {
+    let arg = arg.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg))
+                && pid_alive(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_fork_hopper_dies_with_a_killed_jobsup() {
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        // Each generation starts the next and exits: none lives long enough to be listed
+        // and killed by pid, and none is ever jobsup's child.
+        let hop = j.write_file("hop.sh", "sleep 0.05\nsh \"$0\" &\nexit 0\n");
+        // The job goes on meanwhile: at its end, its leftovers would be killed anyway.
+        let script = format!(
+            "while IFS= read -r l; do setsid sh {} & while :; do sleep 1; done; done",
+            hop.display()
+        );
+        let mut bg = j
+            .args(["--mode", "lines", "-j", "1"])
+            .processor("sh", ["-c", &script])
+            .keep_stdin_open()
+            .spawn();
+        bg.write_stdin("go\n");
+        wait_until(WAIT, "a hopper runs", || !running_with_arg(&hop).is_empty());
+        let run = bg.kill_hard();
+        // One generation lives 50 ms and starts the next before it exits, so a listing
+        // that finds none three polls in a row (over more than that) finds them all gone.
+        let mut empty_since = None;
+        wait_until(WAIT, "no hopper is left", || {
+            if !running_with_arg(&hop).is_empty() {
+                empty_since = None;
+                return false;
+            }
+            let since = *empty_since.get_or_insert_with(std::time::Instant::now);
+            since.elapsed() > std::time::Duration::from_millis(200)
+        });
+        drop(run);
+    }
+}
+
+#[test]
+fn a_worker_holds_no_capability_and_sees_no_host_process() {
+    for user in User::BOTH {
+        let run = jobsup_as!(user)
+            .args(["--mode", "exec"])
+            .processor(
+                "sh",
+                [
+                    "-c",
+                    "grep ^CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'; cat /proc/self/cgroup | tail -1",
+                ],
+            )
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+        let records = run.records();
+        let out = records[0].output().unwrap_or_default().to_string();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "CapEff:\t0000000000000000", "{user:?}: {out}");
+        // The init, the shell, and `ls` (and perhaps `grep`): nothing of the host's.
+        let visible: usize = lines[1].parse().expect("a count");
+        assert!(visible <= 4, "{user:?}: sees {visible} processes: {out}");
+        // Its cgroup namespace is rooted at its own cgroup.
+        assert!(lines[2].ends_with(":/"), "{user:?}: {out}");
+    }
+}

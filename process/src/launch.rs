@@ -29,7 +29,7 @@
 //! so a processor's default SIGTERM would be ignored, and orphans would pile up as its
 //! zombies). The clone then makes the namespaces and the init, still sharing jobsup's
 //! memory but not waiting for it (it never execs), on a stack of its own; the init clones
-//! the worker (`CLONE_VFORK`, on the spawning thread's stack), closes every fd, and reaps
+//! the worker (on the spawning thread's stack, which waits for its exec), closes every fd, and reaps
 //! until the worker ends. A fork would have given the init a memory of its own, at the
 //! price of copying jobsup's (about 1 ms a spawn, measured here); sharing it costs
 //! nothing, and jobsup is not dumpable, so that no worker can read or write it through
@@ -917,8 +917,8 @@ where
     }
 }
 
-/// The worker of a pid namespace's init, on the spawning thread's stack: the init waits
-/// until it execs (CLONE_VFORK), and the spawning thread until the report's end of file.
+/// The worker of a pid namespace's init, on the spawning thread's stack: the spawning
+/// thread waits until the report's end of file, which comes at its exec or its exit.
 extern "C" fn worker_main<F>(arg: *mut libc::c_void) -> libc::c_int
 where
     F: Fn(Born, Part) -> Result<(), StageError>,
@@ -934,9 +934,9 @@ where
 /// namespace. A soft signal never reaches it (PID 1 gets from outside only the signals it
 /// handles, and it handles none), so it ends only this way or by SIGKILL.
 ///
-/// Once its fds are closed the spawning thread goes on, and from then on this process
-/// touches neither the parent's `Child` nor the thread's stack, and makes only calls that
-/// cannot fail (so that errno, which is that thread's, is never written).
+/// Once the worker is cloned, this process touches neither the parent's `Child` nor the
+/// spawning thread's stack, and makes only calls that do not fail (so that errno, which
+/// is that thread's, and the worker's until it execs, is not written).
 extern "C" fn init_main<F>(arg: *mut libc::c_void) -> libc::c_int
 where
     F: Fn(Born, Part) -> Result<(), StageError>,
@@ -967,17 +967,23 @@ where
         }
         // What a worker sees as its PID 1, and `ps` as the worker's parent.
         libc::prctl(libc::PR_SET_NAME, c"jobsup-init".as_ptr(), 0, 0, 0);
+        // Not CLONE_VFORK: nothing here waits for the worker's exec (which would cost this
+        // process a wakeup, and the spawn a scheduling delay on a busy machine). The
+        // worker has its own copy of the fd table, and uses the spawning thread's stack,
+        // which this process never touches; the spawning thread waits for the report's
+        // end of file, which comes at the worker's exec once this process has closed its
+        // own copy. (The one thing both share is errno, the spawning thread's: from here
+        // on this process makes only calls that succeed, where `close_range` exists.)
         let worker = libc::clone(
             worker_main::<F>,
             args.worker_stack,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::SIGCHLD,
             arg,
         );
         if worker < 0 {
             fail(report, StageError::last(Stage::Namespaces));
         }
-        // The worker has exec'd (or failed and exited): every fd goes, the report pipe
-        // last, as its end of file lets the spawning thread go on.
+        // Every fd goes, the report pipe last.
         if close_all_but(report, args.fd_method).is_err() {
             libc::_exit(126);
         }

@@ -314,8 +314,9 @@ pub struct PoolSpec {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_procs: Option<u64>,
-    /// Isolate each worker further (comma-separated): net (no network at all), pid (its
-    /// own pid namespace: nothing it starts can outlive it).
+    /// Namespaces beyond the default containment (comma-separated): net (no network at
+    /// all), pid (the pid namespace workers get where the kernel allows, required), none
+    /// (no namespace at all, not even the default pid, mount and cgroup ones).
     #[arg(long, value_enum, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolate: Option<Vec<Isolate>>,

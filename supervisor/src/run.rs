@@ -31,6 +31,10 @@ const TAKE_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::fro
 /// The shortest wait between two measurements of a worker's CPU time.
 const CPU_CHECK_FLOOR: Duration = Duration::from_millis(10);
 
+/// How long a worker that closed its result pipe mid-job has to exit before it is killed
+/// as one that kept running.
+const PIPE_CLOSED_EXIT: Duration = Duration::from_secs(1);
+
 /// The CPU time a reused worker's tree spends on one job, measured against its budget.
 struct CpuWatch {
     budget: Duration,
@@ -495,10 +499,11 @@ impl Worker {
             (Outcome::Timeout, _) => {
                 (started + job.ttl + job.cleanup).saturating_duration_since(Instant::now())
             }
-            // A pipe closed mid-job: the exit status is a moment away.
-            (Outcome::Crashed, Some(Crash::PipeClosed)) => {
-                self.settings.retire_grace.min(Duration::from_secs(1))
-            }
+            // A pipe closed mid-job: the exit status is a moment away, though on a busy
+            // machine a scheduling delay or two (a pid namespace's init reaps the worker
+            // before jobsup can) may make that moment long. Only a worker that really
+            // kept running waits the whole of it.
+            (Outcome::Crashed, Some(Crash::PipeClosed)) => PIPE_CLOSED_EXIT,
             // Done, or beyond saving.
             _ => Duration::ZERO,
         };

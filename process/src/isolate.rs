@@ -406,13 +406,14 @@ pub fn resolve(what: &[Isolate]) -> Result<Option<Prepared>, String> {
 /// Why the first level tried was refused, for the warning.
 fn fallback_reason(first: Level, e: &io::Error) -> String {
     let what = match first {
-        Level::Full => "the kernel refused a pid namespace with its own /proc and read-only cgroups",
+        Level::Full => {
+            "the kernel refused a pid namespace with its own /proc and read-only cgroups"
+        }
         Level::NoProc => "the kernel refused a mount namespace",
         Level::PidOnly => "the kernel refused a pid namespace",
         Level::Nothing => "the kernel refused the namespaces asked for",
     };
-    let hint = if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC)
-    {
+    let hint = if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSPC) {
         " (user namespaces may be disabled: see /proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone; --isolate none silences this)"
     } else {
         " (--isolate none silences this)"

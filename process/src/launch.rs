@@ -323,7 +323,6 @@ impl InitMemory {
             status: Box::new(AtomicU64::new(0)),
         })
     }
-
 }
 
 impl Drop for InitMemory {
@@ -403,14 +402,11 @@ where
     let (stack_base, stack_size) = stack.bounds();
     let top = stack_base.wrapping_byte_add(stack_size);
     let memory = init.map(|_| InitMemory::new()).transpose()?;
-    let init_args = match &memory {
-        Some(m) => Some(InitArgs {
-            worker_stack: top,
-            status: &*m.status as *const AtomicU64,
-            fd_method: fallbacks.fd_method(),
-        }),
-        None => None,
-    };
+    let init_args = memory.as_ref().map(|m| InitArgs {
+        worker_stack: top,
+        status: &*m.status as *const AtomicU64,
+        fd_method: fallbacks.fd_method(),
+    });
     // The init runs on its own stack, the others on the spawning thread's.
     let (entry, base, size): (Entry, _, _) = match &memory {
         Some(m) => (init_main::<F>, m.stack, m.len),
@@ -455,17 +451,7 @@ where
         // stack outlive the child's use of them (this thread waits for the report's end
         // of file below, and with CLONE_VFORK already here, before `child` goes); `pidfd`
         // is a live int; signals are blocked.
-        match unsafe {
-            clone3_with(
-                sharing as u64,
-                entry,
-                arg,
-                base,
-                size,
-                cgroup,
-                &mut pidfd,
-            )
-        } {
+        match unsafe { clone3_with(sharing as u64, entry, arg, base, size, cgroup, &mut pidfd) } {
             Ok(pid) => {
                 // `child` is kept alive until the end of file, which comes after the
                 // child's last use of it.
@@ -948,7 +934,10 @@ where
         let child = &*(arg as *const Child<'_, F>);
         let report = child.report;
         let Some(args) = child.init else {
-            fail(report, StageError::of(Stage::Namespaces, &io::Error::other("no init")))
+            fail(
+                report,
+                StageError::of(Stage::Namespaces, &io::Error::other("no init")),
+            )
         };
         if let Err(e) = (child.setup)(child.born, Part::Init) {
             fail(report, e);

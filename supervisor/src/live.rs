@@ -103,7 +103,12 @@ impl Live {
             settings.mode == crate::link::Mode::Exec,
         );
         // In a pid namespace the process jobsup started is the namespace's init.
-        if settings.spawn.isolation.as_ref().is_some_and(|i| i.init().is_some()) {
+        if settings
+            .spawn
+            .isolation
+            .as_ref()
+            .is_some_and(|i| i.init().is_some())
+        {
             process.behind_init(pid);
         }
         let origin = Origin {

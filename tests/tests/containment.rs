@@ -17,7 +17,16 @@ fn token(case: u32, user: User) -> String {
 /// A lines-mode jobsup running `script` (with `sh -c`) on one worker, stdin kept open.
 fn lines(user: User, script: &str, extra: &[&str]) -> Jobsup {
     jobsup_as!(user)
-        .args(["--mode", "lines", "-j", "1", "--ttl", "5s", "--cleanup", "1s"])
+        .args([
+            "--mode",
+            "lines",
+            "-j",
+            "1",
+            "--ttl",
+            "5s",
+            "--cleanup",
+            "1s",
+        ])
         .args(extra)
         .processor("sh", ["-c", script])
         .keep_stdin_open()

@@ -180,7 +180,8 @@ fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
         ("exec", Some("clone3")),
         ("native", Some("clone3")),
     ] {
-        let mut j = jobsup_as!(User::Invoker).args(["--mode", mode, "-j", "1", "-v", "--isolate", "none"]);
+        let mut j =
+            jobsup_as!(User::Invoker).args(["--mode", mode, "-j", "1", "-v", "--isolate", "none"]);
         if let Some(f) = fallback {
             j = j.env("JOBSUP_FALLBACK", f);
         }

@@ -130,7 +130,16 @@ fn a_member_that_ignores_the_cleanup_signal_dies_at_the_hard_kill() {
             format!("trap '' TERM\nread -r line\n{start}\nwhile :; do sleep 1; done\n"),
         );
         let bg = j
-            .args(["--mode", "lines", "--ttl", "200ms", "--cleanup", "200ms", "--isolate", "none"])
+            .args([
+                "--mode",
+                "lines",
+                "--ttl",
+                "200ms",
+                "--cleanup",
+                "200ms",
+                "--isolate",
+                "none",
+            ])
             .processor("sh", [script])
             .stdin("x\n")
             .keep_stdin_open()

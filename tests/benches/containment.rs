@@ -1,0 +1,88 @@
+//! What the default containment costs per spawn: `jobsup run --mode exec -- /bin/true`
+//! with it (a pid namespace behind an init, a mount namespace with its own `/proc` and
+//! read-only cgroup file systems, a cgroup namespace; a user namespace as an ordinary user)
+//! against `--isolate none`, in alternating rounds of the same run, and the same for
+//! `--isolate net` on top (a network namespace is the expensive one).
+//!
+//! Run with `cargo bench -p jobsup-tests --bench containment`. It prints numbers and
+//! asserts nothing about speed. `JOBSUP_BENCH_EXEC_JOBS` sets the jobs per run (default
+//! 2000), `JOBSUP_BENCH_ROUNDS` the rounds (default 5).
+
+use std::time::{Duration, Instant};
+
+use jobsup_tests::{jobsup, lines};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Microseconds per job of `n` exec-mode `/bin/true` jobs at `-j K` with `flags`.
+fn per_spawn(n: usize, k: usize, flags: &[&str]) -> Result<f64, Error> {
+    let j = jobsup!().timeout(Duration::from_secs(600));
+    let input = j.write_file("jobs.txt", lines(n, |i| format!("{i}")));
+    let j = j
+        .args([
+            "--mode",
+            "exec",
+            "-q",
+            "--summary",
+            "none",
+            "-j",
+            &k.to_string(),
+        ])
+        .args(flags)
+        .arg("--input")
+        .arg(&input)
+        .args(["--output", "/dev/null"])
+        .processor("/bin/true", [] as [&str; 0]);
+    let start = Instant::now();
+    let run = j.run();
+    let elapsed = start.elapsed();
+    if run.code() != 0 {
+        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
+    }
+    Ok(elapsed.as_secs_f64() * 1e6 / n as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Error> {
+    let n: usize = std::env::var("JOBSUP_BENCH_EXEC_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let rounds: usize = std::env::var("JOBSUP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    println!(
+        "containment: {n} exec-mode /bin/true jobs per run, median of {rounds} alternating rounds"
+    );
+    println!(
+        "{:>3}  {:<22}  {:>14}  {:>14}  {:>10}",
+        "K", "containment", "--isolate none", "contained", "ratio"
+    );
+    for k in [1, 2] {
+        for (name, flags) in [
+            ("default", &[][..]),
+            ("default + net", &["--isolate", "net"][..]),
+        ] {
+            let (mut none, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let a = per_spawn(n, k, &["--isolate", "none"])?;
+                let b = per_spawn(n, k, flags)?;
+                none.push(a);
+                with.push(b);
+                ratios.push(b / a);
+            }
+            println!(
+                "{k:>3}  {name:<22}  {:>11.0} us  {:>11.0} us  {:>9.2}x",
+                median(none),
+                median(with),
+                median(ratios)
+            );
+        }
+    }
+    Ok(())
+}

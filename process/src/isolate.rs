@@ -49,6 +49,9 @@ pub enum Isolate {
     Net,
     /// A pid namespace, required rather than best effort.
     Pid,
+    /// The host's file system read-only, private `/tmp`, `/run` and `/dev`, no host socket
+    /// (see [`crate::mounts`]).
+    Fs,
 }
 
 /// Everything the child needs, prepared before the clone (nothing may be allocated after
@@ -72,6 +75,8 @@ pub struct Prepared {
     /// The cgroup file systems, made read-only, each with the flags it is mounted with
     /// (which a remount must keep).
     cgroup_mounts: Vec<(CString, libc::c_ulong)>,
+    /// `--isolate fs`.
+    fs: Option<crate::mounts::Layout>,
 }
 
 impl Prepared {
@@ -86,11 +91,19 @@ impl Prepared {
         self.user_ns
     }
 
+    /// `--isolate fs`'s layout, which each spawn makes its plan from.
+    pub(crate) fn fs(&self) -> Option<&crate::mounts::Layout> {
+        self.fs.as_ref()
+    }
+
     /// What the workers get, for a log line.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.init.is_some() {
             parts.push("pid");
+        }
+        if self.fs.is_some() {
+            parts.push("fs (host read-only, private /tmp, /run and /dev)");
         }
         if self.after_cgroups & libc::CLONE_NEWNS != 0 {
             parts.push(if self.proc {
@@ -126,7 +139,7 @@ enum Level {
     Nothing,
 }
 
-fn prepare(what: &[Isolate], level: Level) -> Option<Prepared> {
+fn prepare(what: &[Isolate], level: Level, fs: Option<&crate::mounts::Layout>) -> Option<Prepared> {
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let user_ns = uid != 0;
@@ -166,6 +179,7 @@ fn prepare(what: &[Isolate], level: Level) -> Option<Prepared> {
         gid_map_path: c("/proc/self/gid_map"),
         proc: level == Level::Full,
         cgroup_mounts: if mounts { cgroup_mounts() } else { Vec::new() },
+        fs: fs.filter(|_| level == Level::Full).cloned(),
     })
 }
 
@@ -266,7 +280,11 @@ fn map_user(p: &Prepared) -> io::Result<()> {
 ///
 /// # Safety
 /// Only between clone and exec: async-signal-safe calls on data prepared before.
-pub(crate) unsafe fn enter(p: &Prepared, part: Part) -> io::Result<()> {
+pub(crate) unsafe fn enter(
+    p: &Prepared,
+    part: Part,
+    fs: Option<&crate::mounts::Plan>,
+) -> io::Result<()> {
     // SAFETY: plain system calls on buffers prepared before the clone.
     unsafe {
         match part {
@@ -313,7 +331,10 @@ pub(crate) unsafe fn enter(p: &Prepared, part: Part) -> io::Result<()> {
                         std::ptr::null(),
                     ))?;
                 }
-                Ok(())
+                match fs {
+                    Some(plan) => crate::mounts::enter(plan),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -339,19 +360,30 @@ pub fn undumpable() {
 /// containment as this kernel allows, found by starting `/bin/true` that way once, at
 /// start. Says once (a warning) what it fell back to, and why. Must run before the reaper
 /// starts (it waits for its own probe children).
-pub fn resolve(what: &[Isolate]) -> Result<Option<Prepared>, String> {
+pub fn resolve(
+    what: &[Isolate],
+    binds: &[crate::mounts::Bind],
+) -> Result<Option<Prepared>, String> {
+    if !binds.is_empty() && !what.contains(&Isolate::Fs) {
+        return Err("--bind needs --isolate fs".into());
+    }
     if what.contains(&Isolate::None) {
         if what.len() > 1 {
             return Err("--isolate none cannot be combined with other namespaces".into());
         }
         return Ok(None);
     }
+    let layout = match what.contains(&Isolate::Fs) {
+        true => Some(crate::mounts::Layout::new(binds)?),
+        false => None,
+    };
     let names = |w: &[Isolate]| {
         w.iter()
             .map(|i| match i {
                 Isolate::None => "none",
                 Isolate::Net => "net",
                 Isolate::Pid => "pid",
+                Isolate::Fs => "fs",
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -361,7 +393,11 @@ pub fn resolve(what: &[Isolate]) -> Result<Option<Prepared>, String> {
         if level == Level::Nothing && what.contains(&Isolate::Pid) {
             break;
         }
-        let Some(prepared) = prepare(what, level) else {
+        // The file system view needs all of the default containment.
+        if level != Level::Full && layout.is_some() {
+            break;
+        }
+        let Some(prepared) = prepare(what, level, layout.as_ref()) else {
             break;
         };
         match probe(&prepared) {
@@ -425,9 +461,13 @@ fn fallback_reason(first: Level, e: &io::Error) -> String {
 fn probe(prepared: &Prepared) -> io::Result<()> {
     let plan = crate::launch::Plan::new(std::ffi::OsStr::new("/bin/true"), &[], [])?;
     let mut stack = crate::launch::Stack::default();
+    let fs = match &prepared.fs {
+        Some(layout) => Some(layout.plan(&std::env::current_dir()?, &std::env::temp_dir())?),
+        None => None,
+    };
     let setup = |_born, part| {
         // SAFETY: between clone and exec, as `enter` requires.
-        unsafe { enter(prepared, part) }
+        unsafe { enter(prepared, part, fs.as_ref()) }
             .map_err(|e| crate::launch::StageError::of(crate::launch::Stage::Namespaces, &e))
     };
     // SAFETY: `setup` only makes `enter`'s async-signal-safe calls.
@@ -479,7 +519,7 @@ mod tests {
 
     #[test]
     fn none_stands_alone() {
-        assert!(resolve(&[Isolate::None]).expect("none").is_none());
-        assert!(resolve(&[Isolate::None, Isolate::Net]).is_err());
+        assert!(resolve(&[Isolate::None], &[]).expect("none").is_none());
+        assert!(resolve(&[Isolate::None, Isolate::Net], &[]).is_err());
     }
 }

@@ -474,6 +474,17 @@ fn spawn(
         cgroup_procs_v1: cgroup.as_ref().map(|c| c.procs_v1()).unwrap_or_default(),
         cgroup_required: state.cgroups.as_ref().is_some_and(|c| c.has_limits()),
         isolation: spec.isolation.clone(),
+        fs: match spec.isolation.as_ref().and_then(|p| p.fs()) {
+            Some(layout) => Some(
+                layout
+                    .plan(
+                        spec.cwd.as_deref().unwrap_or(workdir.path()),
+                        workdir.path(),
+                    )
+                    .map_err(other)?,
+            ),
+            None => None,
+        },
         fd_method: state.fallbacks.fd_method(),
         identity: spec.user.clone(),
         cap_last: cap_last().map_err(other)?,
@@ -630,6 +641,8 @@ struct ChildPlan {
     cgroup_required: bool,
     /// Namespaces to enter (`--isolate`).
     isolation: Option<crate::isolate::Prepared>,
+    /// This worker's mounts under `--isolate fs`.
+    fs: Option<crate::mounts::Plan>,
     /// How the fd table is gone over (all but the tests: `close_range` first).
     fd_method: FdMethod,
     /// Who the worker becomes (`--user`).
@@ -772,7 +785,8 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
         //    unshares its own (`--isolate net` where no pid namespace can be had). Early,
         //    so that every later step applies inside them.
         if let Some(p) = &plan.isolation {
-            crate::isolate::enter(p, part).map_err(|e| StageError::of(Stage::Namespaces, &e))?;
+            crate::isolate::enter(p, part, plan.fs.as_ref())
+                .map_err(|e| StageError::of(Stage::Namespaces, &e))?;
         }
         if part == Part::Init {
             return Ok(());

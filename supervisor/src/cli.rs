@@ -382,7 +382,8 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             env: extra_env,
             limits: spawn_limits,
             // Before the reaper exists: the probe waits for its own children.
-            isolation: crate::isolate::resolve(&pool.isolate).map_err(|e| anyhow::anyhow!(e))?,
+            isolation: crate::isolate::resolve(&pool.isolate, &pool.binds)
+                .map_err(|e| anyhow::anyhow!(e))?,
             user: pool.user.clone(),
         },
         start_timeout: pool.start_timeout,

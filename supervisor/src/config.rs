@@ -320,6 +320,11 @@ pub struct PoolSpec {
     #[arg(long, value_enum, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolate: Option<Vec<Isolate>>,
+    /// Under --isolate fs: a host path the workers see, at DST (default: the same path),
+    /// writable unless `:ro` (repeatable).
+    #[arg(long, value_name = "SRC[:DST][:ro]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<Vec<String>>,
     /// Run the workers as this user, and its groups or only GROUP (jobsup must be root,
     /// unless it names jobsup's own user).
     #[arg(long, value_name = "USER[:GROUP]")]
@@ -367,6 +372,7 @@ impl PoolSpec {
             open_files,
             max_procs,
             isolate,
+            bind,
             user,
         )
     }
@@ -435,6 +441,8 @@ pub struct Pool {
     pub limits: crate::sandbox::Limits,
     /// Namespaces each worker gets.
     pub isolate: Vec<Isolate>,
+    /// `--bind`, under `--isolate fs`.
+    pub binds: Vec<crate::mounts::Bind>,
     /// Who the workers run as (`--user`), when not as jobsup's own user.
     pub user: Option<crate::sandbox::Identity>,
     /// What `user` was given as, for `jobsup check`.
@@ -562,7 +570,15 @@ impl Pool {
             Some(given) => resolve_user(given).map_err(|e| format!("pool \"{name}\": {e}"))?,
             None => None,
         };
+        let binds = spec
+            .bind
+            .iter()
+            .flatten()
+            .map(|b| b.parse())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("pool \"{name}\": {e}"))?;
         Ok(Pool {
+            binds,
             user,
             user_name: spec.user.clone(),
             name: name.to_string(),

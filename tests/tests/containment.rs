@@ -195,3 +195,206 @@ fn a_worker_holds_no_capability_and_sees_no_host_process() {
         assert!(lines[2].ends_with(":/"), "{user:?}: {out}");
     }
 }
+
+/// A working directory under the test's directory, open to nobody.
+fn work_dir(j: &Jobsup) -> std::path::PathBuf {
+    let cwd = j.dir().join("work");
+    std::fs::create_dir_all(&cwd).expect("a working directory");
+    std::fs::set_permissions(&cwd, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("open it to nobody");
+    cwd
+}
+
+/// One exec-mode job of `script` under `--isolate fs` (and `extra`), run in `cwd`: its
+/// output, and the run (which keeps the test's directory).
+fn under_fs(
+    j: Jobsup,
+    cwd: &std::path::Path,
+    extra: &[&str],
+    script: &str,
+) -> (String, jobsup_tests::Run) {
+    let run = j
+        .args(["--mode", "exec", "--isolate", "fs", "--cwd"])
+        .arg(cwd)
+        .args(extra)
+        .processor("sh", ["-c", script])
+        .stdin("x\n")
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    let records = run.records();
+    assert_eq!(records.len(), 1, "{run}");
+    assert_eq!(records[0].outcome(), "ok", "{run}");
+    (records[0].output().unwrap_or_default().to_string(), run)
+}
+
+#[test]
+fn isolate_fs_leaves_the_host_read_only_but_the_working_and_scratch_directories() {
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        let cwd = work_dir(&j);
+        // A file of the host's in /tmp (the test's directory is there), and one beside the
+        // working directory.
+        let host_tmp = j.write_file("host-file", "host\n");
+        // Another worker's scratch directory, beside this one's (`--workdir`).
+        let workdirs = j.dir().join("workdirs");
+        std::fs::create_dir(&workdirs).expect("a workdir parent");
+        std::fs::set_permissions(
+            &workdirs,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("open it to nobody");
+        let decoy = workdirs.join("jobsup-worker-other");
+        std::fs::create_dir(&decoy).expect("a decoy");
+        std::fs::write(decoy.join("secret"), "s3cret\n").expect("a secret");
+        let workdir_flag = workdirs.display().to_string();
+        let script = format!(
+            "echo a > ./mine && echo cwd-writable; \
+             echo b > \"$JOBSUP_WORKDIR/mine\" && echo scratch-writable; \
+             echo c > /etc/jobsup-test 2>/dev/null || echo etc-read-only; \
+             echo d > {outside} 2>/dev/null; \
+             cat {host_tmp} 2>/dev/null || echo host-tmp-invisible; \
+             cat {secret} 2>/dev/null || echo decoy-invisible; \
+             ls \"$(dirname \"$JOBSUP_WORKDIR\")\" | wc -l; \
+             ls /dev | tr '\\n' ' '",
+            outside = cwd.parent().expect("a parent").join("outside").display(),
+            host_tmp = host_tmp.display(),
+            secret = decoy.join("secret").display(),
+        );
+        let outside = cwd.parent().expect("a parent").join("outside");
+        let (out, _run) = under_fs(j, &cwd, &["--workdir", &workdir_flag], &script);
+        let case = format!("{user:?}: {out}");
+        for want in [
+            "cwd-writable",
+            "scratch-writable",
+            "etc-read-only",
+            "host-tmp-invisible",
+            "decoy-invisible",
+        ] {
+            assert!(out.contains(want), "{want}: {case}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(cwd.join("mine")).ok().as_deref(),
+            Some("a\n"),
+            "{case}"
+        );
+        // Beside the working directory it wrote into a private /tmp, not the host's.
+        assert!(!outside.exists(), "{case}");
+        // Its own scratch directory and no other worker's.
+        assert!(out.lines().any(|l| l.trim() == "1"), "{case}");
+        assert!(out.contains("null ") && out.contains("urandom "), "{case}");
+        assert!(!out.contains("sda") && !out.contains("kmsg"), "{case}");
+    }
+}
+
+#[test]
+fn isolate_fs_and_net_reach_no_host_socket() {
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        let cwd = work_dir(&j);
+        // Listeners of the host's: on the file system in /tmp and in the working directory
+        // itself, an abstract one, and TCP on the loopback.
+        let in_tmp = j.dir().join("host.sock");
+        let in_cwd = cwd.join("host.sock");
+        let listeners: Vec<std::os::unix::net::UnixListener> = [&in_tmp, &in_cwd]
+            .iter()
+            .map(|p| std::os::unix::net::UnixListener::bind(p).expect("a listener"))
+            .collect();
+        for p in [&in_tmp, &in_cwd] {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .expect("open to nobody");
+        }
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP listener");
+        let port = tcp.local_addr().expect("an address").port();
+        let abstract_name = format!("jobsup-test-{}-{user:?}", std::process::id());
+        let abstract_listener = {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name)
+                .expect("an abstract address");
+            std::os::unix::net::UnixListener::bind_addr(&addr).expect("an abstract listener")
+        };
+        let script = format!(
+            r#"python3 -c '
+import socket
+def try_(what, connect):
+    try:
+        connect(); print(what, "reached")
+    except OSError:
+        print(what, "unreachable")
+for p in ["{in_tmp}", "{in_cwd}"]:
+    try_(p, lambda: socket.socket(socket.AF_UNIX).connect(p))
+try_("abstract", lambda: socket.socket(socket.AF_UNIX).connect("\0{abstract_name}"))
+try_("tcp", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=5))
+'"#,
+            in_tmp = in_tmp.display(),
+            in_cwd = in_cwd.display(),
+        );
+        let (out, _run) = under_fs(j, &cwd, &["--isolate", "fs,net"], &script);
+        assert_eq!(out.matches("unreachable").count(), 4, "{user:?}: {out}");
+        assert!(!out.contains(" reached"), "{user:?}: {out}");
+        drop((listeners, tcp, abstract_listener));
+    }
+}
+
+#[test]
+fn a_bind_adds_a_host_directory_read_only_or_writable() {
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        let cwd = work_dir(&j);
+        let data = j.dir().join("data");
+        std::fs::create_dir(&data).expect("a data directory");
+        std::fs::write(data.join("input"), "42\n").expect("a file");
+        let out_dir = j.dir().join("out");
+        std::fs::create_dir(&out_dir).expect("an output directory");
+        std::fs::set_permissions(
+            &out_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("open to nobody");
+        let ro = format!("{}:/tmp/data:ro", data.display());
+        let rw = format!("{}:/tmp/out", out_dir.display());
+        let (out, _run) = under_fs(
+            j,
+            &cwd,
+            &["--bind", &ro, "--bind", &rw],
+            "cat /tmp/data/input; echo x > /tmp/data/new 2>/dev/null || echo data-read-only; echo y > /tmp/out/result && echo out-writable",
+        );
+        let case = format!("{user:?}: {out}");
+        assert!(out.starts_with("42\n"), "{case}");
+        assert!(
+            out.contains("data-read-only") && out.contains("out-writable"),
+            "{case}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("result"))
+                .ok()
+                .as_deref(),
+            Some("y\n"),
+            "{case}"
+        );
+        assert!(!data.join("new").exists(), "{case}");
+    }
+}
+
+#[test]
+fn a_bad_bind_is_refused_at_start() {
+    for (flags, says) in [
+        (
+            &["--isolate", "fs", "--bind", "/no/such/dir"][..],
+            "/no/such/dir",
+        ),
+        (
+            &["--isolate", "fs", "--bind", "/tmp:relative"][..],
+            "absolute",
+        ),
+        (&["--bind", "/tmp"][..], "--bind needs --isolate fs"),
+    ] {
+        let run = jobsup_tests::jobsup!()
+            .args(["--mode", "exec"])
+            .args(flags)
+            .processor("true", [] as [&str; 0])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 125, "{flags:?}: {run}");
+        assert!(run.stderr.contains(says), "{flags:?}: {run}");
+    }
+}

@@ -84,11 +84,11 @@ fn an_inherited_fd_reaches_no_worker_in_any_mode() {
 
 #[test]
 fn an_inherited_fd_reaches_no_isolated_worker() {
-    // `net` alone: the shared-memory clone enters the namespace; with `pid`: the fork and
-    // the shim.
+    // No namespace (the plain shared-memory clone), and the init's clone with each set of
+    // namespaces on top of the default ones.
     for user in User::BOTH {
         for mode in ["exec", "lines", "native"] {
-            for isolate in ["net", "pid,net"] {
+            for isolate in ["none", "net", "pid,net", "fs"] {
                 workers_have_only_their_own_fds(user, mode, &["--isolate", isolate], None);
             }
         }
@@ -100,7 +100,11 @@ fn the_fd_table_is_the_same_on_the_paths_of_older_kernels() {
     for fallback in FALLBACKS.into_iter().flatten() {
         for user in User::BOTH {
             for mode in ["exec", "lines", "native"] {
-                for flags in [&[][..], &["--isolate", "pid,net"][..]] {
+                for flags in [
+                    &[][..],
+                    &["--isolate", "none"][..],
+                    &["--isolate", "pid,net"][..],
+                ] {
                     workers_have_only_their_own_fds(user, mode, flags, Some(fallback));
                 }
             }
@@ -108,6 +112,12 @@ fn the_fd_table_is_the_same_on_the_paths_of_older_kernels() {
     }
     // Without clone3 the spawn takes the plain clone, and joins the cgroup in the child.
     workers_have_only_their_own_fds(User::Invoker, "exec", &[], Some("clone3"));
+    workers_have_only_their_own_fds(
+        User::Invoker,
+        "exec",
+        &["--isolate", "none"],
+        Some("clone3"),
+    );
 }
 
 #[test]

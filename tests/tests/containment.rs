@@ -140,10 +140,11 @@ fn a_fork_hopper_dies_with_a_killed_jobsup() {
         let j = jobsup_as!(user);
         // Each generation starts the next and exits: none lives long enough to be listed
         // and killed by pid, and none is ever jobsup's child.
-        let hop = j.write_file("hop.sh", "sleep 0.05\nsh \"$0\" &\nexit 0\n");
+        // Each one clears its environment too: no JOBSUP_* tag finds it.
+        let hop = j.write_file("hop.sh", "sleep 0.05\nenv -i /bin/sh \"$0\" &\nexit 0\n");
         // The job goes on meanwhile: at its end, its leftovers would be killed anyway.
         let script = format!(
-            "while IFS= read -r l; do setsid sh {} & while :; do sleep 1; done; done",
+            "while IFS= read -r l; do setsid env -i /bin/sh {} & while :; do sleep 1; done; done",
             hop.display()
         );
         let mut bg = j

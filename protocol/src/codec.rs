@@ -399,8 +399,14 @@ mod tests {
         assert_eq!(negotiate(1, u32::MAX).unwrap(), MAX, "a newer processor");
         assert_eq!(negotiate(MIN, MIN).unwrap(), MIN, "an older processor");
         let err = negotiate(99, 120).unwrap_err().to_string();
-        assert!(err.contains("99 to 120") && err.contains(&format!("version {MAX}")), "{err}");
+        assert!(
+            err.contains("99 to 120") && err.contains(&format!("version {MAX}")),
+            "{err}"
+        );
         assert!(negotiate(1, MIN - 1).is_err(), "too old");
-        assert!(negotiate(MAX, MIN.saturating_sub(1)).is_err(), "an empty range");
+        assert!(
+            negotiate(MAX, MIN.saturating_sub(1)).is_err(),
+            "an empty range"
+        );
     }
 }

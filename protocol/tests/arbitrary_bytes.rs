@@ -73,14 +73,16 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
             any::<u64>(),
             any::<Option<String>>(),
         )
-            .prop_map(|(id, key, payload, attempt, ttl_ms, kind)| ToWorker::Job(Job {
-                id,
-                key,
-                payload,
-                attempt,
-                ttl_ms,
-                kind,
-            })),
+            .prop_map(
+                |(id, key, payload, attempt, ttl_ms, kind)| ToWorker::Job(Job {
+                    id,
+                    key,
+                    payload,
+                    attempt,
+                    ttl_ms,
+                    kind,
+                })
+            ),
         (any::<u64>(), any::<u64>())
             .prop_map(|(job, grace_ms)| ToWorker::Cleanup { job, grace_ms }),
         Just(ToWorker::Shutdown),

@@ -140,8 +140,14 @@ fn entries<'a>(doc: &'a Value, section: &str) -> &'a [Value] {
 #[test]
 fn the_golden_file_is_for_the_version_this_crate_speaks() {
     let doc = golden();
-    assert_eq!(doc["protocol_version"].as_u64(), Some(PROTOCOL_VERSION.into()));
-    assert_eq!(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, "add golden frames per version");
+    assert_eq!(
+        doc["protocol_version"].as_u64(),
+        Some(PROTOCOL_VERSION.into())
+    );
+    assert_eq!(
+        MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+        "add golden frames per version"
+    );
 }
 
 #[test]
@@ -163,7 +169,12 @@ fn longer_integer_forms_are_read() {
     for entry in entries(&doc, "decode_only") {
         let frame = unhex(entry["frame"].as_str().unwrap());
         let msg = message(entry);
-        assert_ne!(encode(&msg), frame, "{}: not the canonical form", entry["name"]);
+        assert_ne!(
+            encode(&msg),
+            frame,
+            "{}: not the canonical form",
+            entry["name"]
+        );
         let direction = entry["direction"].as_str().unwrap();
         assert_eq!(decode(direction, &frame), Ok(msg), "{}", entry["name"]);
     }
@@ -176,7 +187,11 @@ fn malformed_golden_frames_are_refused() {
         let frame = unhex(entry["frame"].as_str().unwrap());
         let direction = entry["direction"].as_str().unwrap();
         let got = decode(direction, &frame);
-        assert!(got.is_err(), "{} must be refused, got {got:?}", entry["name"]);
+        assert!(
+            got.is_err(),
+            "{} must be refused, got {got:?}",
+            entry["name"]
+        );
     }
 }
 
@@ -245,5 +260,8 @@ fn the_golden_file_covers_every_message_and_the_edge_values() {
     }
     assert!(jobs.iter().any(|j| j.kind.is_none()));
     assert!(jobs.iter().any(|j| j.kind.as_deref() == Some("")));
-    assert!(frames.iter().all(|f| f.len() >= 5), "every frame has a header and a body");
+    assert!(
+        frames.iter().all(|f| f.len() >= 5),
+        "every frame has a header and a body"
+    );
 }

@@ -167,6 +167,8 @@ mod tests {
             theirs: "1".into(),
         };
         let msg = e.to_string();
-        assert!(msg.contains("up to 1") && msg.contains(&format!("version {MIN_PROTOCOL_VERSION}")));
+        assert!(
+            msg.contains("up to 1") && msg.contains(&format!("version {MIN_PROTOCOL_VERSION}"))
+        );
     }
 }

@@ -67,7 +67,10 @@ fn results_and_failures(lang: Lang) {
     assert_eq!(recs[&4].output(), Some(""), "an empty result is ok\n{run}");
     assert_eq!(recs[&5].output(), Some("\u{e9}t\u{e9}"), "{run}");
     assert_eq!(
-        recs.values().filter_map(|r| r.pid()).collect::<Vec<_>>().len(),
+        recs.values()
+            .filter_map(|r| r.pid())
+            .collect::<Vec<_>>()
+            .len(),
         5,
         "{run}"
     );
@@ -170,7 +173,11 @@ fn heartbeats_and_silence(lang: Lang) {
     let recs = run.by_seq();
     assert_eq!(recs.len(), 2, "{run}");
     let beating = &recs[&1];
-    assert_eq!(beating.outcome(), "ok", "heartbeats keep it alive: {beating}\n{run}");
+    assert_eq!(
+        beating.outcome(),
+        "ok",
+        "heartbeats keep it alive: {beating}\n{run}"
+    );
     assert_eq!(beating.output(), Some("worked 1500 ms"), "{run}");
     let silent = &recs[&2];
     assert!(

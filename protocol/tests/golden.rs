@@ -25,10 +25,13 @@ fn golden() -> Value {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digits"))
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digits = std::str::from_utf8(pair).expect("hex is ASCII");
+            assert_eq!(digits.len(), 2, "odd hex length");
+            u8::from_str_radix(digits, 16).expect("hex digits")
+        })
         .collect()
 }
 

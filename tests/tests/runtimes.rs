@@ -283,3 +283,38 @@ fn python_runtime_unit_tests_pass() {
 fn node_runtime_unit_tests_pass() {
     unit_tests("node", "runtimes/node", &["--test", "test/"]);
 }
+
+/// A Python processor whose runtime claims the version range `min..=max`.
+fn python_speaking(min: u32, max: u32) -> Vec<std::ffi::OsString> {
+    let code = format!(
+        "import sys\nsys.path.insert(0, {runtime:?})\nimport jobsup_runtime as jr\n\
+         jr.MIN_VERSION, jr.MAX_VERSION = {min}, {max}\njr.serve(lambda job: job.payload)\n",
+        runtime = repo_file("runtimes/python").display().to_string(),
+    );
+    vec!["-c".into(), code.into()]
+}
+
+#[test]
+fn a_processor_speaking_a_wider_version_range_is_served_at_the_shared_version() {
+    let run = jobsup!()
+        .args(["-j", "1"])
+        .processor(interpreter("python3"), python_speaking(1, 7))
+        .stdin("hi\n")
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(run.records()[0].output(), Some("hi"), "{run}");
+}
+
+#[test]
+fn a_processor_whose_versions_jobsup_does_not_speak_is_refused_naming_them() {
+    let run = jobsup!()
+        .args(["-j", "1"])
+        .processor(interpreter("python3"), python_speaking(900, 999))
+        .stdin("hi\n")
+        .run();
+    assert_eq!(run.code(), 126, "{run}");
+    assert!(
+        run.stderr.contains("900"),
+        "names the processor's versions\n{run}"
+    );
+}

@@ -129,6 +129,7 @@ class _Runtime:
         # run on the main thread, so only the main thread counts here.
         self.guarded = 0
         self.deferred = False
+        self.terminate = False
         self.main = threading.get_ident()
 
     # -- writing ---------------------------------------------------------------------
@@ -212,7 +213,10 @@ class _Runtime:
 
     def on_sigterm(self, _signum, _frame):
         if self.busy is None:
-            # Idle: a SIGTERM is a request to exit.
+            # Idle: a SIGTERM is a request to exit, once no frame is half written.
+            if self.guarded:
+                self.terminate = True
+                return
             os._exit(0)
         self.cleanup_wanted = True
         if self.guarded:
@@ -221,6 +225,8 @@ class _Runtime:
         self.look()
 
     def catch_up(self):
+        if self.terminate and self.busy is None:
+            os._exit(0)
         if self.deferred and not self.guarded and self.busy is not None:
             self.look()
 

@@ -249,6 +249,7 @@ mod tests {
                 payload: b"hello\0world".to_vec(),
                 attempt: 1,
                 ttl_ms: 30_000,
+                kind: Some("mail".into()),
             }),
             ToWorker::Cleanup {
                 job: 7,
@@ -392,9 +393,20 @@ mod tests {
     }
 
     #[test]
-    fn version_check_names_both_versions() {
-        assert!(crate::check_version(crate::PROTOCOL_VERSION).is_ok());
-        let err = crate::check_version(99).unwrap_err().to_string();
-        assert!(err.contains("99") && err.contains(&crate::PROTOCOL_VERSION.to_string()));
+    fn negotiation_takes_the_highest_shared_version_and_names_both_ranges() {
+        use crate::{negotiate, MIN_PROTOCOL_VERSION as MIN, PROTOCOL_VERSION as MAX};
+        assert_eq!(negotiate(MIN, MAX).unwrap(), MAX);
+        assert_eq!(negotiate(1, u32::MAX).unwrap(), MAX, "a newer processor");
+        assert_eq!(negotiate(MIN, MIN).unwrap(), MIN, "an older processor");
+        let err = negotiate(99, 120).unwrap_err().to_string();
+        assert!(
+            err.contains("99 to 120") && err.contains(&format!("version {MAX}")),
+            "{err}"
+        );
+        assert!(negotiate(1, MIN - 1).is_err(), "too old");
+        assert!(
+            negotiate(MAX, MIN.saturating_sub(1)).is_err(),
+            "an empty range"
+        );
     }
 }

@@ -6,8 +6,9 @@
 //! [`ToWorker`] frames on fd 3 ([`JOB_FD`]) and writes [`FromWorker`] frames on fd 4
 //! ([`RESULT_FD`]). Its stdout and stderr stay free for its own logs.
 //!
-//! 1. The worker speaks first: [`FromWorker::Hello`] with [`PROTOCOL_VERSION`] and its pid.
-//!    The supervisor refuses a different version, naming both (see [`check_version`]).
+//! 1. The worker speaks first: [`FromWorker::Hello`] with the range of versions it speaks
+//!    and its pid. Both ends use the highest version in both ranges; the supervisor refuses
+//!    a processor whose range does not overlap its own, naming both (see [`negotiate`]).
 //! 2. The supervisor sends one [`ToWorker::Job`] at a time. The worker may send
 //!    [`FromWorker::Heartbeat`] and [`FromWorker::Progress`] while it works, and ends the job
 //!    with exactly one [`FromWorker::Done`].
@@ -25,16 +26,25 @@
 //! the body is buffered or allocated, on decode *and* on encode; any byte string fed to the
 //! decoder yields frames or an error, never a panic.
 //!
+//! The byte-level specification, for processors in other languages, is `PROTOCOL.md` at the
+//! repository root; `protocol/golden/frames.json` pins every message's bytes, and this
+//! crate's tests, the Python runtime's and the Node runtime's all check against it.
+//!
 //! Only this crate knows the encoding, so it can be replaced without touching the
 //! supervisor or the runtime.
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use jobsup_protocol::{Codec, FromWorker, PROTOCOL_VERSION};
+//! use jobsup_protocol::{Codec, FromWorker, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 //!
 //! let codec = Codec::default();
 //! let mut wire = BytesMut::new();
-//! codec.encode(&FromWorker::Hello { version: PROTOCOL_VERSION, pid: 42 }, &mut wire)?;
+//! let hello = FromWorker::Hello {
+//!     min_version: MIN_PROTOCOL_VERSION,
+//!     max_version: PROTOCOL_VERSION,
+//!     pid: 42,
+//! };
+//! codec.encode(&hello, &mut wire)?;
 //!
 //! // The bytes may arrive in any number of pieces.
 //! let mut decoder = codec.decoder::<FromWorker>();
@@ -42,10 +52,7 @@
 //! inbox.extend_from_slice(&wire[..3]);
 //! assert!(decoder.decode(&mut inbox)?.is_none());
 //! inbox.extend_from_slice(&wire[3..]);
-//! assert_eq!(
-//!     decoder.decode(&mut inbox)?,
-//!     Some(FromWorker::Hello { version: PROTOCOL_VERSION, pid: 42 })
-//! );
+//! assert_eq!(decoder.decode(&mut inbox)?, Some(hello));
 //! # Ok::<(), jobsup_protocol::FrameError>(())
 //! ```
 #![deny(missing_docs)]
@@ -55,7 +62,8 @@ mod messages;
 
 pub use codec::{Codec, Decoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use messages::{
-    check_version, FromWorker, Job, JobResult, ToWorker, VersionMismatch, PROTOCOL_VERSION,
+    negotiate, FromWorker, Job, JobResult, ToWorker, VersionMismatch, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 
 /// The file descriptor on which a native worker reads [`ToWorker`] frames.
@@ -64,8 +72,9 @@ pub const JOB_FD: i32 = 3;
 /// The file descriptor on which a native worker writes [`FromWorker`] frames.
 pub const RESULT_FD: i32 = 4;
 
-/// Environment variable the supervisor sets for a native worker: the protocol version it
-/// speaks. Its presence also tells the runtime that it was started by jobsup.
+/// Environment variable the supervisor sets for a native worker: the highest protocol
+/// version it speaks (a decimal number). Its presence also tells the runtime that it was
+/// started by jobsup.
 pub const ENV_PROTOCOL: &str = "JOBSUP_PROTOCOL";
 
 /// Environment variable the supervisor sets for every worker: the largest frame it accepts.

@@ -1,9 +1,19 @@
 //! The messages exchanged on the two protocol pipes.
 
+use std::ops::RangeInclusive;
+
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks. Bump it on any change to the messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this crate speaks. Bump it on any change to the messages.
+///
+/// Version 1 had a single version in `Hello` and no `kind` in `Job`; version 2 is the
+/// first with a version range, so that later versions can be added without upgrading
+/// every processor at once.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The lowest protocol version this crate speaks. Raise it only when the code for a
+/// version is removed: processors that only speak older versions are then refused.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// One job, as handed to a worker.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,8 +26,10 @@ pub struct Job {
     pub payload: Vec<u8>,
     /// Which attempt this is, starting at 1.
     pub attempt: u32,
-    /// Milliseconds the job may run before the cleanup request.
+    /// Milliseconds the job may run before the cleanup request (0: no deadline).
     pub ttl_ms: u64,
+    /// The job's kind (ndjson `kind`), when it has one.
+    pub kind: Option<String>,
 }
 
 impl std::fmt::Debug for Job {
@@ -29,6 +41,7 @@ impl std::fmt::Debug for Job {
             .field("payload_len", &self.payload.len())
             .field("attempt", &self.attempt)
             .field("ttl_ms", &self.ttl_ms)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -61,10 +74,13 @@ pub enum ToWorker {
 /// Worker → supervisor, on fd 4.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// The first frame a worker sends.
+    /// The first frame a worker sends. Its layout never changes between versions, so
+    /// that any two ends can always tell which versions they share.
     Hello {
-        /// The protocol version the worker speaks.
-        version: u32,
+        /// The lowest protocol version the worker speaks.
+        min_version: u32,
+        /// The highest protocol version the worker speaks.
+        max_version: u32,
         /// The worker's process id.
         pid: u32,
     },
@@ -98,24 +114,37 @@ pub enum FromWorker {
     },
 }
 
-/// A peer that speaks another protocol version.
+/// A peer whose versions do not overlap this crate's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("protocol version mismatch: supervisor speaks version {ours}, processor speaks version {theirs}")]
+#[error("protocol version mismatch: supervisor speaks {}, processor speaks {}", versions(*.ours.start(), *.ours.end()), versions(*.theirs.start(), *.theirs.end()))]
 pub struct VersionMismatch {
-    /// The version this crate speaks.
-    pub ours: u32,
-    /// The version the peer announced.
-    pub theirs: u32,
+    /// The versions this crate speaks.
+    pub ours: RangeInclusive<u32>,
+    /// The versions the peer announced.
+    pub theirs: RangeInclusive<u32>,
 }
 
-/// Accepts a peer's announced version, or says why not with both versions.
-pub fn check_version(theirs: u32) -> Result<(), VersionMismatch> {
-    if theirs == PROTOCOL_VERSION {
-        Ok(())
+fn versions(min: u32, max: u32) -> String {
+    if min == max {
+        format!("version {min}")
+    } else {
+        format!("versions {min} to {max}")
+    }
+}
+
+/// The version both ends use: the highest one in both this crate's range and the peer's
+/// (`min..=max` from its `Hello`), or why there is none, with both ranges.
+///
+/// A processor can compute the same answer from `JOBSUP_PROTOCOL` (the supervisor's highest
+/// version) before it says hello: `min(JOBSUP_PROTOCOL, its own max)`.
+pub fn negotiate(min: u32, max: u32) -> Result<u32, VersionMismatch> {
+    let best = max.min(PROTOCOL_VERSION);
+    if min <= max && best >= min.max(MIN_PROTOCOL_VERSION) {
+        Ok(best)
     } else {
         Err(VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs,
+            ours: MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
+            theirs: min..=max,
         })
     }
 }

@@ -29,7 +29,13 @@ fn feed<T: serde::de::DeserializeOwned>(bytes: &[u8], chunk: usize) -> Result<us
 
 fn arb_from_worker() -> impl Strategy<Value = FromWorker> {
     prop_oneof![
-        (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| FromWorker::Hello { version, pid }),
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(min_version, max_version, pid)| {
+            FromWorker::Hello {
+                min_version,
+                max_version,
+                pid,
+            }
+        }),
         any::<u64>().prop_map(|job| FromWorker::Heartbeat { job }),
         (
             any::<u64>(),
@@ -64,15 +70,19 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
             ".{0,20}",
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u32>(),
-            any::<u64>()
+            any::<u64>(),
+            any::<Option<String>>(),
         )
-            .prop_map(|(id, key, payload, attempt, ttl_ms)| ToWorker::Job(Job {
-                id,
-                key,
-                payload,
-                attempt,
-                ttl_ms
-            })),
+            .prop_map(
+                |(id, key, payload, attempt, ttl_ms, kind)| ToWorker::Job(Job {
+                    id,
+                    key,
+                    payload,
+                    attempt,
+                    ttl_ms,
+                    kind,
+                })
+            ),
         (any::<u64>(), any::<u64>())
             .prop_map(|(job, grace_ms)| ToWorker::Cleanup { job, grace_ms }),
         Just(ToWorker::Shutdown),

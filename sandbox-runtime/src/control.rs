@@ -300,6 +300,7 @@ mod tests {
                     payload: vec![],
                     attempt: 1,
                     ttl_ms: 1000,
+                    kind: None,
                 }),
                 at: Instant::now(),
             })

@@ -38,6 +38,11 @@ impl Job {
         self.inner.attempt
     }
 
+    /// The job's kind (the ndjson `kind`), when it has one.
+    pub fn kind(&self) -> Option<&str> {
+        self.inner.kind.as_deref()
+    }
+
     /// How long the job may run before jobsup asks for a cleanup.
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.inner.ttl_ms)
@@ -56,11 +61,13 @@ mod tests {
             payload: b"secret".to_vec(),
             attempt: 2,
             ttl_ms: 1500,
+            kind: Some("mail".into()),
         });
         assert_eq!(job.id(), 9);
         assert_eq!(job.key(), "line-9");
         assert_eq!(job.payload(), b"secret");
         assert_eq!(job.attempt(), 2);
+        assert_eq!(job.kind(), Some("mail"));
         assert_eq!(job.ttl(), Duration::from_millis(1500));
         assert!(!format!("{job:?}").contains("secret"));
     }

@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread;
 
-use jobsup_protocol::{FromWorker, JobResult, PROTOCOL_VERSION};
+use jobsup_protocol::{FromWorker, JobResult, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 use crate::control::{Assignment, Control, Controller, Event, Hook};
 use crate::exit::Ending;
@@ -75,7 +75,8 @@ impl Runtime {
             outbox.finish(Ending::Failed(format!("cannot watch for SIGTERM: {e}")));
         }
         let hello = FromWorker::Hello {
-            version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
             pid: std::process::id(),
         };
         if outbox.send(&hello).is_err() {
@@ -162,6 +163,7 @@ mod tests {
             payload: b"in".to_vec(),
             attempt: 1,
             ttl_ms: 10,
+            kind: None,
         });
         let sink = File::options().write(true).open("/dev/null").unwrap();
         let outbox = Arc::new(Outbox::new(sink, Codec::default()));

@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use jobsup_protocol::{
-    Codec, DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RESULT_FD,
+    Codec, DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, MIN_PROTOCOL_VERSION, RESULT_FD,
 };
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
@@ -27,13 +27,14 @@ pub(crate) enum StartError {
     },
     /// Started by a jobsup that speaks another protocol version.
     #[error(
-        "{program}: protocol version mismatch: jobsup speaks version {theirs}, this processor \
-         (jobsup-runtime) speaks version {ours}; rebuild it against the jobsup it runs under"
+        "{program}: protocol version mismatch: jobsup speaks versions up to {theirs}, this \
+         processor (jobsup-runtime) needs version {ours} or later; rebuild it against the \
+         jobsup it runs under"
     )]
     Version {
         /// How the process was invoked (argv[0]).
         program: String,
-        /// The version this runtime speaks.
+        /// The lowest version this runtime speaks.
         ours: u32,
         /// What jobsup put in the environment.
         theirs: String,
@@ -84,10 +85,16 @@ pub(crate) fn connect() -> Result<Link, StartError> {
         }
     }
     let version = version.to_string_lossy();
-    if version.trim().parse::<u32>() != Ok(PROTOCOL_VERSION) {
+    // The variable is jobsup's highest version: any at or above our lowest leaves a version
+    // both speak (jobsup checks its own lowest against the hello).
+    if !version
+        .trim()
+        .parse::<u32>()
+        .is_ok_and(|v| v >= MIN_PROTOCOL_VERSION)
+    {
         return Err(StartError::Version {
             program,
-            ours: PROTOCOL_VERSION,
+            ours: MIN_PROTOCOL_VERSION,
             theirs: version.into_owned(),
         });
     }
@@ -156,10 +163,12 @@ mod tests {
         assert!(e.to_string().contains("jobsup run -- ./echo"), "{e}");
         let e = StartError::Version {
             program: "./echo".into(),
-            ours: PROTOCOL_VERSION,
-            theirs: "999".into(),
+            ours: MIN_PROTOCOL_VERSION,
+            theirs: "1".into(),
         };
         let msg = e.to_string();
-        assert!(msg.contains("999") && msg.contains(&format!("version {PROTOCOL_VERSION}")));
+        assert!(
+            msg.contains("up to 1") && msg.contains(&format!("version {MIN_PROTOCOL_VERSION}"))
+        );
     }
 }

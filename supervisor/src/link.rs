@@ -163,6 +163,7 @@ impl Link {
                     payload: spec.payload.clone(),
                     attempt: spec.attempt,
                     ttl_ms: spec.ttl.as_millis() as u64,
+                    kind: spec.kind.clone(),
                 });
                 self.job_bytes = self
                     .tx

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsup_protocol::{check_version, FromWorker};
+use jobsup_protocol::{negotiate, FromWorker};
 
 use crate::drain::{self, Origin, Tail};
 use crate::link::{Link, LinkError, Mode};
@@ -167,12 +167,18 @@ impl Live {
         };
         let closed_pipe = matches!(greeting, Greeting::Frame(Ok(None)));
         let failure = match greeting {
-            Greeting::Frame(Ok(Some(FromWorker::Hello { version, .. }))) => {
-                match check_version(version) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => Some(broke(e.to_string())),
+            Greeting::Frame(Ok(Some(FromWorker::Hello {
+                min_version,
+                max_version,
+                ..
+            }))) => match negotiate(min_version, max_version) {
+                Ok(version) => {
+                    // Only one version exists so far: nothing to switch on yet.
+                    tracing::debug!(version, "protocol version agreed");
+                    return Ok(());
                 }
-            }
+                Err(e) => Some(broke(e.to_string())),
+            },
             Greeting::Frame(Ok(Some(other))) => Some(broke(format!(
                 "expected a hello frame first, got {}",
                 frame_name(&other)

@@ -100,6 +100,7 @@ fn baseline_worker(n: usize, first_id: u64) -> Result<(), Error> {
                 payload: payload.clone(),
                 attempt: 1,
                 ttl_ms: 30_000,
+                kind: None,
             });
             codec.write_frame(&mut to_worker, &job)?;
             match decoder.read_frame(&mut from_worker, &mut buf)? {

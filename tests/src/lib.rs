@@ -1184,6 +1184,31 @@ pub fn can_make_dir_in(dir: &Path) -> bool {
     ok
 }
 
+/// The path of `program` (`python3`, `node`) on the [`PATH`] every run gets.
+///
+/// # Panics
+///
+/// When it is not installed: the tests that need a language's interpreter fail, with a
+/// message that says how to get it, rather than pass without running.
+pub fn interpreter(program: &str) -> PathBuf {
+    PATH.split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{program} is not installed (looked in {PATH}); the runtime tests run real \
+                 {program} processors: install it (`.ci/run` does: apt-get install nodejs \
+                 python3)"
+            )
+        })
+}
+
+/// The absolute path of a file in the repository (workers run in a private working
+/// directory, so paths handed to them must be absolute).
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
 #[cfg(test)]
 mod tests {
     //! The helpers themselves, against ordinary programs (no jobsup needed).

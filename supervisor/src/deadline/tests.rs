@@ -244,7 +244,11 @@ fn protocol_errors_crash_the_job() {
         (ack(99), "cleanup acknowledgement for job 99"),
         (ack(JOB), "cleanup acknowledged before any request"),
         (
-            Input::Said(FromWorker::Hello { version: 1, pid: 1 }),
+            Input::Said(FromWorker::Hello {
+                min_version: 2,
+                max_version: 2,
+                pid: 1,
+            }),
             "hello in the middle of a job",
         ),
         (

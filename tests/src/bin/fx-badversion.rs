@@ -14,7 +14,8 @@ fn main() -> ExitCode {
     // it; if it is not open the write fails, which is reported.
     let mut replies = unsafe { File::from_raw_fd(RESULT_FD) };
     let hello = FromWorker::Hello {
-        version: 999,
+        min_version: 999,
+        max_version: 999,
         pid: std::process::id(),
     };
     if let Err(e) = Codec::default().write_frame(&mut replies, &hello) {

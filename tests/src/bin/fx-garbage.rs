@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use jobsup_protocol::{
-    Codec, FrameError, FromWorker, JobResult, ToWorker, JOB_FD, PROTOCOL_VERSION, RESULT_FD,
+    Codec, FrameError, FromWorker, JobResult, ToWorker, JOB_FD, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, RESULT_FD,
 };
 
 fn main() -> ExitCode {
@@ -47,7 +48,8 @@ fn run() -> Result<(), FrameError> {
     codec.write_frame(
         &mut replies,
         &FromWorker::Hello {
-            version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
             pid: std::process::id(),
         },
     )?;

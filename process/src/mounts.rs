@@ -259,7 +259,7 @@ fn check(rc: libc::c_long) -> io::Result<()> {
 ///
 /// # Safety
 /// A system call on a NUL-terminated path and a live struct.
-unsafe fn read_only(path: &std::ffi::CStr, on: bool, recursive: bool) -> io::Result<()> {
+pub(crate) unsafe fn read_only(path: &std::ffi::CStr, on: bool, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: if on { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: if on { 0 } else { MOUNT_ATTR_RDONLY },

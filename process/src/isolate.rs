@@ -449,7 +449,14 @@ pub fn resolve(
         let Some(prepared) = prepare(what, level, layout.as_ref()) else {
             break;
         };
-        match probe(&prepared) {
+        // Test builds: `JOBSUP_FAULT=proc-mount` plays a kernel (or container) that will
+        // not mount a /proc, so that the fallback and its warning run for real.
+        let probed = if level == Level::Full && crate::fault::refused("proc-mount") {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        } else {
+            probe(&prepared)
+        };
+        match probed {
             Ok(()) => {
                 if let Some((_, e)) = &first_refusal {
                     tracing::warn!(

@@ -395,3 +395,41 @@ fn a_bad_bind_is_refused_at_start() {
         assert!(run.stderr.contains(says), "{flags:?}: {run}");
     }
 }
+
+#[test]
+fn a_refused_namespace_is_said_once_and_the_rest_still_contains() {
+    // A kernel that refuses a /proc mount (played by the test-only JOBSUP_FAULT): jobsup
+    // warns once, at start, and its workers still get their pid namespace.
+    let run = jobsup_tests::jobsup!()
+        .env("JOBSUP_FAULT", "proc-mount")
+        .args(["--mode", "exec"])
+        .processor("sh", ["-c", "echo pid=$$"])
+        .stdin("a\nb\n")
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("workers are contained less than they could be"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{run}");
+    assert!(
+        warnings[0].contains("they get: pid, mount (cgroups read-only), cgroup"),
+        "{run}"
+    );
+    for r in run.records() {
+        assert_eq!(r.output(), Some("pid=2\n"), "{run}");
+    }
+    // And a pid namespace that cannot be had at all, when required, is exit 125.
+    let run = jobsup_tests::jobsup!()
+        .args(["--mode", "exec", "--isolate", "pid,fs"])
+        .env("JOBSUP_FAULT", "proc-mount")
+        .processor("true", [] as [&str; 0])
+        .stdin("a\n")
+        .run();
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(
+        run.stderr.contains("--isolate fs,pid") || run.stderr.contains("--isolate pid,fs"),
+        "{run}"
+    );
+}

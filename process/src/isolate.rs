@@ -518,7 +518,11 @@ fn probe(prepared: &Prepared) -> io::Result<()> {
     let plan = crate::launch::Plan::new(std::ffi::OsStr::new("/bin/true"), &[], [])?;
     let mut stack = crate::launch::Stack::default();
     let fs = match &prepared.fs {
-        Some(layout) => Some(layout.plan(&std::env::current_dir()?, &std::env::temp_dir())?),
+        Some(layout) => Some(layout.plan(
+            std::path::Path::new("/bin/true"),
+            &std::env::current_dir()?,
+            &std::env::temp_dir(),
+        )?),
         None => None,
     };
     let setup = |_born, part| {

@@ -478,6 +478,7 @@ fn spawn(
             Some(layout) => Some(
                 layout
                     .plan(
+                        &spec.program,
                         spec.cwd.as_deref().unwrap_or(workdir.path()),
                         workdir.path(),
                     )

@@ -433,3 +433,31 @@ fn a_refused_namespace_is_said_once_and_the_rest_still_contains() {
         "{run}"
     );
 }
+
+#[test]
+fn a_processor_in_a_private_directory_still_runs_under_isolate_fs() {
+    // A build or a script in /tmp: its directory stays visible, read-only.
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        let cwd = work_dir(&j);
+        let script = j.write_file(
+            "processor.sh",
+            "#!/bin/sh\necho ran; echo x > \"$(dirname \"$0\")/new\" 2>/dev/null || echo its-dir-read-only\n",
+        );
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("make it executable");
+        let run = j
+            .args(["--mode", "exec", "--isolate", "fs", "--cwd"])
+            .arg(&cwd)
+            .processor(&script, [] as [&str; 0])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+        let records = run.records();
+        assert_eq!(
+            records[0].output(),
+            Some("ran\nits-dir-read-only\n"),
+            "{user:?}: {run}"
+        );
+    }
+}

@@ -48,6 +48,7 @@ pub mod fd;
 pub mod guard;
 pub mod isolate;
 pub(crate) mod launch;
+pub mod priority;
 pub mod process;
 pub mod reaper;
 pub mod sandbox;

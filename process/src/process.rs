@@ -244,6 +244,8 @@ impl Process {
     /// killed its group and cgroup, and the tree under its old pid is someone else's.
     pub fn kill(&self) {
         let walked = self.exit.while_unreaped(|unreaped| {
+            // First, so that it dies as soon as the kill lands, however busy the CPUs are.
+            crate::priority::hasten_group(self.pid());
             let escaped = crate::reaper::descendants(self.pid());
             if let Some(cgroup) = &self.cgroup {
                 cgroup.kill();
@@ -272,13 +274,19 @@ impl Process {
     pub fn kill_leftovers(&self) -> usize {
         let leader = self.pid();
         self.exit
-            .while_unreaped(|_| {
+            .while_unreaped(|unreaped| {
                 let mut pids = crate::reaper::descendants(leader);
                 if let Some(cgroup) = &self.cgroup {
                     pids.extend(cgroup.members());
                 }
-                pids.extend(crate::reaper::group_members(leader));
-                pids.extend(crate::reaper::adopted_from(self.worker));
+                // Group members and tagged processes that left the tree were adopted by
+                // jobsup (see `orphans_of`): found from its strays, not a walk of /proc,
+                // which would cost more than the job (this runs after every job).
+                pids.extend(crate::reaper::orphans_of(
+                    &unreaped.strays(),
+                    leader,
+                    self.worker,
+                ));
                 let mut spared = vec![leader];
                 if self.shim {
                     spared.extend(crate::reaper::children(leader));
@@ -364,11 +372,11 @@ impl Process {
 
     /// [`Process::signal_group`], for a caller that holds the reaper off with the leader
     /// unreaped.
-    fn signal_unreaped_group(&self, unreaped: &Unreaped, sig: Signal) -> Result<(), Errno> {
+    fn signal_unreaped_group(&self, unreaped: &Unreaped<'_>, sig: Signal) -> Result<(), Errno> {
         self.send(sig, Some(unreaped))
     }
 
-    fn send(&self, sig: Signal, unreaped: Option<&Unreaped>) -> Result<(), Errno> {
+    fn send(&self, sig: Signal, unreaped: Option<&Unreaped<'_>>) -> Result<(), Errno> {
         let sent = match (&self.handle, unreaped) {
             (Handle::Pidfd(fd), _) => {
                 pidfd_send_signal(fd.as_fd(), sig as c_int, libc::PIDFD_SIGNAL_PROCESS_GROUP)

@@ -216,8 +216,18 @@ pub struct Registration {
 
 /// Proof, inside [`Registration::while_unreaped`], that the child is not reaped: its pid,
 /// and the id of the group it leads, name it and nobody else.
-pub struct Unreaped {
-    _private: (),
+pub struct Unreaped<'r> {
+    registry: &'r Registry,
+}
+
+impl Unreaped<'_> {
+    /// jobsup's own children that nobody registered: the orphans it adopted as subreaper.
+    /// Listed with the reaper held off, so each pid stays that child's until the hold ends.
+    pub fn strays(&self) -> Vec<i32> {
+        let mut kids = children_of_self();
+        kids.retain(|p| !self.registry.waiting.contains_key(p));
+        kids
+    }
 }
 
 impl Registration {
@@ -277,10 +287,14 @@ impl Registration {
     ///
     /// `f` must not call back into the registry (registering, holding the reaper): it runs
     /// with it locked.
-    pub fn while_unreaped<R>(&self, f: impl FnOnce(&Unreaped) -> R) -> Option<R> {
+    pub fn while_unreaped<R>(&self, f: impl FnOnce(&Unreaped<'_>) -> R) -> Option<R> {
         let registry = lock(&self.registry);
         let unreaped = self.entry(&registry).is_some();
-        let result = unreaped.then(|| f(&Unreaped { _private: () }));
+        let result = unreaped.then(|| {
+            f(&Unreaped {
+                registry: &registry,
+            })
+        });
         drop(registry);
         result
     }
@@ -546,6 +560,34 @@ pub fn adopted_from(worker: u64) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// What of worker `worker`'s tree (led by `leader`) was orphaned and adopted by jobsup:
+/// the processes under `strays` (jobsup's unregistered children, see [`Unreaped::strays`])
+/// that are in `leader`'s process group, and the trees of those whose environment still
+/// names the worker.
+///
+/// Together with `descendants(leader)` this finds every member of the group without a
+/// walk of all of `/proc`: a group's members are all in the leader's session, so all were
+/// forked inside the leader's tree; one that is no longer the leader's descendant lost an
+/// ancestor and was handed to the nearest subreaper above it, which is jobsup.
+pub fn orphans_of(strays: &[i32], leader: i32, worker: u64) -> Vec<i32> {
+    let tag = format!("JOBSUP_WORKER_ID={worker}");
+    let mut found = Vec::new();
+    for &stray in strays {
+        if environ_has(stray, tag.as_bytes()) {
+            found.push(stray);
+            found.extend(descendants(stray));
+            continue;
+        }
+        let mut tree = descendants(stray);
+        tree.push(stray);
+        found.extend(
+            tree.into_iter()
+                .filter(|&p| stat_fields(p).and_then(|f| f.get(2)?.parse().ok()) == Some(leader)),
+        );
+    }
+    found
 }
 
 /// Whether `pid`'s environment holds exactly `var` (`NAME=value`). A zombie's (or another

@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// named by JOBSUP_WORKDIR): `--cwd .` for scripts and modules given relative to here.
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+    /// Keep jobsup in the ordinary scheduling class: without it, jobsup's threads run
+    /// under SCHED_RR at the lowest real-time priority where that is permitted (root,
+    /// CAP_SYS_NICE, RLIMIT_RTPRIO), else at a lower nice value where RLIMIT_NICE allows.
+    #[arg(long)]
+    pub no_realtime: bool,
     /// The processor to run, and its arguments (or `command` in the config file).
     #[arg(last = true, value_name = "PROCESSOR")]
     pub command: Vec<OsString>,
@@ -383,6 +388,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             limits: spawn_limits,
             isolation: crate::isolate::prepare(&pool.isolate),
             user: pool.user.clone(),
+            priority: worker_priority(pool.priority),
         },
         start_timeout: pool.start_timeout,
         max_jobs: pool.max_jobs_per_worker,
@@ -440,6 +446,9 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             None
         }
     };
+    // After the guard, which should not inherit it; before every thread that should.
+    let raised = crate::priority::raise_supervisor(!args.no_realtime);
+    tracing::debug!("jobsup's scheduling priority: {raised}");
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     if let Some(guard) = &mut guard {
@@ -533,6 +542,18 @@ fn finish_guard(guard: crate::guard::Guard) {
 }
 
 /// `--cwd`, made absolute and checked once, so that a typo is an error before any job.
+/// The workers' scheduling, from the pool's `--nice` and `--sched`.
+fn worker_priority((nice, sched): (u8, crate::config::Sched)) -> crate::priority::WorkerPriority {
+    use crate::config::Sched;
+    use crate::priority::Policy;
+    let policy = match sched {
+        Sched::Other => Policy::Other,
+        Sched::Batch => Policy::Batch,
+        Sched::Idle => Policy::Idle,
+    };
+    crate::priority::WorkerPriority::below_supervisor(policy, nice)
+}
+
 fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let abs =
         std::path::absolute(dir).map_err(|e| anyhow::anyhow!("--cwd {}: {e}", dir.display()))?;

@@ -2,7 +2,8 @@
 //! `deadlines` bench).
 //!
 //! Run with `cargo bench -p jobsup-tests --bench throughput`. It prints numbers and asserts
-//! nothing about speed. `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
+//! nothing about speed. `JOBSUP_BENCH_JOBSUP` names another jobsup binary to measure
+//! instead of this build's (an older build, for a before/after). `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
 //! (default 20000), `JOBSUP_BENCH_ROUNDS` the rounds per configuration (default 5).
 //!
 //! 1. Baseline: K `echo` processors spawned directly, one thread per processor doing
@@ -29,9 +30,21 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use jobsup_protocol::{Codec, FromWorker, Job, JobResult, ToWorker, ENV_PROTOCOL};
-use jobsup_tests::{bin, jobsup, lines};
+use jobsup_tests::{bin, lines};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The jobsup binary measured: `JOBSUP_BENCH_JOBSUP` (another build, to compare), or
+/// this one.
+fn jobsup_bin() -> String {
+    std::env::var("JOBSUP_BENCH_JOBSUP")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jobsup-shim").to_string())
+}
+
+/// `jobsup run`, with the binary measured.
+fn jobsup_run() -> jobsup_tests::Jobsup {
+    jobsup_tests::Jobsup::new(jobsup_bin()).arg("run")
+}
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     let mut fds = [0; 2];
@@ -152,7 +165,7 @@ fn timed_run(j: jobsup_tests::Jobsup, n: usize) -> Result<f64, Error> {
 
 /// Jobs per second through `jobsup run -j K`.
 fn through_jobsup(n: usize, k: usize) -> Result<f64, Error> {
-    let j = jobsup!().timeout(Duration::from_secs(600));
+    let j = jobsup_run().timeout(Duration::from_secs(600));
     let input = j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")));
     let j = j
         .args(["-j", &k.to_string(), "--input"])
@@ -201,7 +214,7 @@ fn job_file(j: &jobsup_tests::Jobsup, n: usize) -> std::path::PathBuf {
 
 /// Jobs per second through `jobsup run --mode MODE -j K -- ARGV` on `n` jobs.
 fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Result<f64, Error> {
-    let j = jobsup!().timeout(Duration::from_secs(600));
+    let j = jobsup_run().timeout(Duration::from_secs(600));
     let input = job_file(&j, n);
     let j = j
         .args(["--mode", mode, "-q", "-j", &k.to_string(), "--input"])
@@ -378,9 +391,9 @@ fn lines_mode_table(n: usize, rounds: usize) {
 /// Peak RSS (KiB) of `jobsup run -j K` over `n` echo jobs, from `wait4`'s account of it
 /// (the largest of jobsup and the workers it reaped; the echo workers are far smaller).
 fn peak_rss(n: usize, k: usize) -> Result<u64, Error> {
-    let j = jobsup!();
+    let j = jobsup_run();
     let input = j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")));
-    let child = Command::new(env!("CARGO_BIN_EXE_jobsup-shim"))
+    let child = Command::new(jobsup_bin())
         .args(["run", "-q", "-j", &k.to_string(), "--input"])
         .arg(&input)
         .args(["--output", "/dev/null", "--"])

@@ -577,6 +577,20 @@ impl WorkerCgroup {
         pids
     }
 
+    /// The threads in its cgroup v2 directory, when that is where its kill goes
+    /// (`cgroup.kill`, which reaches every process in it at once): `None` where the kill
+    /// lists and signals processes one by one.
+    pub fn atomic_kill_threads(&self) -> Option<Vec<i32>> {
+        let (dir, version) = &self.dirs[self.kill?];
+        (*version == Version::V2).then(|| {
+            fs::read_to_string(dir.join("cgroup.threads"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+    }
+
     /// SIGKILL to every process in the worker's cgroups.
     pub fn kill(&self) {
         if let Some(i) = self.kill {

@@ -142,6 +142,13 @@ pub struct Process {
     limits_hit: Hits,
     /// It is the shim of a pid namespace (`--isolate pid`), and the worker its one child.
     shim: bool,
+    /// It was seen in its cgroup v2 directory, whose `cgroup.kill` kills its whole tree at
+    /// once: whatever it starts is there too (a process without privileges cannot move
+    /// out), so no tree walk is needed to find what it left.
+    contained: bool,
+    /// When a process [`Process::end`] killed was seen to exit, through its pidfd: before
+    /// the reaper gets to it, which may be busy reaping others.
+    exited_at: Option<std::time::Instant>,
 }
 
 impl Process {
@@ -185,7 +192,12 @@ impl Process {
         if let Some(cgroup) = &cgroup {
             exit.kill_cgroup_first(cgroup);
         }
+        let contained = cgroup
+            .as_ref()
+            .and_then(|c| c.atomic_kill_threads())
+            .is_some_and(|threads| threads.contains(&exit.pid()));
         Process {
+            contained,
             exit,
             handle,
             worker,
@@ -193,6 +205,7 @@ impl Process {
             keep_cgroup,
             limits_hit: Hits::default(),
             shim: false,
+            exited_at: None,
         }
     }
 
@@ -243,6 +256,23 @@ impl Process {
     /// is certainly still there, unreaped. Once it has been reaped, the reaper has already
     /// killed its group and cgroup, and the tree under its old pid is someone else's.
     pub fn kill(&self) {
+        // Where the cgroup holds the worker and `cgroup.kill` kills it, that reaches its
+        // whole tree at once and names nobody else, reaped or not, and so does the pidfd
+        // its group: no need to wait for the reaper's hold, which a reap in progress keeps
+        // for as long as the kernel takes (milliseconds, when many workers die together).
+        if self.contained {
+            if let Some(cgroup) = &self.cgroup {
+                // First, so that they die as soon as the kill lands, however busy the CPUs.
+                if let Some(threads) = cgroup.atomic_kill_threads() {
+                    crate::priority::hasten_threads(&threads);
+                }
+                cgroup.kill();
+            }
+            if matches!(self.handle, Handle::Pidfd(_)) {
+                let _ = self.send(Signal::SIGKILL, None);
+            }
+            return;
+        }
         let walked = self.exit.while_unreaped(|unreaped| {
             // First, so that it dies as soon as the kill lands, however busy the CPUs are.
             crate::priority::hasten_group(self.pid());
@@ -275,10 +305,17 @@ impl Process {
         let leader = self.pid();
         self.exit
             .while_unreaped(|unreaped| {
-                let mut pids = crate::reaper::descendants(leader);
+                let mut pids = Vec::new();
                 if let Some(cgroup) = &self.cgroup {
                     pids.extend(cgroup.members());
                 }
+                // Behind a pid namespace's shim the worker proper is one of the members.
+                if self.contained && !self.shim {
+                    pids.retain(|&p| p != leader);
+                    crate::reaper::kill_all(&pids);
+                    return pids.len();
+                }
+                pids.extend(crate::reaper::descendants(leader));
                 // Group members and tagged processes that left the tree were adopted by
                 // jobsup (see `orphans_of`): found from its strays, not a walk of /proc,
                 // which would cost more than the job (this runs after every job).
@@ -315,8 +352,23 @@ impl Process {
     pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
         let mut killed = false;
         if self.exit().is_none() && tokio::time::timeout(grace, self.exited()).await.is_err() {
+            let kill_at = std::time::Instant::now();
             self.kill();
+            tracing::debug!(pid = self.pid(), "TMP kill took {:?}", kill_at.elapsed());
             killed = true;
+            // A pidfd is readable once the process has exited: that is when the kill took
+            // effect, however long the reaper takes to come to it (reaping many workers
+            // killed together takes it a while).
+            if let Some(exit) = self.exit_readiness() {
+                tokio::select! {
+                    biased;
+                    _ = exit.readable() => {
+                        self.exited_at = Some(std::time::Instant::now());
+                        tracing::debug!(pid = self.pid(), "TMP exit seen {:?} after kill", kill_at.elapsed());
+                    }
+                    _ = self.exit.reaped() => {}
+                }
+            }
         }
         let reaped = self.exit.reaped().await;
         // Group members the leader left behind died at the reaper's SIGKILL, sent while the
@@ -332,9 +384,11 @@ impl Process {
         // between the listing and the kill. (The tree is not walked from the reaped pid: it
         // may already name someone else.)
         let worker = self.worker;
-        self.exit.holding_reaper(|| {
-            crate::reaper::kill_all(&crate::reaper::adopted_from(worker));
-        });
+        if !self.contained {
+            self.exit.holding_reaper(|| {
+                crate::reaper::kill_all(&crate::reaper::adopted_from(worker));
+            });
+        }
         if let Some(cgroup) = &self.cgroup {
             if !reaped.cgroup_killed {
                 cgroup.kill();
@@ -346,6 +400,26 @@ impl Process {
             }
         }
         (reaped.exit, killed)
+    }
+
+    /// When a process [`Process::end`] had to kill was seen to exit (before it was
+    /// reaped), where a pidfd shows it.
+    pub fn exited_at(&self) -> Option<std::time::Instant> {
+        self.exited_at
+    }
+
+    /// A copy of its pidfd registered with the runtime, to await its exit by.
+    fn exit_readiness(&self) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+        let Handle::Pidfd(fd) = &self.handle else {
+            return None;
+        };
+        let copy = fd.try_clone().ok()?;
+        // SAFETY: the AsyncFd owns `copy`, which stays open, and the same file, for as long
+        // as it lives.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(copy, tokio::io::Interest::READABLE)
+        }
+        .ok()
     }
 
     /// Whether its memory limit is a cgroup's (rather than `RLIMIT_AS`).

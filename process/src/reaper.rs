@@ -708,7 +708,7 @@ pub(crate) mod testing {
 
     pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .expect("a runtime")
             .block_on(f)

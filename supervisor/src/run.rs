@@ -502,6 +502,7 @@ impl Worker {
             // Done, or beyond saving.
             _ => Duration::ZERO,
         };
+        tracing::debug!(pid = self.pid(), "TMP settle {:?} late", Instant::now().saturating_duration_since(started + job.ttl + job.cleanup));
         let (exit, killed_now) = live.process.end(grace).await;
         // A worker retired after a good answer (it wrote too much, say) was killed by
         // jobsup's choice, not the job's doing: its signal would only confuse the record.
@@ -515,7 +516,12 @@ impl Worker {
             }
         }
         match outcome {
-            Outcome::Killed | Outcome::Crashed => record.set_duration(started.elapsed()),
+            // Until it died: when its pidfd said so, or when it was reaped.
+            Outcome::Killed | Outcome::Crashed => record.set_duration(
+                live.process
+                    .exited_at()
+                    .map_or_else(|| started.elapsed(), |at| Instant::from_std(at).saturating_duration_since(started)),
+            ),
             _ => record.set_duration(decided),
         }
         if let Some(exit) = exited {

@@ -352,9 +352,7 @@ impl Process {
     pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
         let mut killed = false;
         if self.exit().is_none() && tokio::time::timeout(grace, self.exited()).await.is_err() {
-            let kill_at = std::time::Instant::now();
             self.kill();
-            tracing::debug!(pid = self.pid(), "TMP kill took {:?}", kill_at.elapsed());
             killed = true;
             // A pidfd is readable once the process has exited: that is when the kill took
             // effect, however long the reaper takes to come to it (reaping many workers
@@ -362,10 +360,7 @@ impl Process {
             if let Some(exit) = self.exit_readiness() {
                 tokio::select! {
                     biased;
-                    _ = exit.readable() => {
-                        self.exited_at = Some(std::time::Instant::now());
-                        tracing::debug!(pid = self.pid(), "TMP exit seen {:?} after kill", kill_at.elapsed());
-                    }
+                    _ = exit.readable() => self.exited_at = Some(std::time::Instant::now()),
                     _ = self.exit.reaped() => {}
                 }
             }

@@ -40,7 +40,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -108,8 +108,10 @@ struct Entry {
     /// Where its status goes; `None` once the reaper thread has failed (the pid is then
     /// never reaped, and stays the child's).
     tx: Option<oneshot::Sender<Reaped>>,
-    /// Killed with the child's group, just before the child is reaped.
-    cgroup: Option<Arc<WorkerCgroup>>,
+    /// Killed with the child's group, just before the child is reaped. Set through the
+    /// registration without the registry's lock (`kill_cgroup_first`), so that the
+    /// worker's task never waits for a reap in progress just to name it.
+    cgroup: Arc<OnceLock<Arc<WorkerCgroup>>>,
 }
 
 /// Who waits for which pid, and the statuses that came before their owner.
@@ -212,6 +214,8 @@ pub struct Registration {
     rx: Option<oneshot::Receiver<Reaped>>,
     reaped: Option<Reaped>,
     registry: Arc<Mutex<Registry>>,
+    /// Its entry's cgroup slot.
+    cgroup: Arc<OnceLock<Arc<WorkerCgroup>>>,
 }
 
 /// Proof, inside [`Registration::while_unreaped`], that the child is not reaped: its pid,
@@ -232,7 +236,8 @@ impl Unreaped<'_> {
 
 impl Registration {
     fn new(registry: &Arc<Mutex<Registry>>, pid: i32, since: Instant) -> Registration {
-        let (rx, serial, pidfd) = lock(registry).register(pid, since);
+        let cgroup = Arc::new(OnceLock::new());
+        let (rx, serial, pidfd) = lock(registry).register(pid, since, &cgroup);
         Registration {
             pid,
             serial,
@@ -240,6 +245,7 @@ impl Registration {
             rx: Some(rx),
             reaped: None,
             registry: Arc::clone(registry),
+            cgroup,
         }
     }
 
@@ -317,12 +323,7 @@ impl Registration {
     /// Has the reaper kill `cgroup` too, just before it reaps the child (if it has not yet:
     /// [`Reaped::cgroup_killed`] says).
     pub fn kill_cgroup_first(&self, cgroup: &Arc<WorkerCgroup>) {
-        let mut registry = lock(&self.registry);
-        if self.entry(&registry).is_some() {
-            if let Some(entry) = registry.waiting.get_mut(&self.pid) {
-                entry.cgroup = Some(Arc::clone(cgroup));
-            }
-        }
+        let _ = self.cgroup.set(Arc::clone(cgroup));
     }
 
     /// Its entry, while it is registered and unreaped.
@@ -350,6 +351,7 @@ impl Registry {
         &mut self,
         pid: i32,
         since: Instant,
+        cgroup: &Arc<OnceLock<Arc<WorkerCgroup>>>,
     ) -> (oneshot::Receiver<Reaped>, Option<u64>, Option<OwnedFd>) {
         let (tx, rx) = oneshot::channel();
         let leader = self.leaders.remove(&pid);
@@ -371,7 +373,7 @@ impl Registry {
                     Entry {
                         serial,
                         tx,
-                        cgroup: None,
+                        cgroup: Arc::clone(cgroup),
                     },
                 );
                 (rx, Some(serial), None)
@@ -390,7 +392,7 @@ impl Registry {
         match &entry {
             Some(entry) => {
                 crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                if let Some(cgroup) = &entry.cgroup {
+                if let Some(cgroup) = entry.cgroup.get() {
                     cgroup.kill();
                     cgroup_killed = true;
                 }
@@ -819,7 +821,7 @@ mod tests {
         let mut r = Registry::default();
         let since = Instant::now();
         r.park(42, Exit::Code(3), Instant::now());
-        let (mut rx, serial, _) = r.register(42, since);
+        let (mut rx, serial, _) = r.register(42, since, &Arc::default());
         assert_eq!(rx.try_recv(), Ok(Reaped::early(Exit::Code(3))));
         assert_eq!(serial, None);
         assert!(r.parked.is_empty() && r.waiting.is_empty());
@@ -831,7 +833,7 @@ mod tests {
         // An orphan with pid 42 was reaped; then a new child got the recycled pid.
         r.park(42, Exit::Signal(9), Instant::now());
         let since = Instant::now() + Duration::from_millis(1);
-        let (mut rx, _, _) = r.register(42, since);
+        let (mut rx, _, _) = r.register(42, since, &Arc::default());
         assert!(
             rx.try_recv().is_err(),
             "the orphan's status is not the child's"

@@ -502,7 +502,6 @@ impl Worker {
             // Done, or beyond saving.
             _ => Duration::ZERO,
         };
-        tracing::debug!(pid = self.pid(), "TMP settle {:?} late", Instant::now().saturating_duration_since(started + job.ttl + job.cleanup));
         let (exit, killed_now) = live.process.end(grace).await;
         // A worker retired after a good answer (it wrote too much, say) was killed by
         // jobsup's choice, not the job's doing: its signal would only confuse the record.

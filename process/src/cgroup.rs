@@ -94,6 +94,10 @@ pub struct WorkerCgroup {
     /// Its cgroup v2 directory was made for it (not left by an earlier process of the
     /// same exec slot): nothing ever killed it.
     fresh_v2: bool,
+    /// The `cgroup.procs` of its kill directory, kept open once read: read again from
+    /// offset 0 it lists the members anew, without an open and a close each time (it is
+    /// read after every job of a kept worker).
+    procs_file: std::sync::OnceLock<Option<fs::File>>,
 }
 
 /// Which cgroup limits the kernel enforced on a worker (each with its value).
@@ -345,6 +349,7 @@ impl Cgroups {
             pids: None,
             baseline: (0, 0),
             fresh_v2: false,
+            procs_file: std::sync::OnceLock::new(),
         };
         if let Some(base) = &self.kill {
             w.kill = Some(w.join_dir(base, id)?);
@@ -589,6 +594,35 @@ impl WorkerCgroup {
                 .filter_map(|p| p.parse().ok())
                 .collect()
         })
+    }
+
+    /// The processes in its kill directory (the one [`WorkerCgroup::kill`] goes
+    /// through first), read from its `cgroup.procs` kept open.
+    pub fn kill_dir_members(&self) -> Vec<i32> {
+        use std::os::unix::fs::FileExt;
+        let Some(i) = self.kill else {
+            return Vec::new();
+        };
+        let file = self
+            .procs_file
+            .get_or_init(|| fs::File::open(self.dirs[i].0.join("cgroup.procs")).ok());
+        let Some(file) = file else {
+            return procs_of(&self.dirs[i].0);
+        };
+        let mut buf = [0u8; 4096];
+        let mut text = Vec::new();
+        loop {
+            match file.read_at(&mut buf, text.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return procs_of(&self.dirs[i].0),
+            }
+        }
+        String::from_utf8_lossy(&text)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     /// SIGKILL to every process in the worker's cgroups.

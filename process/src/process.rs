@@ -305,15 +305,21 @@ impl Process {
         let leader = self.pid();
         self.exit
             .while_unreaped(|unreaped| {
-                let mut pids = Vec::new();
-                if let Some(cgroup) = &self.cgroup {
-                    pids.extend(cgroup.members());
-                }
-                // Behind a pid namespace's shim the worker proper is one of the members.
+                // Contained, everything it started is in its kill cgroup (behind a pid
+                // namespace's shim, the worker proper is one of the members: walk).
                 if self.contained && !self.shim {
+                    let mut pids = self
+                        .cgroup
+                        .as_ref()
+                        .map(|c| c.kill_dir_members())
+                        .unwrap_or_default();
                     pids.retain(|&p| p != leader);
                     crate::reaper::kill_all(&pids);
                     return pids.len();
+                }
+                let mut pids = Vec::new();
+                if let Some(cgroup) = &self.cgroup {
+                    pids.extend(cgroup.members());
                 }
                 pids.extend(crate::reaper::descendants(leader));
                 // Group members and tagged processes that left the tree were adopted by

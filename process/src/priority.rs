@@ -17,7 +17,7 @@
 //!   to -10), and failing that leaves it as it is. Its timer slack is set to the minimum
 //!   either way.
 //! - [`WorkerPriority`], applied in each worker between clone and exec
-//!   ([`WorkerPriority::apply`]): the worker leaves the real-time class it would inherit,
+//!   (`WorkerPriority::apply`, the `Priority` step of the child's setup): the worker leaves the real-time class it would inherit,
 //!   takes the policy asked for (`SCHED_OTHER`, `SCHED_BATCH`, `SCHED_IDLE`) and a nice
 //!   value `nice` levels above jobsup's own (`--nice`). Lowering one's own priority is
 //!   always permitted, so this works for every user.

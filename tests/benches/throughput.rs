@@ -491,7 +491,9 @@ fn main() {
 
     let truth: Argv = vec!["/bin/true".into()];
     let exec = [
-        Contender::new("jobsup", |k| through_jobsup_mode("exec", &truth, exec_jobs, k)),
+        Contender::new("jobsup", |k| {
+            through_jobsup_mode("exec", &truth, exec_jobs, k)
+        }),
         Contender::new("xargs", |k| {
             through_runner(
                 &["xargs", "-P", &k.to_string(), "-n", "1", "/bin/true"].map(String::from),

@@ -16,17 +16,18 @@ struct Sched {
 fn parse_stat(line: &str) -> Sched {
     // The command name is in parentheses and may hold spaces: count after its end.
     let after = &line[line.rfind(')').expect("a stat line has a command name") + 1..];
-    let fields: Vec<i64> = after
-        .split_whitespace()
-        .skip(1) // the state
-        .map(|f| f.parse().expect("stat fields after the state are numbers"))
-        .collect();
+    let fields: Vec<&str> = after.split_whitespace().collect();
     // proc(5) numbers from 1, the state being field 3: nice is 19, rt_priority 40,
     // policy 41.
+    let field = |n: usize| -> i64 {
+        fields[n - 3]
+            .parse()
+            .unwrap_or_else(|e| panic!("field {n} of {line:?}: {e}"))
+    };
     Sched {
-        nice: fields[19 - 4],
-        rt_priority: fields[40 - 4],
-        policy: fields[41 - 4],
+        nice: field(19),
+        rt_priority: field(40),
+        policy: field(41),
     }
 }
 

@@ -94,9 +94,9 @@ pub struct WorkerCgroup {
     /// Its cgroup v2 directory was made for it (not left by an earlier process of the
     /// same exec slot): nothing ever killed it.
     fresh_v2: bool,
-    /// The `cgroup.procs` of its kill directory, kept open once read: read again from
-    /// offset 0 it lists the members anew, without an open and a close each time (it is
-    /// read after every job of a kept worker).
+    /// The `cgroup.procs` of its kill directory, kept open: read again from offset 0 it
+    /// lists the members anew, without an open and a close each time (it is read after
+    /// every job of a kept worker).
     procs_file: std::sync::OnceLock<Option<fs::File>>,
 }
 
@@ -352,7 +352,12 @@ impl Cgroups {
             procs_file: std::sync::OnceLock::new(),
         };
         if let Some(base) = &self.kill {
-            w.kill = Some(w.join_dir(base, id)?);
+            let i = w.join_dir(base, id)?;
+            w.kill = Some(i);
+            // Opened now, so that every worker holds one such descriptor from the start.
+            let _ = w
+                .procs_file
+                .set(fs::File::open(w.dirs[i].0.join("cgroup.procs")).ok());
         }
         if let Some((base, bytes)) = &self.memory {
             let i = w.join_dir(base, id)?;

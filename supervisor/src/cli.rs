@@ -365,7 +365,7 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
     } else {
         (pool.limits, None)
     };
-    let settings = WorkerSettings {
+    let mut settings = WorkerSettings {
         pool: Arc::from(pool.name.as_str()),
         slow: pool.slow,
         idle_timeout: pool.idle_timeout,
@@ -447,8 +447,14 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         }
     };
     // After the guard, which should not inherit it; before every thread that should.
+    let unraised_nice = crate::priority::own_nice();
     let raised = crate::priority::raise_supervisor(!args.no_realtime);
     tracing::debug!("jobsup's scheduling priority: {raised}");
+    // A real-time jobsup is ahead of its workers anyway: they keep its own nice value
+    // unless `--nice` says otherwise.
+    if pool.priority.0.is_none() && matches!(raised, crate::priority::Raised::RealTime(_)) {
+        settings.spawn.priority.nice = unraised_nice;
+    }
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     if let Some(guard) = &mut guard {
@@ -543,7 +549,9 @@ fn finish_guard(guard: crate::guard::Guard) {
 
 /// `--cwd`, made absolute and checked once, so that a typo is an error before any job.
 /// The workers' scheduling, from the pool's `--nice` and `--sched`.
-fn worker_priority((nice, sched): (u8, crate::config::Sched)) -> crate::priority::WorkerPriority {
+fn worker_priority(
+    (nice, sched): (Option<u8>, crate::config::Sched),
+) -> crate::priority::WorkerPriority {
     use crate::config::Sched;
     use crate::priority::Policy;
     let policy = match sched {
@@ -551,7 +559,10 @@ fn worker_priority((nice, sched): (u8, crate::config::Sched)) -> crate::priority
         Sched::Batch => Policy::Batch,
         Sched::Idle => Policy::Idle,
     };
-    crate::priority::WorkerPriority::below_supervisor(policy, nice)
+    crate::priority::WorkerPriority::below_supervisor(
+        policy,
+        nice.unwrap_or(crate::config::DEFAULT_NICE),
+    )
 }
 
 fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {

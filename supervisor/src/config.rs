@@ -337,7 +337,8 @@ pub struct PoolSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Run the workers this many nice levels below jobsup (0 to 19), so that jobsup's
-    /// deadlines keep time when they keep every CPU busy [default: 10].
+    /// deadlines keep time when they keep every CPU busy [default: 0 where jobsup runs
+    /// real-time, else 10].
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=19))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nice: Option<u8>,
@@ -412,7 +413,8 @@ fn merge_env(under: Option<&[EnvVar]>, mine: Option<Vec<EnvVar>>) -> Option<Vec<
     }
 }
 
-/// The workers' nice levels below jobsup when none is given.
+/// The workers' nice levels below jobsup when none is given and jobsup could not take the
+/// real-time class (with it, the workers need no handicap: they stay at jobsup's own).
 pub const DEFAULT_NICE: u8 = 10;
 
 /// The workers' scheduling class when none is given.
@@ -468,8 +470,9 @@ pub struct Pool {
     pub user: Option<crate::sandbox::Identity>,
     /// What `user` was given as, for `jobsup check`.
     pub user_name: Option<String>,
-    /// The workers' nice levels below jobsup, and their class.
-    pub priority: (u8, Sched),
+    /// The workers' nice levels below jobsup (`None`: the default, which depends on
+    /// whether jobsup gets the real-time class), and their class.
+    pub priority: (Option<u8>, Sched),
 }
 
 /// Resolves `USER[:GROUP]` for `--user`: `None` when it names jobsup's own user and group
@@ -596,10 +599,7 @@ impl Pool {
         Ok(Pool {
             user,
             user_name: spec.user.clone(),
-            priority: (
-                spec.nice.unwrap_or(DEFAULT_NICE),
-                spec.sched.unwrap_or(DEFAULT_SCHED),
-            ),
+            priority: (spec.nice, spec.sched.unwrap_or(DEFAULT_SCHED)),
             name: name.to_string(),
             command,
             mode,
@@ -703,7 +703,9 @@ impl Pool {
             self.limits.max_procs.map_or("-".into(), |n| n.to_string()),
             self.isolate,
             self.user_name.as_deref().unwrap_or("-"),
-            self.priority.0,
+            self.priority
+                .0
+                .map_or(format!("{DEFAULT_NICE} unless real-time"), |n| n.to_string()),
             self.priority.1,
         )
     }

@@ -357,17 +357,32 @@ impl Process {
     /// ended and whether jobsup had to kill it.
     pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
         let mut killed = false;
-        if self.exit().is_none() && tokio::time::timeout(grace, self.exited()).await.is_err() {
-            self.kill();
-            killed = true;
-            // A pidfd is readable once the process has exited: that is when the kill took
-            // effect, however long the reaper takes to come to it (reaping many workers
-            // killed together takes it a while).
-            if let Some(exit) = self.exit_readiness() {
-                tokio::select! {
-                    biased;
-                    _ = exit.readable() => self.exited_at = Some(std::time::Instant::now()),
-                    _ = self.exit.reaped() => {}
+        if self.exit().is_none() {
+            // A pidfd is readable once the process has exited: that is when it ended,
+            // however long the reaper takes to come to it (it may be reaping many others).
+            let exit = self.exit_readiness();
+            let registration = &mut self.exit;
+            let gone = async {
+                match &exit {
+                    Some(exit) => tokio::select! {
+                        biased;
+                        _ = exit.readable() => {}
+                        _ = registration.reaped() => {}
+                    },
+                    None => {
+                        registration.reaped().await;
+                    }
+                }
+            };
+            if tokio::time::timeout(grace, gone).await.is_err() {
+                self.kill();
+                killed = true;
+                if let Some(exit) = &exit {
+                    tokio::select! {
+                        biased;
+                        _ = exit.readable() => self.exited_at = Some(std::time::Instant::now()),
+                        _ = self.exit.reaped() => {}
+                    }
                 }
             }
         }

@@ -7,10 +7,10 @@
 //! ahead:
 //!
 //! - [`raise_supervisor`]: the calling thread, and every thread it starts afterwards (the
-//!   reaper, the spawners, the async runtime), runs under `SCHED_RR` at the lowest
-//!   real-time priority, where the kernel permits it (root, `CAP_SYS_NICE`, or an
+//!   reaper, the spawners, the async runtime), runs under `SCHED_RR` at real-time
+//!   priority 2 (1 is for workers being killed), where the kernel permits it (root, `CAP_SYS_NICE`, or an
 //!   `RLIMIT_RTPRIO` of at least 1). A real-time thread that wakes preempts every
-//!   ordinary task at once; at priority 1 it still yields to every other real-time task
+//!   ordinary task at once; at priority 2 it still yields to nearly every other real-time task
 //!   (interrupt threads, watchdogs), and the kernel's real-time throttling
 //!   (`sched_rt_runtime_us`) keeps a runaway from taking every cycle. Where that is not
 //!   permitted, it lowers the thread's nice value as far as `RLIMIT_NICE` allows (down
@@ -45,9 +45,14 @@ impl std::fmt::Display for Raised {
     }
 }
 
-/// The real-time priority the supervisor takes: the lowest, above every ordinary task and
-/// below every other real-time one.
-const RT_PRIORITY: i32 = 1;
+/// The real-time priority the supervisor takes: just above the lowest, which is what a
+/// hard-killed worker gets for its last moments ([`hasten_threads`]), so that jobsup is
+/// never queued behind its dying workers; below almost every other real-time task.
+const RT_PRIORITY: i32 = 2;
+
+/// The real-time priority of a worker being hard-killed: above every ordinary task, so
+/// that it runs (and dies) at once, and below jobsup.
+const DYING_PRIORITY: i32 = 1;
 
 /// The lowest nice value the supervisor asks for when it has no real-time class.
 const NICE_FLOOR: i32 = -10;
@@ -103,7 +108,7 @@ pub fn hasten_group(pgid: i32) {
 /// thread (at worst, a priority is raised for the moment that process lives).
 pub fn hasten_threads(tids: &[i32]) {
     let param = libc::sched_param {
-        sched_priority: RT_PRIORITY,
+        sched_priority: DYING_PRIORITY,
     };
     for &tid in tids {
         // SAFETY: system calls on integers and a valid sched_param.

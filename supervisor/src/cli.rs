@@ -132,7 +132,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
     /// Keep jobsup in the ordinary scheduling class: without it, jobsup's threads run
-    /// under SCHED_RR at the lowest real-time priority where that is permitted (root,
+    /// under SCHED_RR at a low real-time priority where that is permitted (root,
     /// CAP_SYS_NICE, RLIMIT_RTPRIO), else at a lower nice value where RLIMIT_NICE allows.
     #[arg(long)]
     pub no_realtime: bool,

@@ -401,8 +401,8 @@ impl Process {
         // may already name someone else.)
         let worker = self.worker;
         if !self.contained {
-            self.exit.holding_reaper(|| {
-                crate::reaper::kill_all(&crate::reaper::adopted_from(worker));
+            self.exit.holding_reaper_with_strays(|strays| {
+                crate::reaper::kill_all(&crate::reaper::adopted_from(strays, worker));
             });
         }
         if let Some(cgroup) = &self.cgroup {

@@ -313,6 +313,19 @@ impl Registration {
         f()
     }
 
+    /// [`Registration::holding_reaper`], given jobsup's own children that nobody
+    /// registered (the orphans it adopted, see [`Unreaped::strays`]), listed under the
+    /// hold: what to look at for a worker's escaped descendants, rather than every
+    /// child of jobsup (every other worker among them).
+    pub fn holding_reaper_with_strays<R>(&self, f: impl FnOnce(&[i32]) -> R) -> R {
+        let registry = lock(&self.registry);
+        let strays = Unreaped {
+            registry: &registry,
+        }
+        .strays();
+        f(&strays)
+    }
+
     /// The pidfd the reaper opened on the child while it was a zombie, if it was reaped
     /// before it was registered and led a process group: through it, what is left of that
     /// group can still be signalled (see [`crate::process`]).
@@ -551,11 +564,12 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 }
 
 /// The children jobsup adopted (as subreaper) from worker `worker`, with their own
-/// descendants: processes whose environment still names the worker.
-pub fn adopted_from(worker: u64) -> Vec<i32> {
+/// descendants: those of `strays` (jobsup's unregistered children, see
+/// [`Registration::holding_reaper_with_strays`]) whose environment still names the worker.
+pub fn adopted_from(strays: &[i32], worker: u64) -> Vec<i32> {
     let tag = format!("JOBSUP_WORKER_ID={worker}");
     let mut pids = Vec::new();
-    for child in children_of_self() {
+    for &child in strays {
         if environ_has(child, tag.as_bytes()) {
             pids.extend(descendants(child));
             pids.push(child);

@@ -12,7 +12,7 @@
 //! 2. jobsup: `jobsup run -j K --input FILE --output /dev/null -- echo` on the same number
 //!    of jobs, timed end to end (start-up and shutdown included), at K = 1, 2 and 64.
 //! 3. Peak RSS of jobsup at `-j 64` over `JOBSUP_BENCH_RSS_JOBS` jobs (default a million)
-//!    and a tenth of that: it should not grow with the input.
+//!    and a tenth of that (its own `VmHWM`): it should not grow with the input.
 //! 4. `--mode exec`: `jobsup run --mode exec -j K -- /bin/true` on `JOBSUP_BENCH_EXEC_JOBS`
 //!    jobs (default 2000), against `xargs -P K -n 1 /bin/true` on as many lines and one
 //!    thread spawning `/bin/true` and waiting for it, one at a time.
@@ -388,12 +388,14 @@ fn lines_mode_table(n: usize, rounds: usize) {
     );
 }
 
-/// Peak RSS (KiB) of `jobsup run -j K` over `n` echo jobs, from `wait4`'s account of it
-/// (the largest of jobsup and the workers it reaped; the echo workers are far smaller).
+/// Peak RSS (KiB) of `jobsup run -j K` over `n` echo jobs: the largest `VmHWM` (its own
+/// high-water mark) read from `/proc/PID/status` every 20 ms while it runs. (Not
+/// `wait4`'s `ru_maxrss`, which also counts the children it reaped, and a child cloned
+/// with `CLONE_VM` is charged the supervisor's memory until it execs.)
 fn peak_rss(n: usize, k: usize) -> Result<u64, Error> {
     let j = jobsup_run();
     let input = j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")));
-    let child = Command::new(jobsup_bin())
+    let mut child = Command::new(jobsup_bin())
         .args(["run", "-q", "-j", &k.to_string(), "--input"])
         .arg(&input)
         .args(["--output", "/dev/null", "--"])
@@ -405,18 +407,27 @@ fn peak_rss(n: usize, k: usize) -> Result<u64, Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let pid = i32::try_from(child.id())?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our unreaped child; status and usage point to valid memory.
-    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
-        return Err(std::io::Error::last_os_error().into());
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        peak = peak.max(hwm);
+        thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        return Err(format!("jobsup ended with {status}").into());
     }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!("jobsup ended with status {status:#x}").into());
-    }
-    Ok(u64::try_from(usage.ru_maxrss)?)
+    Ok(peak)
 }
 
 /// `rounds` alternating rounds of each contender at `k`: the median of each, and the

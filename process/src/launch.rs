@@ -765,6 +765,8 @@ pub enum Stage {
     Identity = 9,
     /// The exec itself: the processor could not be run.
     Exec = 10,
+    /// Its scheduling class and nice value (`--nice`, `--sched`).
+    Priority = 11,
 }
 
 impl Stage {
@@ -780,6 +782,7 @@ impl Stage {
             7 => Stage::Privileges,
             8 => Stage::Capabilities,
             9 => Stage::Identity,
+            11 => Stage::Priority,
             _ => Stage::Exec,
         }
     }
@@ -797,6 +800,7 @@ impl Stage {
             Stage::Privileges => Some("setting no_new_privs failed"),
             Stage::Capabilities => Some("dropping its capabilities failed"),
             Stage::Identity => Some("taking its user and groups (--user) failed"),
+            Stage::Priority => Some("setting its scheduling class and nice value failed"),
             Stage::Exec => None,
         }
     }
@@ -1487,6 +1491,7 @@ mod tests {
             Stage::Capabilities,
             Stage::Identity,
             Stage::Exec,
+            Stage::Priority,
         ];
         for stage in all {
             assert_eq!(Stage::from_code(stage as i32), stage);

@@ -1209,6 +1209,8 @@ pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
+pub mod raw;
+
 #[cfg(test)]
 mod tests {
     //! The helpers themselves, against ordinary programs (no jobsup needed).

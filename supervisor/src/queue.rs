@@ -242,7 +242,13 @@ impl Finish {
 }
 
 /// The take script's call.
-pub fn take(keys: &Keys, group: &str, consumer: &str, count: usize, claim: Option<Duration>) -> Cmd {
+pub fn take(
+    keys: &Keys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    claim: Option<Duration>,
+) -> Cmd {
     let mut cmd = eval(TAKE, &[&keys.stream, &keys.delayed]);
     cmd.arg(group)
         .arg(consumer)
@@ -353,10 +359,7 @@ pub fn job_of(taken: &Taken, seq: u64, defaults: &Defaults) -> (Result<JobSpec, 
     for (k, v) in &taken.fields {
         let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else {
             error.get_or_insert_with(|| {
-                format!(
-                    "field {:?} is not UTF-8 text",
-                    String::from_utf8_lossy(k)
-                )
+                format!("field {:?} is not UTF-8 text", String::from_utf8_lossy(k))
             });
             continue;
         };

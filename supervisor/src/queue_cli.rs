@@ -83,7 +83,10 @@ pub fn serve(args: ServeArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>
         ("--output", run.output.is_some()),
         ("--keep-order", run.keep_order),
         ("--joblog", run.joblog.is_some()),
-        ("--retries (serve counts deliveries: --max-attempts)", run.spec.retries.is_some()),
+        (
+            "--retries (serve counts deliveries: --max-attempts)",
+            run.spec.retries.is_some(),
+        ),
     ];
     if let Some((flag, _)) = only_run.iter().find(|(_, given)| *given) {
         anyhow::bail!("{flag} is not a flag of jobsup serve");
@@ -324,9 +327,12 @@ pub fn dead(args: &DeadArgs) -> u8 {
     let result = (|| {
         let mut redis = Redis::open(&args.queue.redis, Duration::from_secs(10))?;
         let rt = runtime()?;
-        let fail = |e: redis::RedisError| format!("cannot read the queue at {}: {e}", args.queue.redis);
+        let fail =
+            |e: redis::RedisError| format!("cannot read the queue at {}: {e}", args.queue.redis);
         if args.replay {
-            let n: u64 = rt.block_on(redis.query(&queue::replay(&keys))).map_err(fail)?;
+            let n: u64 = rt
+                .block_on(redis.query(&queue::replay(&keys)))
+                .map_err(fail)?;
             tracing::info!("{n} dead job(s) put back on {}", keys.stream);
             return Ok(String::new());
         }
@@ -342,7 +348,10 @@ pub fn dead(args: &DeadArgs) -> u8 {
                 let v = String::from_utf8_lossy(&v).into_owned();
                 let v = match k.as_str() {
                     "record" | "job" => serde_json::from_str(&v).unwrap_or(Value::String(v)),
-                    "attempt" => v.parse::<u64>().map(Value::from).unwrap_or(Value::String(v)),
+                    "attempt" => v
+                        .parse::<u64>()
+                        .map(Value::from)
+                        .unwrap_or(Value::String(v)),
                     _ => Value::String(v),
                 };
                 obj.insert(k, v);
@@ -355,7 +364,10 @@ pub fn dead(args: &DeadArgs) -> u8 {
     match result {
         Ok(text) => {
             let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+            match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     tracing::error!("cannot write to stdout: {e}");

@@ -91,6 +91,9 @@ struct Waiting {
     job: JobSpec,
 }
 
+/// When a renewal was sent, and the in-flight `(hand-off, entry, deliveries)` it renews.
+type RenewRequest = (Instant, Vec<(u64, String, u64)>);
+
 enum FromRedis {
     Taken(Vec<Taken>),
     Renewed {
@@ -283,7 +286,7 @@ async fn reader(
 /// The renewer task: one renew script per request; `kept: None` when Redis did not answer.
 async fn renewer(
     opts: Options,
-    mut asks: mpsc::UnboundedReceiver<(Instant, Vec<(u64, String, u64)>)>,
+    mut asks: mpsc::UnboundedReceiver<RenewRequest>,
     out: mpsc::UnboundedSender<FromRedis>,
 ) {
     let Ok(mut redis) = Redis::open(&opts.redis, opts.lease / 3) else {
@@ -304,10 +307,7 @@ async fn renewer(
             }
         };
         let asked = flights.into_iter().map(|(run, _, _)| run).collect();
-        if out
-            .send(FromRedis::Renewed { sent, asked, kept })
-            .is_err()
-        {
+        if out.send(FromRedis::Renewed { sent, asked, kept }).is_err() {
             return;
         }
     }
@@ -405,7 +405,7 @@ struct Serve<'a> {
     stop_at: Option<Instant>,
     fatal: Option<RunEnd>,
     take_tx: mpsc::UnboundedSender<(usize, bool)>,
-    renew_tx: mpsc::UnboundedSender<(Instant, Vec<(u64, String, u64)>)>,
+    renew_tx: mpsc::UnboundedSender<RenewRequest>,
     finish_tx: mpsc::UnboundedSender<Finish>,
     from_redis: mpsc::UnboundedReceiver<FromRedis>,
     counters: Counters,
@@ -724,7 +724,8 @@ impl Serve<'_> {
                     if let Some(flight) = self.flights.remove(&run) {
                         let mut record = Record::new(&flight.job, Outcome::Crashed);
                         record.worker = Some(worker);
-                        record.error = Some("jobsup lost track of this job (internal error)".into());
+                        record.error =
+                            Some("jobsup lost track of this job (internal error)".into());
                         self.finish(&flight.entry, flight.deliveries, record, Action::Done);
                     }
                 }

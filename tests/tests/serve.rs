@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jobsup_tests::redis_server::{Entry, RedisServer};
-use jobsup_tests::{bin, is_guard, kill_tree, pid_alive, process_tree, wait_until, Background, Jobsup, Run};
+use jobsup_tests::{
+    bin, is_guard, kill_tree, pid_alive, process_tree, wait_until, Background, Jobsup, Run,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -73,9 +75,19 @@ fn assert_exactly_once(redis: &RedisServer, stream: &str, ids: &[String]) {
     let by = results_by_id(redis, stream);
     for id in ids {
         let n = by.get(id).map_or(0, Vec::len);
-        assert_eq!(n, 1, "job {id} has {n} results, not exactly one: {:?}", by.get(id));
+        assert_eq!(
+            n,
+            1,
+            "job {id} has {n} results, not exactly one: {:?}",
+            by.get(id)
+        );
     }
-    assert_eq!(by.len(), ids.len(), "results for unknown ids: {:?}", by.keys());
+    assert_eq!(
+        by.len(),
+        ids.len(),
+        "results for unknown ids: {:?}",
+        by.keys()
+    );
     assert_eq!(redis.pending(stream), 0, "entries left pending");
 }
 
@@ -148,7 +160,11 @@ fn the_finish_script_acks_only_for_the_owner_at_its_delivery() {
     for (consumer, deliveries) in [("a", 1), ("a", 2), ("b", 1)] {
         let acked: i64 = redis.query(&finish(deliveries).command(&keys, "jobsup", consumer));
         assert_eq!(acked, 0, "{consumer} at delivery {deliveries} is stale");
-        assert_eq!(redis.xlen("q:results"), 0, "a stale completion stores nothing");
+        assert_eq!(
+            redis.xlen("q:results"),
+            0,
+            "a stale completion stores nothing"
+        );
         assert_eq!(redis.pending("q"), 1, "a stale completion is not acked");
     }
     let acked: i64 = redis.query(&finish(2).command(&keys, "jobsup", "b"));
@@ -178,12 +194,16 @@ fn a_stopped_supervisor_loses_its_jobs_kills_its_copies_and_stores_nothing() {
     // Its children keep running while it cannot renew their leases.
     a.signal(Signal::SIGSTOP);
     let b = serve(&redis, "q", "b", &flags, bin!("sleepy"), &[]);
-    wait_until(LONG, "b reclaimed both jobs", || redis.pending_of("q", "b") == 2);
+    wait_until(LONG, "b reclaimed both jobs", || {
+        redis.pending_of("q", "b") == 2
+    });
     a.signal(Signal::SIGCONT);
     wait_until(LONG, "a stopped its own copies of the jobs", || {
         copies.iter().all(|&p| !pid_alive(p))
     });
-    wait_until(LONG, "b finished both jobs", || redis.xlen("q:results") == 2);
+    wait_until(LONG, "b finished both jobs", || {
+        redis.xlen("q:results") == 2
+    });
     let a = drain(a);
     drain(b);
     assert_eq!(
@@ -261,11 +281,20 @@ fn an_always_crashing_job_is_dead_lettered_after_exactly_max_attempts() {
         &redis,
         "q",
         "a",
-        &["--mode", "lines", "--max-attempts", "3", "--retry-delay", "10ms"],
+        &[
+            "--mode",
+            "lines",
+            "--max-attempts",
+            "3",
+            "--retry-delay",
+            "10ms",
+        ],
         "/bin/sh",
         &["-c", &format!("while :; do {script}; done")],
     );
-    wait_until(LONG, "the bad job is dead-lettered", || redis.xlen("q:dead") == 1);
+    wait_until(LONG, "the bad job is dead-lettered", || {
+        redis.xlen("q:dead") == 1
+    });
     wait_until(LONG, "both have results", || redis.xlen("q:results") == 2);
     let run = drain(s);
     let dead = redis.entries("q:dead");
@@ -309,7 +338,12 @@ fn sigterm_drains_finishing_running_jobs_and_releasing_the_rest() {
     assert_eq!(redis.xlen("q:results"), 2, "{a}");
     assert_eq!(redis.pending("q"), 0, "{a}");
     // A job cut off by --shutdown-timeout goes back on the stream, not to the results.
-    enqueue(&redis, "q", "ndjson", "{\"id\":\"long\",\"payload\":\"60000\"}\n");
+    enqueue(
+        &redis,
+        "q",
+        "ndjson",
+        "{\"id\":\"long\",\"payload\":\"60000\"}\n",
+    );
     let b = serve(
         &redis,
         "q",
@@ -319,7 +353,9 @@ fn sigterm_drains_finishing_running_jobs_and_releasing_the_rest() {
         &[],
     );
     wait_until(LONG, "b finished the rest", || redis.xlen("q:results") == 6);
-    wait_until(LONG, "b runs the long job", || redis.pending_of("q", "b") == 1);
+    wait_until(LONG, "b runs the long job", || {
+        redis.pending_of("q", "b") == 1
+    });
     let b = drain(b);
     // Released, not recorded (a take in progress may pick it up and release it again).
     assert!(!b.stderr.contains(" 0 entr(ies) released"), "{b}");
@@ -335,8 +371,17 @@ fn a_redis_restart_loses_no_job() {
     let mut redis = RedisServer::start_with(true);
     let ids = ids(400);
     enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| id.to_string()));
-    let a = serve(&redis, "q", "a", &["-j", "2", "--lease", "2s"], bin!("echo"), &[]);
-    wait_until(LONG, "some jobs finished", || redis.xlen("q:results") >= 100);
+    let a = serve(
+        &redis,
+        "q",
+        "a",
+        &["-j", "2", "--lease", "2s"],
+        bin!("echo"),
+        &[],
+    );
+    wait_until(LONG, "some jobs finished", || {
+        redis.xlen("q:results") >= 100
+    });
     redis.restart();
     wait_until(LONG, "every job has a result", || {
         results_by_id(&redis, "q").len() == ids.len()
@@ -370,13 +415,21 @@ fn bad_entries_and_bad_flags_get_clear_errors() {
     // An entry written by something else, malformed, still gets exactly one result.
     let _: String = redis.cmd(&["XADD", "q", "*", "id", "m", "colour", "red"]);
     let s = serve(&redis, "q", "a", &[], bin!("echo"), &[]);
-    wait_until(LONG, "both entries have results", || redis.xlen("q:results") == 2);
+    wait_until(LONG, "both entries have results", || {
+        redis.xlen("q:results") == 2
+    });
     drain(s);
     let by = results_by_id(&redis, "q");
     assert_eq!(by["1"][0].get("outcome"), "ok");
     assert_eq!(by["m"][0].get("outcome"), "rejected");
-    let error = by["m"][0].record()["error"].as_str().unwrap_or("").to_string();
-    assert!(error.contains("missing \"payload\"") || error.contains("unknown key"), "{error}");
+    let error = by["m"][0].record()["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("missing \"payload\"") || error.contains("unknown key"),
+        "{error}"
+    );
     assert_eq!(redis.pending("q"), 0);
     for (flags, says) in [
         (&["--retries", "2"][..], "--retries"),

@@ -168,6 +168,7 @@ pub async fn run(
         finishing: 0,
         last_claim: None,
         interrupted: None,
+        forced: false,
         stop_at: None,
         fatal: None,
         take_tx,
@@ -402,6 +403,8 @@ struct Serve<'a> {
     finishing: usize,
     last_claim: Option<Instant>,
     interrupted: Option<i32>,
+    /// A second signal: stop without waiting for Redis.
+    forced: bool,
     stop_at: Option<Instant>,
     fatal: Option<RunEnd>,
     take_tx: mpsc::UnboundedSender<(usize, bool)>,
@@ -418,11 +421,11 @@ impl Serve<'_> {
     }
 
     fn done(&self) -> bool {
+        // After a second signal, answers Redis still owes (it may be down) are not waited
+        // for: what they were about stays pending there, and a peer reclaims it.
         self.stopping()
             && self.flights.is_empty()
-            && self.waiting.is_empty()
-            && !self.taking
-            && self.finishing == 0
+            && (self.forced || (self.waiting.is_empty() && !self.taking && self.finishing == 0))
     }
 
     async fn run(&mut self, interrupts: &mut Interrupts) {
@@ -837,6 +840,7 @@ impl Serve<'_> {
             }
         } else {
             tracing::warn!("{name} received again: stopping the running jobs");
+            self.forced = true;
             self.stop_at = None;
             self.stop_running("the supervisor was stopped", Duration::ZERO);
         }

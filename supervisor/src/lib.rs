@@ -34,6 +34,7 @@ pub mod joblog;
 pub mod link;
 pub mod live;
 pub mod logs;
+pub mod metrics;
 pub mod pool;
 pub mod progress;
 pub mod queue;

@@ -23,6 +23,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::RetryOn;
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
 use crate::live::StartError;
+use crate::metrics::Metrics;
 use crate::queue::{self, Action, Finish, Keys, Redis, Taken};
 use crate::record::{JobSpec, Outcome, Record};
 use crate::sandbox::{SpawnError, Spawner};
@@ -54,6 +55,8 @@ pub struct Options {
     pub workers: usize,
     /// After SIGTERM, how long running jobs may go on before they are stopped.
     pub shutdown_timeout: Option<Duration>,
+    /// Where to serve Prometheus text on `/metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Counts of what the queue side did, for the log at the end.
@@ -134,11 +137,24 @@ pub async fn run(
         tracing::error!("{e}");
         return (RunEnd::Failed, stats, Counters::default());
     }
+    let metrics = Arc::new(Metrics::new());
+    let mut redis_tasks = JoinSet::new();
+    if let Some(addr) = opts.metrics {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!("metrics on http://{addr}/metrics");
+                redis_tasks.spawn(crate::metrics::serve_http(listener, Arc::clone(&metrics)));
+            }
+            Err(e) => {
+                tracing::error!("--metrics {addr}: {e}");
+                return (RunEnd::Failed, stats, Counters::default());
+            }
+        }
+    }
     let (from_redis_tx, from_redis) = mpsc::unbounded_channel();
     let (take_tx, take_rx) = mpsc::unbounded_channel();
     let (renew_tx, renew_rx) = mpsc::unbounded_channel();
     let (finish_tx, finish_rx) = mpsc::unbounded_channel();
-    let mut redis_tasks = JoinSet::new();
     redis_tasks.spawn(reader(opts.clone(), take_rx, from_redis_tx.clone()));
     redis_tasks.spawn(renewer(opts.clone(), renew_rx, from_redis_tx.clone()));
     redis_tasks.spawn(finisher(opts.clone(), finish_rx, from_redis_tx));
@@ -176,6 +192,7 @@ pub async fn run(
         finish_tx,
         from_redis,
         counters: Counters::default(),
+        metrics,
         stats: &mut stats,
     };
     serve.missing = serve.size;
@@ -412,6 +429,7 @@ struct Serve<'a> {
     finish_tx: mpsc::UnboundedSender<Finish>,
     from_redis: mpsc::UnboundedReceiver<FromRedis>,
     counters: Counters,
+    metrics: Arc<Metrics>,
     stats: &'a mut Stats,
 }
 
@@ -436,6 +454,8 @@ impl Serve<'_> {
         let mut lease_tick = tokio::time::interval(lease / 6);
         while !self.done() {
             self.ask_for_jobs();
+            self.metrics.in_flight.set(self.flights.len() as i64);
+            self.metrics.workers.set(self.workers.len() as i64);
             let (respawn, stop_at) = (self.respawn_at, self.stop_at);
             tokio::select! {
                 biased;
@@ -499,8 +519,10 @@ impl Serve<'_> {
                 self.renewing = false;
                 let Some(kept) = kept else {
                     self.counters.renewal_failures += 1;
+                    self.metrics.renewal_failures.inc();
                     return;
                 };
+                self.metrics.renewals.inc_by(kept.len() as u64);
                 let kept: std::collections::HashSet<String> = kept.into_iter().collect();
                 for run in asked {
                     let Some(flight) = self.flights.get_mut(&run) else {
@@ -522,6 +544,7 @@ impl Serve<'_> {
                     }
                 } else {
                     self.counters.stale += 1;
+                    self.metrics.stale.inc();
                     tracing::warn!(
                         entry = %finish.entry,
                         id = %finish.id,
@@ -539,6 +562,7 @@ impl Serve<'_> {
         let seq = self.next_seq;
         if taken.deliveries > 1 {
             self.counters.reclaimed += 1;
+            self.metrics.reclaimed.inc();
         }
         let (job, used) = queue::job_of(&taken, seq, &self.defaults);
         let attempt = used.saturating_add(u32::try_from(taken.deliveries).unwrap_or(u32::MAX));
@@ -651,6 +675,7 @@ impl Serve<'_> {
         };
         flight.lost = true;
         self.counters.lease_lost += 1;
+        self.metrics.leases_lost.inc();
         tracing::warn!(
             id = %flight.job.id,
             entry = %flight.entry,
@@ -783,6 +808,7 @@ impl Serve<'_> {
     fn finish(&mut self, entry: &str, deliveries: u64, record: Record, action: Action) {
         if matches!(action, Action::Done | Action::Dead) {
             self.stats.observe(&record);
+            self.metrics.observe(&record);
         }
         let json = match serde_json::to_string(&record) {
             Ok(j) => j,

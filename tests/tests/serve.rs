@@ -452,3 +452,81 @@ fn bad_entries_and_bad_flags_get_clear_errors() {
     assert_eq!(run.code(), 125, "{run}");
     assert!(run.stderr.contains("cannot use Redis"), "{run}");
 }
+
+/// `GET path` on `addr`, the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("cannot connect to --metrics");
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_over_http_match_the_results_stream() {
+    let redis = RedisServer::start();
+    let ids = ids(20);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| id.to_string()));
+    let _: String = redis.cmd(&["XADD", "q", "*", "id", "m", "colour", "red"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = serve(
+        &redis,
+        "q",
+        "a",
+        &["-j", "2", "--metrics", &addr],
+        bin!("echo"),
+        &[],
+    );
+    wait_until(LONG, "every job has a result", || {
+        redis.xlen("q:results") == 21
+    });
+    let by = results_by_id(&redis, "q");
+    let ok = by
+        .values()
+        .flatten()
+        .filter(|e| e.get("outcome") == "ok")
+        .count();
+    let body = http_get(&addr, "/metrics");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(&format!("jobsup_jobs_total{{outcome=\"ok\"}} {ok}\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains("jobsup_jobs_total{outcome=\"rejected\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("jobsup_stale_completions_total 0\n"),
+        "{body}"
+    );
+    assert!(body.contains("jobsup_workers 2\n"), "{body}");
+    assert!(
+        body.contains(&format!("jobsup_job_duration_seconds_count {}\n", ok + 1)),
+        "{body}"
+    );
+    assert!(http_get(&addr, "/other").starts_with("HTTP/1.1 404"));
+    drain(s);
+    // A port that cannot be had is an error at start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let run = jobsup()
+        .args([
+            "serve",
+            "--redis",
+            &redis.url(),
+            "--stream",
+            "q",
+            "--metrics",
+            &busy,
+        ])
+        .processor(bin!("echo"), [] as [&str; 0])
+        .run();
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(run.stderr.contains("--metrics"), "{run}");
+}

@@ -94,6 +94,10 @@ pub struct WorkerCgroup {
     /// Its cgroup v2 directory was made for it (not left by an earlier process of the
     /// same exec slot): nothing ever killed it.
     fresh_v2: bool,
+    /// The `cgroup.procs` of its kill directory, kept open: read again from offset 0 it
+    /// lists the members anew, without an open and a close each time (it is read after
+    /// every job of a kept worker).
+    procs_file: std::sync::OnceLock<Option<fs::File>>,
 }
 
 /// Which cgroup limits the kernel enforced on a worker (each with its value).
@@ -345,9 +349,15 @@ impl Cgroups {
             pids: None,
             baseline: (0, 0),
             fresh_v2: false,
+            procs_file: std::sync::OnceLock::new(),
         };
         if let Some(base) = &self.kill {
-            w.kill = Some(w.join_dir(base, id)?);
+            let i = w.join_dir(base, id)?;
+            w.kill = Some(i);
+            // Opened now, so that every worker holds one such descriptor from the start.
+            let _ = w
+                .procs_file
+                .set(fs::File::open(w.dirs[i].0.join("cgroup.procs")).ok());
         }
         if let Some((base, bytes)) = &self.memory {
             let i = w.join_dir(base, id)?;
@@ -575,6 +585,49 @@ impl WorkerCgroup {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// The threads in its cgroup v2 directory, when that is where its kill goes
+    /// (`cgroup.kill`, which reaches every process in it at once): `None` where the kill
+    /// lists and signals processes one by one.
+    pub fn atomic_kill_threads(&self) -> Option<Vec<i32>> {
+        let (dir, version) = &self.dirs[self.kill?];
+        (*version == Version::V2).then(|| {
+            fs::read_to_string(dir.join("cgroup.threads"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+    }
+
+    /// The processes in its kill directory (the one [`WorkerCgroup::kill`] goes
+    /// through first), read from its `cgroup.procs` kept open.
+    pub fn kill_dir_members(&self) -> Vec<i32> {
+        use std::os::unix::fs::FileExt;
+        let Some(i) = self.kill else {
+            return Vec::new();
+        };
+        let file = self
+            .procs_file
+            .get_or_init(|| fs::File::open(self.dirs[i].0.join("cgroup.procs")).ok());
+        let Some(file) = file else {
+            return procs_of(&self.dirs[i].0);
+        };
+        let mut buf = [0u8; 4096];
+        let mut text = Vec::new();
+        loop {
+            match file.read_at(&mut buf, text.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return procs_of(&self.dirs[i].0),
+            }
+        }
+        String::from_utf8_lossy(&text)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     /// SIGKILL to every process in the worker's cgroups.

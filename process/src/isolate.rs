@@ -75,6 +75,10 @@ pub struct Prepared {
     /// The cgroup file systems, made read-only, each with the flags it is mounted with
     /// (which a remount must keep).
     cgroup_mounts: Vec<(CString, libc::c_ulong)>,
+    /// The one mount that holds every cgroup file system (`/sys/fs/cgroup`, where it is a
+    /// tmpfs of them or the one cgroup2), made read-only with all below in one call where
+    /// the kernel has `mount_setattr`.
+    cgroup_top: Option<CString>,
     /// `--isolate fs`.
     fs: Option<crate::mounts::Layout>,
 }
@@ -179,6 +183,7 @@ fn prepare(what: &[Isolate], level: Level, fs: Option<&crate::mounts::Layout>) -
         gid_map_path: c("/proc/self/gid_map"),
         proc: level == Level::Full,
         cgroup_mounts: if mounts { cgroup_mounts() } else { Vec::new() },
+        cgroup_top: if mounts { cgroup_top() } else { None },
         fs: fs.filter(|_| level == Level::Full).cloned(),
     })
 }
@@ -214,6 +219,42 @@ fn cgroup_mounts() -> Vec<(CString, libc::c_ulong)> {
             Some((CString::new(point).ok()?, flags))
         })
         .collect()
+}
+
+/// The mount point of the one mount every cgroup file system is on or under, unless that
+/// is `/` (or there is none).
+fn cgroup_top() -> Option<CString> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // ID -> (PARENT, MOUNTPOINT, FSTYPE)
+    let mounts: Vec<(&str, &str, Vec<u8>, &str)> = info
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fields: Vec<&str> = before.split(' ').collect();
+            Some((
+                *fields.first()?,
+                *fields.get(1)?,
+                unescape(fields.get(4)?),
+                after.split(' ').next()?,
+            ))
+        })
+        .collect();
+    let cgroups: Vec<_> = mounts
+        .iter()
+        .filter(|m| m.3 == "cgroup" || m.3 == "cgroup2")
+        .collect();
+    let top = match cgroups.as_slice() {
+        [] => return None,
+        [only] => only.2.clone(),
+        [first, rest @ ..] => {
+            // All on one parent mount, which is then the top.
+            if rest.iter().any(|m| m.1 != first.1) {
+                return None;
+            }
+            mounts.iter().find(|m| m.0 == first.1)?.2.clone()
+        }
+    };
+    (top != b"/").then(|| CString::new(top).ok()).flatten()
 }
 
 /// A mountinfo field with its octal escapes (`\040` for a space) undone.
@@ -322,14 +363,22 @@ pub(crate) unsafe fn enter(
                         std::ptr::null(),
                     ))?;
                 }
-                for (point, flags) in &p.cgroup_mounts {
-                    check(libc::mount(
-                        std::ptr::null(),
-                        point.as_ptr(),
-                        std::ptr::null(),
-                        *flags,
-                        std::ptr::null(),
-                    ))?;
+                // One call where it can be; one remount per cgroup file system where the
+                // kernel has no `mount_setattr` (before 5.12).
+                let all_at_once = match &p.cgroup_top {
+                    Some(top) => crate::mounts::read_only(top, true, true).is_ok(),
+                    None => false,
+                };
+                if !all_at_once {
+                    for (point, flags) in &p.cgroup_mounts {
+                        check(libc::mount(
+                            std::ptr::null(),
+                            point.as_ptr(),
+                            std::ptr::null(),
+                            *flags,
+                            std::ptr::null(),
+                        ))?;
+                    }
                 }
                 match fs {
                     Some(plan) => crate::mounts::enter(plan),
@@ -400,7 +449,14 @@ pub fn resolve(
         let Some(prepared) = prepare(what, level, layout.as_ref()) else {
             break;
         };
-        match probe(&prepared) {
+        // Test builds: `JOBSUP_FAULT=proc-mount` plays a kernel (or container) that will
+        // not mount a /proc, so that the fallback and its warning run for real.
+        let probed = if level == Level::Full && crate::fault::refused("proc-mount") {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        } else {
+            probe(&prepared)
+        };
+        match probed {
             Ok(()) => {
                 if let Some((_, e)) = &first_refusal {
                     tracing::warn!(
@@ -462,7 +518,11 @@ fn probe(prepared: &Prepared) -> io::Result<()> {
     let plan = crate::launch::Plan::new(std::ffi::OsStr::new("/bin/true"), &[], [])?;
     let mut stack = crate::launch::Stack::default();
     let fs = match &prepared.fs {
-        Some(layout) => Some(layout.plan(&std::env::current_dir()?, &std::env::temp_dir())?),
+        Some(layout) => Some(layout.plan(
+            std::path::Path::new("/bin/true"),
+            &std::env::current_dir()?,
+            &std::env::temp_dir(),
+        )?),
         None => None,
     };
     let setup = |_born, part| {

@@ -438,14 +438,15 @@ where
     let inits = memory
         .as_ref()
         .map(|_| INITS.lock().unwrap_or_else(|e| e.into_inner()));
+    let child_born = |in_cgroup| Child {
+        plan,
+        setup,
+        report,
+        born: Born { in_cgroup },
+        init: init_args,
+    };
     if let Some(cgroup) = cgroup.filter(|_| !fallbacks.clone3 && CLONE3.load(Ordering::Relaxed)) {
-        let child = Child {
-            plan,
-            setup,
-            report,
-            born: Born { in_cgroup: true },
-            init: init_args,
-        };
+        let child = child_born(true);
         let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
         // SAFETY: `entry` runs `setup` under this function's contract; `child` and the
         // stack outlive the child's use of them (this thread waits for the report's end
@@ -470,13 +471,7 @@ where
             }
         }
     }
-    let child = Child {
-        plan,
-        setup,
-        report,
-        born: Born { in_cgroup: false },
-        init: init_args,
-    };
+    let child = child_born(false);
     let arg: *mut libc::c_void = (&child as *const Child<'_, F>).cast_mut().cast();
     let flags = sharing | libc::CLONE_PIDFD | libc::SIGCHLD;
     // SAFETY: a valid entry point, a stack that outlives the child's use of it (this
@@ -770,6 +765,8 @@ pub enum Stage {
     Identity = 9,
     /// The exec itself: the processor could not be run.
     Exec = 10,
+    /// Its scheduling class and nice value (`--nice`, `--sched`).
+    Priority = 11,
 }
 
 impl Stage {
@@ -785,6 +782,7 @@ impl Stage {
             7 => Stage::Privileges,
             8 => Stage::Capabilities,
             9 => Stage::Identity,
+            11 => Stage::Priority,
             _ => Stage::Exec,
         }
     }
@@ -802,6 +800,7 @@ impl Stage {
             Stage::Privileges => Some("setting no_new_privs failed"),
             Stage::Capabilities => Some("dropping its capabilities failed"),
             Stage::Identity => Some("taking its user and groups (--user) failed"),
+            Stage::Priority => Some("setting its scheduling class and nice value failed"),
             Stage::Exec => None,
         }
     }
@@ -1492,6 +1491,7 @@ mod tests {
             Stage::Capabilities,
             Stage::Identity,
             Stage::Exec,
+            Stage::Priority,
         ];
         for stage in all {
             assert_eq!(Stage::from_code(stage as i32), stage);

@@ -49,6 +49,7 @@ pub mod guard;
 pub mod isolate;
 pub(crate) mod launch;
 pub mod mounts;
+pub mod priority;
 pub mod process;
 pub mod reaper;
 pub mod sandbox;

@@ -7,7 +7,8 @@
 //!   scratch directory;
 //! - a minimal `/dev` (tmpfs with `null`, `zero`, `full`, `random`, `urandom` and `tty`
 //!   bound from the host's, `fd`, `stdin`, `stdout`, `stderr` links, and a private `shm`);
-//! - the working directory and the worker's scratch directory writable, and each
+//! - the working directory and the worker's scratch directory writable, the processor's
+//!   own directory (read-only) where a private directory would hide it, and each
 //!   `--bind SRC[:DST][:ro]`;
 //! - every Unix socket the host has bound elsewhere on the file system (from
 //!   `/proc/net/unix`) covered by `/dev/null`, so that connecting to it fails.
@@ -110,9 +111,9 @@ impl Layout {
         })
     }
 
-    /// The plan for one worker, whose working directory is `cwd` and whose scratch
-    /// directory is `scratch`.
-    pub(crate) fn plan(&self, cwd: &Path, scratch: &Path) -> io::Result<Plan> {
+    /// The plan for one worker running `program`, whose working directory is `cwd` and
+    /// whose scratch directory is `scratch`.
+    pub(crate) fn plan(&self, program: &Path, cwd: &Path, scratch: &Path) -> io::Result<Plan> {
         let mut private = self.private.clone();
         // Other workers' scratch directories are its siblings.
         if let Some(parent) = scratch.parent() {
@@ -128,6 +129,13 @@ impl Layout {
             }
         }
         keeps.push((cwd.to_path_buf(), cwd.to_path_buf(), true, true));
+        // A processor that lives in a private directory (a build in /tmp) must still be
+        // there to run, with what lies beside it: its directory, read-only.
+        if let Some(dir) = program.parent() {
+            if private.iter().any(|p| dir.starts_with(p)) {
+                keeps.push((dir.to_path_buf(), dir.to_path_buf(), false, true));
+            }
+        }
         keeps.push((scratch.to_path_buf(), scratch.to_path_buf(), true, true));
         for b in &self.binds {
             keeps.push((b.src.clone(), b.dst.clone(), !b.read_only, b.src.is_dir()));
@@ -259,7 +267,7 @@ fn check(rc: libc::c_long) -> io::Result<()> {
 ///
 /// # Safety
 /// A system call on a NUL-terminated path and a live struct.
-unsafe fn read_only(path: &std::ffi::CStr, on: bool, recursive: bool) -> io::Result<()> {
+pub(crate) unsafe fn read_only(path: &std::ffi::CStr, on: bool, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: if on { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: if on { 0 } else { MOUNT_ATTR_RDONLY },

@@ -144,6 +144,13 @@ pub struct Process {
     shim: bool,
     /// The processor's pid: the init's worker, or this process.
     processor: i32,
+    /// It was seen in its cgroup v2 directory, whose `cgroup.kill` kills its whole tree at
+    /// once: whatever it starts is there too (a process without privileges cannot move
+    /// out), so no tree walk is needed to find what it left.
+    contained: bool,
+    /// When a process [`Process::end`] killed was seen to exit, through its pidfd: before
+    /// the reaper gets to it, which may be busy reaping others.
+    exited_at: Option<std::time::Instant>,
 }
 
 impl Process {
@@ -187,7 +194,12 @@ impl Process {
         if let Some(cgroup) = &cgroup {
             exit.kill_cgroup_first(cgroup);
         }
+        let contained = cgroup
+            .as_ref()
+            .and_then(|c| c.atomic_kill_threads())
+            .is_some_and(|threads| threads.contains(&exit.pid()));
         Process {
+            contained,
             exit,
             handle,
             worker,
@@ -196,6 +208,7 @@ impl Process {
             limits_hit: Hits::default(),
             shim: false,
             processor: 0,
+            exited_at: None,
         }
     }
 
@@ -257,7 +270,26 @@ impl Process {
     /// is certainly still there, unreaped. Once it has been reaped, the reaper has already
     /// killed its group and cgroup, and the tree under its old pid is someone else's.
     pub fn kill(&self) {
+        // Where the cgroup holds the worker and `cgroup.kill` kills it, that reaches its
+        // whole tree at once and names nobody else, reaped or not, and so does the pidfd
+        // its group: no need to wait for the reaper's hold, which a reap in progress keeps
+        // for as long as the kernel takes (milliseconds, when many workers die together).
+        if self.contained {
+            if let Some(cgroup) = &self.cgroup {
+                // First, so that they die as soon as the kill lands, however busy the CPUs.
+                if let Some(threads) = cgroup.atomic_kill_threads() {
+                    crate::priority::hasten_threads(&threads);
+                }
+                cgroup.kill();
+            }
+            if matches!(self.handle, Handle::Pidfd(_)) {
+                let _ = self.send(Signal::SIGKILL, None);
+            }
+            return;
+        }
         let walked = self.exit.while_unreaped(|unreaped| {
+            // First, so that it dies as soon as the kill lands, however busy the CPUs are.
+            crate::priority::hasten_group(self.pid());
             let escaped = crate::reaper::descendants(self.pid());
             if let Some(cgroup) = &self.cgroup {
                 cgroup.kill();
@@ -286,13 +318,32 @@ impl Process {
     pub fn kill_leftovers(&self) -> usize {
         let leader = self.pid();
         self.exit
-            .while_unreaped(|_| {
-                let mut pids = crate::reaper::descendants(leader);
+            .while_unreaped(|unreaped| {
+                // Contained, everything it started is in its kill cgroup (behind a pid
+                // namespace's shim, the worker proper is one of the members: walk).
+                if self.contained && !self.shim {
+                    let mut pids = self
+                        .cgroup
+                        .as_ref()
+                        .map(|c| c.kill_dir_members())
+                        .unwrap_or_default();
+                    pids.retain(|&p| p != leader);
+                    crate::reaper::kill_all(&pids);
+                    return pids.len();
+                }
+                let mut pids = Vec::new();
                 if let Some(cgroup) = &self.cgroup {
                     pids.extend(cgroup.members());
                 }
-                pids.extend(crate::reaper::group_members(leader));
-                pids.extend(crate::reaper::adopted_from(self.worker));
+                pids.extend(crate::reaper::descendants(leader));
+                // Group members and tagged processes that left the tree were adopted by
+                // jobsup (see `orphans_of`): found from its strays, not a walk of /proc,
+                // which would cost more than the job (this runs after every job).
+                pids.extend(crate::reaper::orphans_of(
+                    &unreaped.strays(),
+                    leader,
+                    self.worker,
+                ));
                 let mut spared = vec![leader];
                 // The init's first child is the worker: orphans it adopts come after it.
                 if self.shim {
@@ -321,9 +372,34 @@ impl Process {
     /// ended and whether jobsup had to kill it.
     pub async fn end(&mut self, grace: Duration) -> (Exit, bool) {
         let mut killed = false;
-        if self.exit().is_none() && tokio::time::timeout(grace, self.exited()).await.is_err() {
-            self.kill();
-            killed = true;
+        if self.exit().is_none() {
+            // A pidfd is readable once the process has exited: that is when it ended,
+            // however long the reaper takes to come to it (it may be reaping many others).
+            let exit = self.exit_readiness();
+            let registration = &mut self.exit;
+            let gone = async {
+                match &exit {
+                    Some(exit) => tokio::select! {
+                        biased;
+                        _ = exit.readable() => {}
+                        _ = registration.reaped() => {}
+                    },
+                    None => {
+                        registration.reaped().await;
+                    }
+                }
+            };
+            if tokio::time::timeout(grace, gone).await.is_err() {
+                self.kill();
+                killed = true;
+                if let Some(exit) = &exit {
+                    tokio::select! {
+                        biased;
+                        _ = exit.readable() => self.exited_at = Some(std::time::Instant::now()),
+                        _ = self.exit.reaped() => {}
+                    }
+                }
+            }
         }
         let reaped = self.exit.reaped().await;
         // Group members the leader left behind died at the reaper's SIGKILL, sent while the
@@ -339,9 +415,11 @@ impl Process {
         // between the listing and the kill. (The tree is not walked from the reaped pid: it
         // may already name someone else.)
         let worker = self.worker;
-        self.exit.holding_reaper(|| {
-            crate::reaper::kill_all(&crate::reaper::adopted_from(worker));
-        });
+        if !self.contained {
+            self.exit.holding_reaper_with_strays(|strays| {
+                crate::reaper::kill_all(&crate::reaper::adopted_from(strays, worker));
+            });
+        }
         if let Some(cgroup) = &self.cgroup {
             if !reaped.cgroup_killed {
                 cgroup.kill();
@@ -353,6 +431,26 @@ impl Process {
             }
         }
         (reaped.exit, killed)
+    }
+
+    /// When a process [`Process::end`] had to kill was seen to exit (before it was
+    /// reaped), where a pidfd shows it.
+    pub fn exited_at(&self) -> Option<std::time::Instant> {
+        self.exited_at
+    }
+
+    /// A copy of its pidfd registered with the runtime, to await its exit by.
+    fn exit_readiness(&self) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+        let Handle::Pidfd(fd) = &self.handle else {
+            return None;
+        };
+        let copy = fd.try_clone().ok()?;
+        // SAFETY: the AsyncFd owns `copy`, which stays open, and the same file, for as long
+        // as it lives.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(copy, tokio::io::Interest::READABLE)
+        }
+        .ok()
     }
 
     /// Whether its memory limit is a cgroup's (rather than `RLIMIT_AS`).
@@ -379,11 +477,11 @@ impl Process {
 
     /// [`Process::signal_group`], for a caller that holds the reaper off with the leader
     /// unreaped.
-    fn signal_unreaped_group(&self, unreaped: &Unreaped, sig: Signal) -> Result<(), Errno> {
+    fn signal_unreaped_group(&self, unreaped: &Unreaped<'_>, sig: Signal) -> Result<(), Errno> {
         self.send(sig, Some(unreaped))
     }
 
-    fn send(&self, sig: Signal, unreaped: Option<&Unreaped>) -> Result<(), Errno> {
+    fn send(&self, sig: Signal, unreaped: Option<&Unreaped<'_>>) -> Result<(), Errno> {
         let sent = match (&self.handle, unreaped) {
             (Handle::Pidfd(fd), _) => {
                 pidfd_send_signal(fd.as_fd(), sig as c_int, libc::PIDFD_SIGNAL_PROCESS_GROUP)

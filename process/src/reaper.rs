@@ -40,7 +40,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -108,8 +108,10 @@ struct Entry {
     /// Where its status goes; `None` once the reaper thread has failed (the pid is then
     /// never reaped, and stays the child's).
     tx: Option<oneshot::Sender<Reaped>>,
-    /// Killed with the child's group, just before the child is reaped.
-    cgroup: Option<Arc<WorkerCgroup>>,
+    /// Killed with the child's group, just before the child is reaped. Set through the
+    /// registration without the registry's lock (`kill_cgroup_first`), so that the
+    /// worker's task never waits for a reap in progress just to name it.
+    cgroup: Arc<OnceLock<Arc<WorkerCgroup>>>,
 }
 
 /// Who waits for which pid, and the statuses that came before their owner.
@@ -212,17 +214,30 @@ pub struct Registration {
     rx: Option<oneshot::Receiver<Reaped>>,
     reaped: Option<Reaped>,
     registry: Arc<Mutex<Registry>>,
+    /// Its entry's cgroup slot.
+    cgroup: Arc<OnceLock<Arc<WorkerCgroup>>>,
 }
 
 /// Proof, inside [`Registration::while_unreaped`], that the child is not reaped: its pid,
 /// and the id of the group it leads, name it and nobody else.
-pub struct Unreaped {
-    _private: (),
+pub struct Unreaped<'r> {
+    registry: &'r Registry,
+}
+
+impl Unreaped<'_> {
+    /// jobsup's own children that nobody registered: the orphans it adopted as subreaper.
+    /// Listed with the reaper held off, so each pid stays that child's until the hold ends.
+    pub fn strays(&self) -> Vec<i32> {
+        let mut kids = children_of_self();
+        kids.retain(|p| !self.registry.waiting.contains_key(p));
+        kids
+    }
 }
 
 impl Registration {
     fn new(registry: &Arc<Mutex<Registry>>, pid: i32, since: Instant) -> Registration {
-        let (rx, serial, pidfd) = lock(registry).register(pid, since);
+        let cgroup = Arc::new(OnceLock::new());
+        let (rx, serial, pidfd) = lock(registry).register(pid, since, &cgroup);
         Registration {
             pid,
             serial,
@@ -230,6 +245,7 @@ impl Registration {
             rx: Some(rx),
             reaped: None,
             registry: Arc::clone(registry),
+            cgroup,
         }
     }
 
@@ -277,10 +293,14 @@ impl Registration {
     ///
     /// `f` must not call back into the registry (registering, holding the reaper): it runs
     /// with it locked.
-    pub fn while_unreaped<R>(&self, f: impl FnOnce(&Unreaped) -> R) -> Option<R> {
+    pub fn while_unreaped<R>(&self, f: impl FnOnce(&Unreaped<'_>) -> R) -> Option<R> {
         let registry = lock(&self.registry);
         let unreaped = self.entry(&registry).is_some();
-        let result = unreaped.then(|| f(&Unreaped { _private: () }));
+        let result = unreaped.then(|| {
+            f(&Unreaped {
+                registry: &registry,
+            })
+        });
         drop(registry);
         result
     }
@@ -293,6 +313,19 @@ impl Registration {
         f()
     }
 
+    /// [`Registration::holding_reaper`], given jobsup's own children that nobody
+    /// registered (the orphans it adopted, see [`Unreaped::strays`]), listed under the
+    /// hold: what to look at for a worker's escaped descendants, rather than every
+    /// child of jobsup (every other worker among them).
+    pub fn holding_reaper_with_strays<R>(&self, f: impl FnOnce(&[i32]) -> R) -> R {
+        let registry = lock(&self.registry);
+        let strays = Unreaped {
+            registry: &registry,
+        }
+        .strays();
+        f(&strays)
+    }
+
     /// The pidfd the reaper opened on the child while it was a zombie, if it was reaped
     /// before it was registered and led a process group: through it, what is left of that
     /// group can still be signalled (see [`crate::process`]).
@@ -303,12 +336,7 @@ impl Registration {
     /// Has the reaper kill `cgroup` too, just before it reaps the child (if it has not yet:
     /// [`Reaped::cgroup_killed`] says).
     pub fn kill_cgroup_first(&self, cgroup: &Arc<WorkerCgroup>) {
-        let mut registry = lock(&self.registry);
-        if self.entry(&registry).is_some() {
-            if let Some(entry) = registry.waiting.get_mut(&self.pid) {
-                entry.cgroup = Some(Arc::clone(cgroup));
-            }
-        }
+        let _ = self.cgroup.set(Arc::clone(cgroup));
     }
 
     /// Its entry, while it is registered and unreaped.
@@ -336,6 +364,7 @@ impl Registry {
         &mut self,
         pid: i32,
         since: Instant,
+        cgroup: &Arc<OnceLock<Arc<WorkerCgroup>>>,
     ) -> (oneshot::Receiver<Reaped>, Option<u64>, Option<OwnedFd>) {
         let (tx, rx) = oneshot::channel();
         let leader = self.leaders.remove(&pid);
@@ -357,7 +386,7 @@ impl Registry {
                     Entry {
                         serial,
                         tx,
-                        cgroup: None,
+                        cgroup: Arc::clone(cgroup),
                     },
                 );
                 (rx, Some(serial), None)
@@ -376,7 +405,7 @@ impl Registry {
         match &entry {
             Some(entry) => {
                 crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                if let Some(cgroup) = &entry.cgroup {
+                if let Some(cgroup) = entry.cgroup.get() {
                     cgroup.kill();
                     cgroup_killed = true;
                 }
@@ -536,17 +565,46 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 }
 
 /// The children jobsup adopted (as subreaper) from worker `worker`, with their own
-/// descendants: processes whose environment still names the worker.
-pub fn adopted_from(worker: u64) -> Vec<i32> {
+/// descendants: those of `strays` (jobsup's unregistered children, see
+/// [`Registration::holding_reaper_with_strays`]) whose environment still names the worker.
+pub fn adopted_from(strays: &[i32], worker: u64) -> Vec<i32> {
     let tag = format!("JOBSUP_WORKER_ID={worker}");
     let mut pids = Vec::new();
-    for child in children_of_self() {
+    for &child in strays {
         if environ_has(child, tag.as_bytes()) {
             pids.extend(descendants(child));
             pids.push(child);
         }
     }
     pids
+}
+
+/// What of worker `worker`'s tree (led by `leader`) was orphaned and adopted by jobsup:
+/// the processes under `strays` (jobsup's unregistered children, see [`Unreaped::strays`])
+/// that are in `leader`'s process group, and the trees of those whose environment still
+/// names the worker.
+///
+/// Together with `descendants(leader)` this finds every member of the group without a
+/// walk of all of `/proc`: a group's members are all in the leader's session, so all were
+/// forked inside the leader's tree; one that is no longer the leader's descendant lost an
+/// ancestor and was handed to the nearest subreaper above it, which is jobsup.
+pub fn orphans_of(strays: &[i32], leader: i32, worker: u64) -> Vec<i32> {
+    let tag = format!("JOBSUP_WORKER_ID={worker}");
+    let mut found = Vec::new();
+    for &stray in strays {
+        if environ_has(stray, tag.as_bytes()) {
+            found.push(stray);
+            found.extend(descendants(stray));
+            continue;
+        }
+        let mut tree = descendants(stray);
+        tree.push(stray);
+        found.extend(
+            tree.into_iter()
+                .filter(|&p| stat_fields(p).and_then(|f| f.get(2)?.parse().ok()) == Some(leader)),
+        );
+    }
+    found
 }
 
 /// Whether `pid`'s environment holds exactly `var` (`NAME=value`). A zombie's (or another
@@ -667,7 +725,7 @@ pub(crate) mod testing {
 
     pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .expect("a runtime")
             .block_on(f)
@@ -778,7 +836,7 @@ mod tests {
         let mut r = Registry::default();
         let since = Instant::now();
         r.park(42, Exit::Code(3), Instant::now());
-        let (mut rx, serial, _) = r.register(42, since);
+        let (mut rx, serial, _) = r.register(42, since, &Arc::default());
         assert_eq!(rx.try_recv(), Ok(Reaped::early(Exit::Code(3))));
         assert_eq!(serial, None);
         assert!(r.parked.is_empty() && r.waiting.is_empty());
@@ -790,7 +848,7 @@ mod tests {
         // An orphan with pid 42 was reaped; then a new child got the recycled pid.
         r.park(42, Exit::Signal(9), Instant::now());
         let since = Instant::now() + Duration::from_millis(1);
-        let (mut rx, _, _) = r.register(42, since);
+        let (mut rx, _, _) = r.register(42, since, &Arc::default());
         assert!(
             rx.try_recv().is_err(),
             "the orphan's status is not the child's"

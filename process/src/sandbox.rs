@@ -98,6 +98,8 @@ pub struct SpawnSpec {
     pub isolation: Option<crate::isolate::Prepared>,
     /// Who the worker runs as (`--user`); `None` keeps jobsup's own user.
     pub user: Option<Identity>,
+    /// Its scheduling class and nice value (`--nice`, `--sched`).
+    pub priority: crate::priority::WorkerPriority,
 }
 
 /// Resource limits set on a worker before it runs: rlimits (inherited by its children), or
@@ -478,6 +480,7 @@ fn spawn(
             Some(layout) => Some(
                 layout
                     .plan(
+                        &spec.program,
                         spec.cwd.as_deref().unwrap_or(workdir.path()),
                         workdir.path(),
                     )
@@ -487,6 +490,7 @@ fn spawn(
         },
         fd_method: state.fallbacks.fd_method(),
         identity: spec.user.clone(),
+        priority: spec.priority,
         cap_last: cap_last().map_err(other)?,
         drop_bounding: may_set_pcap()
             || spec.isolation.as_ref().is_some_and(|p| p.user_namespace()),
@@ -647,6 +651,8 @@ struct ChildPlan {
     fd_method: FdMethod,
     /// Who the worker becomes (`--user`).
     identity: Option<Identity>,
+    /// Its scheduling class and nice value.
+    priority: crate::priority::WorkerPriority,
     /// The highest capability this kernel knows.
     cap_last: libc::c_int,
     /// Whether the child may empty its bounding set (it has `CAP_SETPCAP` there).
@@ -872,6 +878,9 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
         if let Some(secs) = plan.limits.cpu_secs {
             set(libc::RLIMIT_CPU, secs, secs + 1)?;
         }
+
+        // 9a. Its scheduling class and nice value (`crate::priority`): below jobsup's.
+        at(Stage::Priority, plan.priority.apply())?;
 
         // 10. Every other capability set emptied: ambient, then effective, permitted and
         //     inheritable. The processor starts with no privilege at all, root or not,

@@ -140,6 +140,11 @@ pub struct RunArgs {
     /// named by JOBSUP_WORKDIR): `--cwd .` for scripts and modules given relative to here.
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+    /// Keep jobsup in the ordinary scheduling class: without it, jobsup's threads run
+    /// under SCHED_RR at a low real-time priority where that is permitted (root,
+    /// CAP_SYS_NICE, RLIMIT_RTPRIO), else at a lower nice value where RLIMIT_NICE allows.
+    #[arg(long)]
+    pub no_realtime: bool,
     /// The processor to run, and its arguments (or `command` in the config file).
     #[arg(last = true, value_name = "PROCESSOR")]
     pub command: Vec<OsString>,
@@ -390,7 +395,7 @@ pub(crate) fn run_pool(
     } else {
         (pool.limits, None)
     };
-    let settings = WorkerSettings {
+    let mut settings = WorkerSettings {
         pool: Arc::from(pool.name.as_str()),
         slow: pool.slow,
         idle_timeout: pool.idle_timeout,
@@ -415,6 +420,7 @@ pub(crate) fn run_pool(
             isolation: crate::isolate::resolve(&pool.isolate, &pool.binds)
                 .map_err(|e| anyhow::anyhow!(e))?,
             user: pool.user.clone(),
+            priority: worker_priority(pool.priority),
         },
         start_timeout: pool.start_timeout,
         max_jobs: pool.max_jobs_per_worker,
@@ -487,6 +493,15 @@ pub(crate) fn run_pool(
             None
         }
     };
+    // After the guard, which should not inherit it; before every thread that should.
+    let unraised_nice = crate::priority::own_nice();
+    let raised = crate::priority::raise_supervisor(!args.no_realtime);
+    tracing::debug!("jobsup's scheduling priority: {raised}");
+    // A real-time jobsup is ahead of its workers anyway: they keep its own nice value
+    // unless `--nice` says otherwise.
+    if pool.priority.0.is_none() && matches!(raised, crate::priority::Raised::RealTime(_)) {
+        settings.spawn.priority.nice = unraised_nice;
+    }
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     if let Some(guard) = &mut guard {
@@ -593,6 +608,23 @@ fn finish_guard(guard: crate::guard::Guard) {
 }
 
 /// `--cwd`, made absolute and checked once, so that a typo is an error before any job.
+/// The workers' scheduling, from the pool's `--nice` and `--sched`.
+fn worker_priority(
+    (nice, sched): (Option<u8>, crate::config::Sched),
+) -> crate::priority::WorkerPriority {
+    use crate::config::Sched;
+    use crate::priority::Policy;
+    let policy = match sched {
+        Sched::Other => Policy::Other,
+        Sched::Batch => Policy::Batch,
+        Sched::Idle => Policy::Idle,
+    };
+    crate::priority::WorkerPriority::below_supervisor(
+        policy,
+        nice.unwrap_or(crate::config::DEFAULT_NICE),
+    )
+}
+
 fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let abs =
         std::path::absolute(dir).map_err(|e| anyhow::anyhow!("--cwd {}: {e}", dir.display()))?;

@@ -203,6 +203,18 @@ impl RetryOn {
     }
 }
 
+/// A worker's scheduling class (`--sched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sched {
+    /// SCHED_OTHER, the ordinary class.
+    Other,
+    /// SCHED_BATCH: taken to be CPU-bound, never preempts another task on waking.
+    Batch,
+    /// SCHED_IDLE: runs only when nothing else wants the CPU.
+    Idle,
+}
+
 /// A pool's settings, as flags and as a TOML table; every field is optional so that the
 /// sources can be layered.
 #[derive(Debug, Clone, Default, Args, Deserialize, Serialize)]
@@ -330,6 +342,17 @@ pub struct PoolSpec {
     #[arg(long, value_name = "USER[:GROUP]")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Run the workers this many nice levels below jobsup (0 to 19), so that jobsup's
+    /// deadlines keep time when they keep every CPU busy [default: 0 where jobsup runs
+    /// real-time, else 10].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=19))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nice: Option<u8>,
+    /// The workers' scheduling class: other, batch (CPU-bound: never preempts on waking)
+    /// or idle (only when nothing else runs) [default: other].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched: Option<Sched>,
 }
 
 /// Fills every field `self` leaves unset from `under`.
@@ -374,6 +397,8 @@ impl PoolSpec {
             isolate,
             bind,
             user,
+            nice,
+            sched,
         )
     }
 }
@@ -394,6 +419,13 @@ fn merge_env(under: Option<&[EnvVar]>, mine: Option<Vec<EnvVar>>) -> Option<Vec<
         }
     }
 }
+
+/// The workers' nice levels below jobsup when none is given and jobsup could not take the
+/// real-time class (with it, the workers need no handicap: they stay at jobsup's own).
+pub const DEFAULT_NICE: u8 = 10;
+
+/// The workers' scheduling class when none is given.
+pub const DEFAULT_SCHED: Sched = Sched::Other;
 
 /// A setting whose value is out of range.
 fn out_of_range(key: &str, detail: &str) -> String {
@@ -447,6 +479,9 @@ pub struct Pool {
     pub user: Option<crate::sandbox::Identity>,
     /// What `user` was given as, for `jobsup check`.
     pub user_name: Option<String>,
+    /// The workers' nice levels below jobsup (`None`: the default, which depends on
+    /// whether jobsup gets the real-time class), and their class.
+    pub priority: (Option<u8>, Sched),
 }
 
 /// Resolves `USER[:GROUP]` for `--user`: `None` when it names jobsup's own user and group
@@ -581,6 +616,7 @@ impl Pool {
             binds,
             user,
             user_name: spec.user.clone(),
+            priority: (spec.nice, spec.sched.unwrap_or(DEFAULT_SCHED)),
             name: name.to_string(),
             command,
             mode,
@@ -660,7 +696,7 @@ impl Pool {
             })
         };
         format!(
-            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}, processes {}\n  isolate: {:?}\n  user: {}\n",
+            "pool {}\n  command: {:?}\n  mode: {:?}\n  ttl: {}, cleanup: {}, cleanup signal: {}\n  concurrency: {}\n  env: {}\n  pass env: {}\n  max output: {} bytes\n  max jobs per worker: {}\n  retries: {} on {} (first delay {})\n  start timeout: {}, idle timeout: {}, slow: {}\n  limits: memory {}, cpu time {}, open files {}, processes {}\n  isolate: {:?}\n  user: {}\n  priority: nice +{}, {:?}\n",
             self.name,
             command,
             self.mode,
@@ -684,6 +720,10 @@ impl Pool {
             self.limits.max_procs.map_or("-".into(), |n| n.to_string()),
             self.isolate,
             self.user_name.as_deref().unwrap_or("-"),
+            self.priority
+                .0
+                .map_or(format!("{DEFAULT_NICE} unless real-time"), |n| n.to_string()),
+            self.priority.1,
         )
     }
 }

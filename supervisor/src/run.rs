@@ -520,7 +520,13 @@ impl Worker {
             }
         }
         match outcome {
-            Outcome::Killed | Outcome::Crashed => record.set_duration(started.elapsed()),
+            // Until it died: when its pidfd said so, or when it was reaped.
+            Outcome::Killed | Outcome::Crashed => {
+                record.set_duration(live.process.exited_at().map_or_else(
+                    || started.elapsed(),
+                    |at| Instant::from_std(at).saturating_duration_since(started),
+                ))
+            }
             _ => record.set_duration(decided),
         }
         if let Some(exit) = exited {

@@ -1,27 +1,27 @@
-//! Throughput and deadline lateness of jobsup, against a raw-pipe baseline.
+//! Throughput and memory of jobsup, against a raw-pipe baseline (lateness is the
+//! `deadlines` bench).
 //!
 //! Run with `cargo bench -p jobsup-tests --bench throughput`. It prints numbers and asserts
-//! nothing about speed. `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
+//! nothing about speed. `JOBSUP_BENCH_JOBSUP` names another jobsup binary to measure
+//! instead of this build's (an older build, for a before/after). `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
 //! (default 20000), `JOBSUP_BENCH_ROUNDS` the rounds per configuration (default 5).
 //!
 //! 1. Baseline: K `echo` processors spawned directly, one thread per processor doing
 //!    sequential round trips (`Job` frame out, `Done` frame back) over the two protocol
 //!    pipes. This is the cost of the processes and the protocol alone.
 //! 2. jobsup: `jobsup run -j K --input FILE --output /dev/null -- echo` on the same number
-//!    of jobs, timed end to end (start-up and shutdown included).
-//! 3. Lateness: how long after the ttl a cleanup request reaches a worker (`fx-latency`
-//!    reports it), and how long after ttl + cleanup a job that ignores it is recorded
-//!    killed (`spin`).
-//! 4. `--mode exec`: `jobsup run --mode exec -j K -- cat` on `JOBSUP_BENCH_EXEC_JOBS` jobs
-//!    (default 2000), against K threads that each spawn `cat`, write the payload to its
-//!    stdin, read its stdout and wait for it (the cost of the processes alone); and, where
-//!    installed, `xargs -P K -n 1 true` and GNU `parallel -j K true` on as many jobs.
+//!    of jobs, timed end to end (start-up and shutdown included), at K = 1, 2 and 64.
+//! 3. Peak RSS of jobsup at `-j 64` over `JOBSUP_BENCH_RSS_JOBS` jobs (default a million)
+//!    and a tenth of that (its own `VmHWM`): it should not grow with the input.
+//! 4. `--mode exec`: `jobsup run --mode exec -j K -- /bin/true` on `JOBSUP_BENCH_EXEC_JOBS`
+//!    jobs (default 2000), against `xargs -P K -n 1 /bin/true` on as many lines and one
+//!    thread spawning `/bin/true` and waiting for it, one at a time.
 //! 5. `--mode lines`: `jobsup run --mode lines -j K -- stdbuf -oL cat` (or a `python3 -u`
 //!    echo loop without stdbuf) on the same number of jobs as 1 and 2, against K threads
 //!    that each drive the same program directly with write-line/read-line round trips.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -30,9 +30,21 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use jobsup_protocol::{Codec, FromWorker, Job, JobResult, ToWorker, ENV_PROTOCOL};
-use jobsup_tests::{bin, jobsup, lines};
+use jobsup_tests::{bin, lines};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The jobsup binary measured: `JOBSUP_BENCH_JOBSUP` (another build, to compare), or
+/// this one.
+fn jobsup_bin() -> String {
+    std::env::var("JOBSUP_BENCH_JOBSUP")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jobsup-shim").to_string())
+}
+
+/// `jobsup run`, with the binary measured.
+fn jobsup_run() -> jobsup_tests::Jobsup {
+    jobsup_tests::Jobsup::new(jobsup_bin()).arg("run")
+}
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     let mut fds = [0; 2];
@@ -154,7 +166,7 @@ fn timed_run(j: jobsup_tests::Jobsup, n: usize) -> Result<f64, Error> {
 
 /// Jobs per second through `jobsup run -j K`.
 fn through_jobsup(n: usize, k: usize) -> Result<f64, Error> {
-    let j = jobsup!().timeout(Duration::from_secs(600));
+    let j = jobsup_run().timeout(Duration::from_secs(600));
     let input = j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")));
     let j = j
         .args(["-j", &k.to_string(), "--input"])
@@ -170,47 +182,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Lateness samples (ms) from one jobsup run.
-fn lateness(
-    processor: &str,
-    flags: &[&str],
-    jobs: usize,
-    sample: impl Fn(&jobsup_tests::Record) -> Option<f64>,
-) -> Result<Vec<f64>, Error> {
-    let run = jobsup!()
-        .timeout(Duration::from_secs(600))
-        .args(flags)
-        .processor(processor, [] as [&str; 0])
-        .stdin(lines(jobs, |i| i.to_string()))
-        .run();
-    let recs = run.records();
-    let mut samples: Vec<f64> = recs.iter().filter_map(sample).collect();
-    if samples.len() != jobs {
-        return Err(format!(
-            "{} usable records of {jobs} (exit {}): {}",
-            samples.len(),
-            run.code(),
-            run.stderr.trim()
-        )
-        .into());
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples)
-}
-
-fn print_percentiles(what: &str, samples: Result<Vec<f64>, Error>) {
-    match samples {
-        Ok(s) => println!(
-            "{what:<28} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms   ({} jobs)",
-            percentile(&s, 50.0),
-            percentile(&s, 99.0),
-            percentile(&s, 100.0),
-            s.len()
-        ),
-        Err(e) => println!("{what:<28} unavailable: {e}"),
-    }
 }
 
 /// A program's command line, as the benchmark runs it (first element: the program).
@@ -244,7 +215,7 @@ fn job_file(j: &jobsup_tests::Jobsup, n: usize) -> std::path::PathBuf {
 
 /// Jobs per second through `jobsup run --mode MODE -j K -- ARGV` on `n` jobs.
 fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Result<f64, Error> {
-    let j = jobsup!().timeout(Duration::from_secs(600));
+    let j = jobsup_run().timeout(Duration::from_secs(600));
     let input = job_file(&j, n);
     let j = j
         .args(["--mode", mode, "-q", "-j", &k.to_string(), "--input"])
@@ -254,28 +225,16 @@ fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Resul
     timed_run(j, n)
 }
 
-/// Exec baseline: `n` sequential spawn / write stdin / read stdout / wait of `argv`.
-fn spawn_and_wait_worker(argv: &[String], n: usize, first_id: usize) -> Result<(), Error> {
-    for i in 0..n {
-        let payload = format!("payload {}\n", first_id + i);
-        let mut child = command(argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+/// Exec baseline: `n` sequential spawns of `argv` (no input, no output), each waited for.
+fn spawn_and_wait_worker(argv: &[String], n: usize, _first_id: usize) -> Result<(), Error> {
+    for _ in 0..n {
+        let status = command(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
-        // Small enough for the pipe buffer: written whole before the output is read.
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin.write_all(payload.as_bytes())?;
-        drop(stdin);
-        let mut out = Vec::new();
-        child
-            .stdout
-            .take()
-            .expect("stdout is piped")
-            .read_to_end(&mut out)?;
-        let status = child.wait()?;
-        if !status.success() || out != payload.as_bytes() {
-            return Err(format!("{argv:?} on {payload:?}: {status}, output {out:?}").into());
+            .status()?;
+        if !status.success() {
+            return Err(format!("{argv:?}: {status}").into());
         }
     }
     Ok(())
@@ -401,45 +360,6 @@ fn compare(rounds: usize, contenders: &[Contender<'_>]) {
     }
 }
 
-/// `--mode exec` against spawn-and-wait, and `xargs` / `parallel` where installed.
-fn exec_mode_table(n: usize, rounds: usize) {
-    let cat: Argv = vec!["cat".into()];
-    println!(
-        "exec mode: {n} jobs, one `cat` process each (xargs, parallel: one `true` each), median of {rounds} alternating rounds"
-    );
-    let mut contenders = vec![
-        Contender::new("spawn+wait", |k| {
-            on_threads(n, k, spawn_and_wait_worker, &cat)
-        }),
-        Contender::new("jobsup", |k| through_jobsup_mode("exec", &cat, n, k)),
-    ];
-    let mut missing = Vec::new();
-    if installed("xargs") {
-        contenders.push(Contender::new("xargs -P K", move |k| {
-            through_runner(
-                &["xargs", "-P", &k.to_string(), "-n", "1", "true"].map(String::from),
-                n,
-            )
-        }));
-    } else {
-        missing.push("xargs");
-    }
-    if installed("parallel") {
-        contenders.push(Contender::new("parallel -j K", move |k| {
-            through_runner(
-                &["parallel", "--will-cite", "-j", &k.to_string(), "true"].map(String::from),
-                n,
-            )
-        }));
-    } else {
-        missing.push("GNU parallel");
-    }
-    compare(rounds, &contenders);
-    for m in missing {
-        println!("     {m}: not installed");
-    }
-}
-
 /// `--mode lines` against direct write-line/read-line round trips.
 fn lines_mode_table(n: usize, rounds: usize) {
     // GNU cat writes what it reads at once, but stdbuf makes that explicit; without it, a
@@ -469,94 +389,159 @@ fn lines_mode_table(n: usize, rounds: usize) {
     );
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
-    let n: usize = std::env::var("JOBSUP_BENCH_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+/// Peak RSS (KiB) of `jobsup run -j K` over `n` echo jobs: the largest `VmHWM` (its own
+/// high-water mark) read from `/proc/PID/status` every 20 ms while it runs. (Not
+/// `wait4`'s `ru_maxrss`, which also counts the children it reaped, and a child cloned
+/// with `CLONE_VM` is charged the supervisor's memory until it execs.)
+fn peak_rss(n: usize, k: usize) -> Result<u64, Error> {
+    let j = jobsup_run();
+    let input = j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")));
+    let mut child = Command::new(jobsup_bin())
+        .args(["run", "-q", "-j", &k.to_string(), "--input"])
+        .arg(&input)
+        .args(["--output", "/dev/null", "--"])
+        .arg(bin!("echo"))
+        .current_dir(j.dir())
+        .env_clear()
+        .env("PATH", jobsup_tests::PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        peak = peak.max(hwm);
+        thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        return Err(format!("jobsup ended with {status}").into());
+    }
+    Ok(peak)
+}
 
-    let rounds: usize = std::env::var("JOBSUP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-
-    let exec_jobs: usize = std::env::var("JOBSUP_BENCH_EXEC_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-
-    // The machine is shared and noisy: baseline and jobsup alternate, round after round,
-    // and each column is the median of its rounds; the ratio is the median of the ratios
-    // of rounds run back to back.
-    println!("throughput: {n} echo jobs, median of {rounds} alternating rounds");
-    println!(
-        "{:>3}  {:>16}  {:>16}  {:>16}",
-        "K", "baseline jobs/s", "jobsup jobs/s", "jobsup/baseline"
-    );
-    for k in [1, 2] {
-        let mut base = Vec::new();
-        let mut sup = Vec::new();
-        let mut ratios = Vec::new();
-        for _ in 0..rounds {
-            let b = baseline(n, k);
-            let s = through_jobsup(n, k);
-            match (b, s) {
-                (Ok(b), Ok(s)) => {
-                    base.push(b);
-                    sup.push(s);
-                    ratios.push(s / b);
-                }
-                (b, s) => {
-                    for e in [b.err(), s.err()].into_iter().flatten() {
-                        println!("     error: {e}");
-                    }
-                }
+/// `rounds` alternating rounds of each contender at `k`: the median of each, and the
+/// median of the per-round ratios of the first to the second.
+fn medians(rounds: usize, k: usize, contenders: &[Contender<'_>]) -> (Vec<f64>, f64) {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let results: Vec<Result<f64, Error>> = contenders.iter().map(|c| (c.run)(k)).collect();
+        if let (Some(Ok(s)), Some(Ok(b))) = (results.first(), results.get(1)) {
+            ratios.push(s / b);
+        }
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(v) => samples[i].push(v),
+                Err(e) => println!("     error ({} at -j {k}): {e}", contenders[i].name),
             }
         }
-        for v in [&mut base, &mut sup, &mut ratios] {
-            v.sort_by(f64::total_cmp);
-        }
+    }
+    ratios.sort_by(f64::total_cmp);
+    let meds = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort_by(f64::total_cmp);
+            percentile(s, 50.0)
+        })
+        .collect();
+    (meds, percentile(&ratios, 50.0))
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
+    let n = env_or("JOBSUP_BENCH_JOBS", 20_000);
+    let rounds = env_or("JOBSUP_BENCH_ROUNDS", 5);
+    let exec_jobs = env_or("JOBSUP_BENCH_EXEC_JOBS", 2_000);
+    let rss_jobs = env_or("JOBSUP_BENCH_RSS_JOBS", 1_000_000);
+
+    // The machine is shared and noisy: jobsup and its baseline alternate, round after
+    // round; each figure is the median of its rounds, and each ratio the median of the
+    // ratios of rounds run back to back.
+    println!(
+        "throughput: {n} trivial native jobs (`echo`), {exec_jobs} exec jobs; median of {rounds} alternating rounds"
+    );
+    println!("| measure | jobsup | baseline in the same run | ratio |");
+    println!("|---|---|---|---|");
+    let native = [
+        Contender::new("jobsup", |k| through_jobsup(n, k)),
+        Contender::new("raw pipe ping-pong", |k| baseline(n, k)),
+    ];
+    let mut at_one = None;
+    for k in [1, 2, 64] {
+        let (m, ratio) = medians(rounds, k, &native);
+        let scaling = match at_one {
+            None => {
+                at_one = Some(m[0]);
+                String::new()
+            }
+            Some(one) => format!("; {:.2}x jobsup at `-j 1`", m[0] / one),
+        };
         println!(
-            "{k:>3}  {:>16.0}  {:>16.0}  {:>16.3}",
-            percentile(&base, 50.0),
-            percentile(&sup, 50.0),
-            percentile(&ratios, 50.0)
+            "| trivial native jobs/s, `-j {k}` | {:.0}/s | raw pipe ping-pong, {k} at a time: {:.0}/s | {ratio:.3}{scaling} |",
+            m[0], m[1]
         );
     }
 
-    println!();
-    println!("deadline lateness (60 jobs each, -j 2)");
-    let ttl_ms = 100.0;
-    print_percentiles(
-        "cleanup request after ttl",
-        lateness(
-            bin!("fx-latency"),
-            &["-j", "2", "--ttl", "100ms", "--cleanup", "1s"],
-            60,
-            |r| {
-                let us: f64 = r.output()?.trim().parse().ok()?;
-                Some(us / 1000.0 - ttl_ms)
-            },
-        ),
-    );
-    print_percentiles(
-        "kill after ttl + cleanup",
-        lateness(
-            bin!("spin"),
-            &["-j", "2", "--ttl", "100ms", "--cleanup", "100ms"],
-            60,
-            |r| {
-                if r.outcome() != "killed" {
-                    return None;
-                }
-                Some(r.duration_ms()? - 200.0)
-            },
-        ),
-    );
+    let truth: Argv = vec!["/bin/true".into()];
+    let exec = [
+        Contender::new("jobsup", |k| {
+            through_jobsup_mode("exec", &truth, exec_jobs, k)
+        }),
+        Contender::new("xargs", |k| {
+            through_runner(
+                &["xargs", "-P", &k.to_string(), "-n", "1", "/bin/true"].map(String::from),
+                exec_jobs,
+            )
+        }),
+        Contender::new("spawn+wait", |_| {
+            on_threads(exec_jobs, 1, spawn_and_wait_worker, &truth)
+        }),
+    ];
+    let mut exec_one = None;
+    for k in [1, 2] {
+        let (m, ratio) = medians(rounds, k, &exec);
+        let scaling = match exec_one {
+            None => {
+                exec_one = Some(m[0]);
+                String::new()
+            }
+            Some(one) => format!("; {:.2}x jobsup at `-j 1`", m[0] / one),
+        };
+        println!(
+            "| `--mode exec -- /bin/true`, `-j {k}` | {:.0}/s | `xargs -P{k} -n1 /bin/true` {:.0}/s; spawn+wait one at a time {:.0}/s | {ratio:.3} of xargs{scaling} |",
+            m[0], m[1], m[2]
+        );
+    }
 
-    println!();
-    exec_mode_table(exec_jobs, rounds);
+    let small = rss_jobs / 10;
+    match (peak_rss(small, 64), peak_rss(rss_jobs, 64)) {
+        (Ok(a), Ok(b)) => println!(
+            "| supervisor peak RSS, `-j 64`, {rss_jobs} jobs | {:.1} MB | {small} jobs: {:.1} MB | {:.2} (target: at most 30 MB) |",
+            b as f64 / 1024.0,
+            a as f64 / 1024.0,
+            b as f64 / a as f64
+        ),
+        (a, b) => println!("| supervisor peak RSS | unavailable: {:?} {:?} | | |", a.err(), b.err()),
+    }
 
     println!();
     lines_mode_table(n, rounds);

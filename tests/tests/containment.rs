@@ -197,12 +197,17 @@ fn a_worker_holds_no_capability_and_sees_no_host_process() {
     }
 }
 
+/// Lets nobody (one of the two users each case runs as) use `path`.
+fn open_to_nobody(path: &std::path::Path) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("cannot open {} to nobody: {e}", path.display()));
+}
+
 /// A working directory under the test's directory, open to nobody.
 fn work_dir(j: &Jobsup) -> std::path::PathBuf {
     let cwd = j.dir().join("work");
     std::fs::create_dir_all(&cwd).expect("a working directory");
-    std::fs::set_permissions(&cwd, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .expect("open it to nobody");
+    open_to_nobody(&cwd);
     cwd
 }
 
@@ -239,11 +244,7 @@ fn isolate_fs_leaves_the_host_read_only_but_the_working_and_scratch_directories(
         // Another worker's scratch directory, beside this one's (`--workdir`).
         let workdirs = j.dir().join("workdirs");
         std::fs::create_dir(&workdirs).expect("a workdir parent");
-        std::fs::set_permissions(
-            &workdirs,
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .expect("open it to nobody");
+        open_to_nobody(&workdirs);
         let decoy = workdirs.join("jobsup-worker-other");
         std::fs::create_dir(&decoy).expect("a decoy");
         std::fs::write(decoy.join("secret"), "s3cret\n").expect("a secret");
@@ -301,8 +302,7 @@ fn isolate_fs_and_net_reach_no_host_socket() {
             .map(|p| std::os::unix::net::UnixListener::bind(p).expect("a listener"))
             .collect();
         for p in [&in_tmp, &in_cwd] {
-            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-                .expect("open to nobody");
+            open_to_nobody(p);
         }
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP listener");
         let port = tcp.local_addr().expect("an address").port();
@@ -346,11 +346,7 @@ fn a_bind_adds_a_host_directory_read_only_or_writable() {
         std::fs::write(data.join("input"), "42\n").expect("a file");
         let out_dir = j.dir().join("out");
         std::fs::create_dir(&out_dir).expect("an output directory");
-        std::fs::set_permissions(
-            &out_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .expect("open to nobody");
+        open_to_nobody(&out_dir);
         let ro = format!("{}:/tmp/data:ro", data.display());
         let rw = format!("{}:/tmp/out", out_dir.display());
         let (out, _run) = under_fs(
@@ -397,5 +393,71 @@ fn a_bad_bind_is_refused_at_start() {
             .run();
         assert_eq!(run.code(), 125, "{flags:?}: {run}");
         assert!(run.stderr.contains(says), "{flags:?}: {run}");
+    }
+}
+
+#[test]
+fn a_refused_namespace_is_said_once_and_the_rest_still_contains() {
+    // A kernel that refuses a /proc mount (played by the test-only JOBSUP_FAULT): jobsup
+    // warns once, at start, and its workers still get their pid namespace.
+    let run = jobsup_tests::jobsup!()
+        .env("JOBSUP_FAULT", "proc-mount")
+        .args(["--mode", "exec"])
+        .processor("sh", ["-c", "echo pid=$$"])
+        .stdin("a\nb\n")
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("workers are contained less than they could be"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{run}");
+    assert!(
+        warnings[0].contains("they get: pid, mount (cgroups read-only), cgroup"),
+        "{run}"
+    );
+    for r in run.records() {
+        assert_eq!(r.output(), Some("pid=2\n"), "{run}");
+    }
+    // And a pid namespace that cannot be had at all, when required, is exit 125.
+    let run = jobsup_tests::jobsup!()
+        .args(["--mode", "exec", "--isolate", "pid,fs"])
+        .env("JOBSUP_FAULT", "proc-mount")
+        .processor("true", [] as [&str; 0])
+        .stdin("a\n")
+        .run();
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(
+        run.stderr.contains("--isolate fs,pid") || run.stderr.contains("--isolate pid,fs"),
+        "{run}"
+    );
+}
+
+#[test]
+fn a_processor_in_a_private_directory_still_runs_under_isolate_fs() {
+    // A build or a script in /tmp: its directory stays visible, read-only.
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        let cwd = work_dir(&j);
+        let script = j.write_file(
+            "processor.sh",
+            "#!/bin/sh\necho ran; echo x > \"$(dirname \"$0\")/new\" 2>/dev/null || echo its-dir-read-only\n",
+        );
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("make it executable");
+        let run = j
+            .args(["--mode", "exec", "--isolate", "fs", "--cwd"])
+            .arg(&cwd)
+            .processor(&script, [] as [&str; 0])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+        let records = run.records();
+        assert_eq!(
+            records[0].output(),
+            Some("ran\nits-dir-read-only\n"),
+            "{user:?}: {run}"
+        );
     }
 }

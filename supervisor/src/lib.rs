@@ -20,9 +20,7 @@
 #![forbid(unsafe_code)]
 
 // The process machinery is its own crate; its modules keep their names here.
-pub use jobsup_process::{
-    cgroup, guard, isolate, mounts, priority, process, reaper, sandbox,
-};
+pub use jobsup_process::{cgroup, guard, isolate, mounts, priority, process, reaper, sandbox};
 
 pub mod cli;
 pub mod config;

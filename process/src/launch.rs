@@ -955,6 +955,11 @@ where
         }
         // What a worker sees as its PID 1, and `ps` as the worker's parent.
         libc::prctl(libc::PR_SET_NAME, c"jobsup-init".as_ptr(), 0, 0, 0);
+        // Out of the real-time class the spawning thread may be in (see
+        // `crate::priority`): nothing of a worker's, its init included, competes with
+        // jobsup. (The worker makes its own step, with `--nice` and `--sched`.)
+        let ordinary = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary);
         // Not CLONE_VFORK: nothing here waits for the worker's exec (which would cost this
         // process a wakeup, and the spawn a scheduling delay on a busy machine). The
         // worker has its own copy of the fd table, and uses the spawning thread's stack,

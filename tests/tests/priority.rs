@@ -39,8 +39,10 @@ const SCHED_IDLE: i64 = 5;
 /// One exec job that shows its own scheduling (`cat`'s, which it inherits) and that of
 /// every thread of jobsup (its parent): the worker's line first.
 fn show(user: User, flags: &[&str]) -> (Sched, Vec<Sched>, Run) {
+    // Without the pid namespace, so that the worker's parent is jobsup itself (behind
+    // one, it is the namespace's init: see below).
     let run = jobsup_as!(user)
-        .args(["--mode", "exec"])
+        .args(["--mode", "exec", "--isolate", "none"])
         .args(flags)
         .processor(
             "sh",
@@ -101,6 +103,25 @@ fn jobsup_is_real_time_where_permitted_and_its_workers_never_are() {
             assert_eq!(real_time, 0, "{what}");
             // ...and without the real-time class puts them 10 levels below itself.
             assert_eq!(worker.nice, (own_nice() + 10).min(19), "{what}");
+        }
+    }
+}
+
+#[test]
+fn neither_a_worker_nor_its_init_is_real_time_in_a_pid_namespace() {
+    for user in User::BOTH {
+        let run = jobsup_as!(user)
+            .args(["--mode", "exec"])
+            .processor("sh", ["-c", "cat /proc/self/stat /proc/1/stat"])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{run}");
+        let out = run.records()[0].output().unwrap_or_default().to_string();
+        let all: Vec<Sched> = out.lines().map(parse_stat).collect();
+        assert_eq!(all.len(), 2, "{run}");
+        for s in &all {
+            assert_ne!(s.policy, SCHED_RR, "{user:?}: {all:?}\n{run}");
+            assert_eq!(s.rt_priority, 0, "{user:?}: {all:?}\n{run}");
         }
     }
 }

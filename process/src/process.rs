@@ -319,9 +319,25 @@ impl Process {
         let leader = self.pid();
         self.exit
             .while_unreaped(|unreaped| {
-                // Contained, everything it started is in its kill cgroup (behind a pid
-                // namespace's shim, the worker proper is one of the members: walk).
-                if self.contained && !self.shim {
+                // Behind a pid namespace's init nothing can leave the namespace (orphans
+                // go to the init, not to jobsup): what is left is the init's tree, or its
+                // kill cgroup's members, but the init and the worker.
+                if self.shim {
+                    let mut pids = match (&self.cgroup, self.contained) {
+                        (Some(c), true) => c.kill_dir_members(),
+                        _ => crate::reaper::descendants(leader),
+                    };
+                    // The worker as named at its spawn (its init's first child then).
+                    let worker = match self.processor {
+                        p if p != leader => Some(p),
+                        _ => crate::reaper::children(leader).first().copied(),
+                    };
+                    pids.retain(|&p| p != leader && Some(p) != worker);
+                    crate::reaper::kill_all(&pids);
+                    return pids.len();
+                }
+                // Contained, everything it started is in its kill cgroup.
+                if self.contained {
                     let mut pids = self
                         .cgroup
                         .as_ref()
@@ -344,12 +360,7 @@ impl Process {
                     leader,
                     self.worker,
                 ));
-                let mut spared = vec![leader];
-                // The init's first child is the worker: orphans it adopts come after it.
-                if self.shim {
-                    spared.extend(crate::reaper::children(leader).first());
-                }
-                pids.retain(|p| !spared.contains(p));
+                pids.retain(|&p| p != leader);
                 pids.sort_unstable();
                 pids.dedup();
                 crate::reaper::kill_all(&pids);

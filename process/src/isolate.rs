@@ -346,14 +346,23 @@ pub(crate) unsafe fn enter(
                     return Ok(());
                 }
                 check(libc::unshare(p.after_cgroups))?;
-                // Nothing done here may reach the host's mounts.
-                check(libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ))?;
+                // Nothing done here may reach the host's mounts. A mount propagates
+                // through the mount it is made on, and remounts do not propagate at all:
+                // by default only `/proc` is mounted on, so only it need stop sending;
+                // `--isolate fs` mounts all over the tree.
+                let (at, flags) = match fs {
+                    Some(_) => (c"/", libc::MS_REC | libc::MS_SLAVE),
+                    None => (c"/proc", libc::MS_SLAVE),
+                };
+                if p.proc || fs.is_some() {
+                    check(libc::mount(
+                        std::ptr::null(),
+                        at.as_ptr(),
+                        std::ptr::null(),
+                        flags,
+                        std::ptr::null(),
+                    ))?;
+                }
                 if p.proc {
                     check(libc::mount(
                         c"proc".as_ptr(),

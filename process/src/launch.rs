@@ -292,8 +292,18 @@ const INIT_STACK: usize = 128 * 1024;
 /// The bit that says the init has left a status in [`InitMemory::status`].
 const STATUS_SET: u64 = 1 << 32;
 
+/// Inits' memory kept for the next ones (their inits reaped): a spawn then maps nothing.
+static SPARE_INITS: Mutex<Vec<InitMemory>> = Mutex::new(Vec::new());
+
+/// How many [`SPARE_INITS`] are kept at most.
+const SPARE_INITS_MAX: usize = 64;
+
 impl InitMemory {
     fn new() -> io::Result<InitMemory> {
+        if let Some(spare) = SPARE_INITS.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            spare.status.store(0, Ordering::Relaxed);
+            return Ok(spare);
+        }
         let page = 4096;
         // SAFETY: a fresh anonymous mapping, owned by the value made here.
         let stack = unsafe {
@@ -348,9 +358,15 @@ pub(crate) fn init_ended(pid: i32, exit: crate::reaper::Exit) -> crate::reaper::
     };
     let word = memory.status.load(Ordering::Acquire);
     if word & STATUS_SET == 0 {
+        // Killed before its worker ended (or failed on its own): its own exit stands.
         return exit;
     }
     let status = word as u32 as libc::c_int;
+    let mut spare = SPARE_INITS.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.len() < SPARE_INITS_MAX {
+        spare.push(memory);
+    }
+    drop(spare);
     if libc::WIFSIGNALED(status) {
         crate::reaper::Exit::Signal(libc::WTERMSIG(status))
     } else {

@@ -54,6 +54,15 @@ pub enum Command {
     Report(ReportArgs),
     /// Validate a config file without running anything, and print the resolved pools.
     Check(CheckArgs),
+    /// Add jobs (the input `run` takes) to a Redis stream for `jobsup serve`.
+    Enqueue(crate::queue_cli::EnqueueArgs),
+    /// Run jobs from a Redis stream's consumer group, with leases, fenced acks and dead
+    /// letters; records go to `<stream>:results`.
+    Serve(crate::queue_cli::ServeArgs),
+    /// A queue's state as JSON: depth, pending per consumer, delayed, dead, results.
+    Status(crate::queue_cli::QueueArgs),
+    /// Print a queue's dead letters as NDJSON, or put them back on the stream (--replay).
+    Dead(crate::queue_cli::DeadArgs),
     /// Internal: the guard process `run` starts (see the `guard` module).
     #[command(name = "__guard", hide = true)]
     Guard(crate::guard::GuardArgs),
@@ -194,6 +203,16 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check(args) => (print_or_fail(crate::config::check(&args.config)), None),
+        Command::Serve(args) => match crate::queue_cli::serve(args, cli.quiet) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                (exit::JOBSUP_ERROR, None)
+            }
+        },
+        Command::Enqueue(args) => (crate::queue_cli::enqueue(&args), None),
+        Command::Status(args) => (print_or_fail(crate::queue_cli::status(&args)), None),
+        Command::Dead(args) => (crate::queue_cli::dead(&args), None),
         Command::Report(args) => (print_or_fail(report(&args)), None),
         Command::Guard(_) => unreachable!("served above"),
     };
@@ -277,7 +296,18 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
 /// `jobsup run`: returns the exit code and the summary for stderr, or an error for jobsup's
 /// own failures (125).
 pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
-    if args.output.is_none() && stdout_was_closed() {
+    run_pool(args, quiet, None)
+}
+
+/// `jobsup run`, or with `serve` the same pool fed by a Redis stream (`jobsup serve`):
+/// one setup of the processor, the sandbox and the guard for both.
+pub(crate) fn run_pool(
+    args: RunArgs,
+    quiet: bool,
+    serve: Option<crate::serve::Options>,
+) -> anyhow::Result<(u8, Option<String>)> {
+    let serving = serve.is_some();
+    if !serving && args.output.is_none() && stdout_was_closed() {
         anyhow::bail!(
             "stdout is closed: there is nowhere to write the records (give --output FILE)"
         );
@@ -484,6 +514,15 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
         .build()?;
     let started = Instant::now();
     let (end, stats) = runtime.block_on(async {
+        if let Some(mut opts) = serve {
+            opts.workers = workers;
+            opts.retry_on = pool.retry_on.clone();
+            opts.retry_delay = pool.retry_delay;
+            opts.shutdown_timeout = args.shutdown_timeout;
+            let (end, stats, _) =
+                crate::serve::run(opts, Arc::new(settings), spawner, defaults).await;
+            return anyhow::Ok((end, stats));
+        }
         let source = Source::start(input.into(), args.input_format, defaults)?;
         let sink = Sink::new(output, joblog, args.keep_order)?;
         let show_progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -536,6 +575,10 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>)> {
             text.push_str(&format!("  jobsup failed: {what}\n"));
         }
         return Ok((exit::JOBSUP_ERROR, summary));
+    }
+    // A drained serve succeeded: its jobs' outcomes are in Redis, not its exit code.
+    if serving && matches!(end, RunEnd::Completed | RunEnd::Interrupted(_)) {
+        return Ok((exit::OK, summary));
     }
     Ok((exit::exit_code(&end, &stats), summary))
 }

@@ -550,6 +550,16 @@ struct Rejection {
     reason: String,
 }
 
+/// Parses one ndjson job for another reader of jobs (`jobsup serve`'s stream entries):
+/// the job, or the kind it names (when readable) and why it is not a job.
+pub(crate) fn parse_job(
+    line: &[u8],
+    line_no: u64,
+    defaults: &Defaults,
+) -> Result<JobSpec, (Option<String>, String)> {
+    parse_ndjson(line, line_no, defaults).map_err(|r| (r.kind, r.reason))
+}
+
 /// Parses one ndjson job.
 fn parse_ndjson(line: &[u8], line_no: u64, defaults: &Defaults) -> Result<JobSpec, Rejection> {
     let bare = |reason: String| Rejection {

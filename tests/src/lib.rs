@@ -48,6 +48,8 @@
 //! assert_eq!(run.records()[0].output(), Some("hello"));
 //! ```
 
+pub mod redis_server;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;

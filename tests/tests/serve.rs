@@ -1,0 +1,532 @@
+//! `jobsup serve` on a real Redis: fenced acks, leases, reclaiming, dead letters, drain.
+//!
+//! Every test starts its own `redis-server` ([`RedisServer`]) and real `serve` processes,
+//! and judges by what Redis holds at the end: one result per job id, nothing pending.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jobsup_tests::redis_server::{Entry, RedisServer};
+use jobsup_tests::{
+    bin, is_guard, kill_tree, pid_alive, process_tree, wait_until, Background, Jobsup, Run,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn jobsup() -> Jobsup {
+    Jobsup::new(bin!("jobsup-shim")).timeout(Duration::from_secs(120))
+}
+
+fn enqueue(redis: &RedisServer, stream: &str, format: &str, input: &str) -> Run {
+    jobsup()
+        .args(["enqueue", "--redis", &redis.url(), "--stream", stream])
+        .args(["--input-format", format])
+        .stdin(input)
+        .run()
+}
+
+/// A `serve` of `processor` on `stream` named `consumer`, with `extra` flags.
+fn serve(
+    redis: &RedisServer,
+    stream: &str,
+    consumer: &str,
+    extra: &[&str],
+    processor: &str,
+    args: &[&str],
+) -> Background {
+    jobsup()
+        .args(["serve", "--redis", &redis.url(), "--stream", stream])
+        .args(["--consumer", consumer])
+        .args(extra)
+        .processor(processor, args)
+        .spawn()
+}
+
+/// The results stream's entries per job id.
+fn results_by_id(redis: &RedisServer, stream: &str) -> BTreeMap<String, Vec<Entry>> {
+    let mut by: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    for e in redis.entries(&format!("{stream}:results")) {
+        by.entry(e.get("id").to_string()).or_default().push(e);
+    }
+    by
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("job-{i}")).collect()
+}
+
+fn ndjson(ids: &[String], payload: impl Fn(&str) -> String) -> String {
+    ids.iter()
+        .map(|id| format!("{{\"id\":\"{id}\",\"payload\":\"{}\"}}\n", payload(id)))
+        .collect()
+}
+
+/// Stops a serve with SIGTERM and waits for its clean exit.
+fn drain(serve: Background) -> Run {
+    serve.signal(Signal::SIGTERM);
+    let run = serve.wait();
+    assert_eq!(run.code(), 0, "a drained serve exits 0\n{run}");
+    run
+}
+
+fn assert_exactly_once(redis: &RedisServer, stream: &str, ids: &[String]) {
+    let by = results_by_id(redis, stream);
+    for id in ids {
+        let n = by.get(id).map_or(0, Vec::len);
+        assert_eq!(
+            n,
+            1,
+            "job {id} has {n} results, not exactly one: {:?}",
+            by.get(id)
+        );
+    }
+    assert_eq!(
+        by.len(),
+        ids.len(),
+        "results for unknown ids: {:?}",
+        by.keys()
+    );
+    assert_eq!(redis.pending(stream), 0, "entries left pending");
+}
+
+#[test]
+fn every_job_is_acked_once_with_its_result() {
+    let redis = RedisServer::start();
+    let ids = ids(300);
+    let run = enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| format!("p-{id}")));
+    assert_eq!(run.code(), 0, "{run}");
+    // Lines get generated ids.
+    let run = enqueue(&redis, "q", "lines", "alpha\nbeta\n");
+    assert_eq!(run.code(), 0, "{run}");
+    let s = serve(&redis, "q", "a", &["-j", "2"], bin!("echo"), &[]);
+    wait_until(LONG, "every job has a result", || {
+        redis.xlen("q:results") >= 302
+    });
+    drain(s);
+    let by = results_by_id(&redis, "q");
+    for id in &ids {
+        let results = &by[id];
+        assert_eq!(results.len(), 1, "{id}: {results:?}");
+        let r = &results[0];
+        assert_eq!(r.get("outcome"), "ok");
+        assert_eq!(r.get("attempt"), "1");
+        // The record is the one `run` prints.
+        let record = r.record();
+        assert_eq!(record["id"], id.as_str());
+        assert_eq!(record["output"], format!("p-{id}").as_str());
+        assert_eq!(record["outcome"], "ok");
+    }
+    let outputs: Vec<String> = by
+        .values()
+        .flatten()
+        .map(|e| e.record()["output"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(outputs.contains(&"alpha".to_string()) && outputs.contains(&"beta".to_string()));
+    assert_eq!(by.len(), 302);
+    assert_eq!(redis.pending("q"), 0);
+    assert_eq!(redis.xlen("q"), 0, "acknowledged entries are deleted");
+    let status = jobsup()
+        .args(["status", "--redis", &redis.url(), "--stream", "q"])
+        .run();
+    assert_eq!(status.code(), 0, "{status}");
+    let v: serde_json::Value = serde_json::from_str(status.stdout_str().trim()).unwrap();
+    assert_eq!(v["results"], 302);
+    assert_eq!(v["pending"], 0);
+    assert_eq!(v["depth"], 0);
+}
+
+#[test]
+fn the_finish_script_acks_only_for_the_owner_at_its_delivery() {
+    use jobsup::queue::{Action, Finish, Keys};
+    let redis = RedisServer::start();
+    let keys = Keys::new("q");
+    let entry: String = redis.cmd(&["XADD", "q", "*", "id", "j", "payload", "x"]);
+    let _: String = redis.cmd(&["XGROUP", "CREATE", "q", "jobsup", "0"]);
+    // Delivered to a, then reclaimed by b: the second delivery is b's.
+    let _: redis::Value = redis.cmd(&["XREADGROUP", "GROUP", "jobsup", "a", "STREAMS", "q", ">"]);
+    let _: redis::Value = redis.cmd(&["XCLAIM", "q", "jobsup", "b", "0", &entry]);
+    let finish = |deliveries| Finish {
+        entry: entry.clone(),
+        deliveries,
+        id: "j".into(),
+        attempt: deliveries as u32,
+        action: Action::Done,
+        outcome: "ok",
+        record: "{}".into(),
+        delay: Duration::ZERO,
+    };
+    for (consumer, deliveries) in [("a", 1), ("a", 2), ("b", 1)] {
+        let acked: i64 = redis.query(&finish(deliveries).command(&keys, "jobsup", consumer));
+        assert_eq!(acked, 0, "{consumer} at delivery {deliveries} is stale");
+        assert_eq!(
+            redis.xlen("q:results"),
+            0,
+            "a stale completion stores nothing"
+        );
+        assert_eq!(redis.pending("q"), 1, "a stale completion is not acked");
+    }
+    let acked: i64 = redis.query(&finish(2).command(&keys, "jobsup", "b"));
+    assert_eq!(acked, 1);
+    assert_eq!(redis.xlen("q:results"), 1);
+    assert_eq!(redis.pending("q"), 0);
+    assert_eq!(redis.xlen("q"), 0);
+    // Twice is stale too: the entry is no longer pending.
+    let acked: i64 = redis.query(&finish(2).command(&keys, "jobsup", "b"));
+    assert_eq!(acked, 0);
+    assert_eq!(redis.xlen("q:results"), 1);
+}
+
+#[test]
+fn a_stopped_supervisor_loses_its_jobs_kills_its_copies_and_stores_nothing() {
+    let redis = RedisServer::start();
+    let ids = ids(2);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "6000".into()));
+    let flags = ["-j", "2", "--lease", "1s"];
+    let a = serve(&redis, "q", "a", &flags, bin!("sleepy"), &[]);
+    wait_until(LONG, "a took both jobs", || redis.pending_of("q", "a") == 2);
+    let copies: Vec<i32> = process_tree(a.pid())
+        .into_iter()
+        .filter(|&p| p != a.pid() && !is_guard(p))
+        .collect();
+    assert!(!copies.is_empty());
+    // Its children keep running while it cannot renew their leases.
+    a.signal(Signal::SIGSTOP);
+    let b = serve(&redis, "q", "b", &flags, bin!("sleepy"), &[]);
+    wait_until(LONG, "b reclaimed both jobs", || {
+        redis.pending_of("q", "b") == 2
+    });
+    a.signal(Signal::SIGCONT);
+    wait_until(LONG, "a stopped its own copies of the jobs", || {
+        copies.iter().all(|&p| !pid_alive(p))
+    });
+    wait_until(LONG, "b finished both jobs", || {
+        redis.xlen("q:results") == 2
+    });
+    let a = drain(a);
+    drain(b);
+    assert_eq!(
+        a.stderr.matches("lost its lease (").count()
+            + a.stderr.matches("stale completion of").count(),
+        2,
+        "both of a's attempts ended without a stored result\n{a}"
+    );
+    assert_exactly_once(&redis, "q", &ids);
+    for e in redis.entries("q:results") {
+        assert_eq!(e.get("attempt"), "2", "b's was the second delivery: {e:?}");
+        assert_eq!(e.get("outcome"), "ok");
+    }
+}
+
+#[test]
+fn a_job_running_for_several_leases_is_not_duplicated() {
+    let redis = RedisServer::start();
+    let ids = ids(2);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "6000".into()));
+    let flags = ["-j", "2", "--lease", "1500ms"];
+    let a = serve(&redis, "q", "a", &flags, bin!("sleepy"), &[]);
+    wait_until(LONG, "a took both jobs", || redis.pending_of("q", "a") == 2);
+    // A peer reclaiming every lease/2 finds nothing idle: a renews the leases.
+    let b = serve(&redis, "q", "b", &flags, bin!("sleepy"), &[]);
+    wait_until(LONG, "both jobs finished", || redis.xlen("q:results") == 2);
+    let a = drain(a);
+    let b = drain(b);
+    assert_exactly_once(&redis, "q", &ids);
+    for e in redis.entries("q:results") {
+        assert_eq!(e.get("outcome"), "ok");
+        assert_eq!(e.get("attempt"), "1", "never redelivered: {e:?}");
+    }
+    assert!(!a.stderr.contains("lost its lease ("), "{a}");
+    assert!(!b.stderr.contains("stale completion of"), "{b}");
+}
+
+#[test]
+fn three_serves_and_a_kill_9_leave_one_result_per_job() {
+    let redis = RedisServer::start();
+    let ids = ids(1500);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| id.to_string()));
+    let flags = ["-j", "2", "--lease", "1s"];
+    let victim = serve(&redis, "q", "a", &flags, bin!("echo"), &[]);
+    let b = serve(&redis, "q", "b", &flags, bin!("echo"), &[]);
+    let c = serve(&redis, "q", "c", &flags, bin!("echo"), &[]);
+    wait_until(LONG, "a third of the jobs finished", || {
+        redis.xlen("q:results") >= 500
+    });
+    // The whole process group: jobsup, its guard and its workers at once.
+    let tree = kill_tree(victim.pid());
+    assert!(!tree.is_empty());
+    let _ = kill(Pid::from_raw(-victim.pid()), Signal::SIGKILL);
+    drop(victim);
+    wait_until(LONG, "every job has a result", || {
+        results_by_id(&redis, "q").len() == ids.len()
+    });
+    wait_until(LONG, "nothing stays pending", || redis.pending("q") == 0);
+    drain(b);
+    drain(c);
+    assert_exactly_once(&redis, "q", &ids);
+}
+
+#[test]
+fn an_always_crashing_job_is_dead_lettered_after_exactly_max_attempts() {
+    let redis = RedisServer::start();
+    enqueue(
+        &redis,
+        "q",
+        "ndjson",
+        "{\"id\":\"bad\",\"payload\":\"x\"}\n{\"id\":\"good\",\"payload\":\"y\"}\n",
+    );
+    let script = "read -r line; if [ \"$line\" = x ]; then kill -9 $$; fi; echo \"$line\"";
+    let s = serve(
+        &redis,
+        "q",
+        "a",
+        &[
+            "--mode",
+            "lines",
+            "--max-attempts",
+            "3",
+            "--retry-delay",
+            "10ms",
+        ],
+        "/bin/sh",
+        &["-c", &format!("while :; do {script}; done")],
+    );
+    wait_until(LONG, "the bad job is dead-lettered", || {
+        redis.xlen("q:dead") == 1
+    });
+    wait_until(LONG, "both have results", || redis.xlen("q:results") == 2);
+    let run = drain(s);
+    let dead = redis.entries("q:dead");
+    assert_eq!(dead[0].get("id"), "bad");
+    assert_eq!(dead[0].get("attempt"), "3", "{dead:?}\n{run}");
+    assert_eq!(dead[0].get("outcome"), "crashed");
+    let by = results_by_id(&redis, "q");
+    assert_eq!(by["bad"].len(), 1);
+    assert_eq!(by["bad"][0].get("attempt"), "3");
+    assert_eq!(by["good"][0].get("outcome"), "ok");
+    assert_eq!(redis.cmd::<u64>(&["ZCARD", "q:delayed"]), 0);
+    assert_eq!(redis.pending("q"), 0);
+    // `dead` lists it; `--replay` puts it back on the stream.
+    let listed = jobsup()
+        .args(["dead", "--redis", &redis.url(), "--stream", "q"])
+        .run();
+    assert_eq!(listed.code(), 0, "{listed}");
+    let line: serde_json::Value = serde_json::from_str(listed.stdout_str().trim()).unwrap();
+    assert_eq!(line["id"], "bad");
+    assert_eq!(line["record"]["outcome"], "crashed");
+    let replay = jobsup()
+        .args(["dead", "--redis", &redis.url(), "--stream", "q", "--replay"])
+        .run();
+    assert_eq!(replay.code(), 0, "{replay}");
+    assert_eq!(redis.xlen("q:dead"), 0);
+    let back = redis.entries("q");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].get("id"), "bad");
+    assert_eq!(back[0].get("payload"), "x");
+}
+
+#[test]
+fn sigterm_drains_finishing_running_jobs_and_releasing_the_rest() {
+    let redis = RedisServer::start();
+    let ids = ids(6);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "1000".into()));
+    let a = serve(&redis, "q", "a", &["-j", "2"], bin!("sleepy"), &[]);
+    wait_until(LONG, "a runs two jobs", || redis.pending_of("q", "a") == 2);
+    let a = drain(a);
+    // The two it ran finished; it took nothing more after the signal.
+    assert_eq!(redis.xlen("q:results"), 2, "{a}");
+    assert_eq!(redis.pending("q"), 0, "{a}");
+    // A job cut off by --shutdown-timeout goes back on the stream, not to the results.
+    enqueue(
+        &redis,
+        "q",
+        "ndjson",
+        "{\"id\":\"long\",\"payload\":\"60000\"}\n",
+    );
+    let b = serve(
+        &redis,
+        "q",
+        "b",
+        &["-j", "6", "--shutdown-timeout", "200ms"],
+        bin!("sleepy"),
+        &[],
+    );
+    wait_until(LONG, "b finished the rest", || redis.xlen("q:results") == 6);
+    wait_until(LONG, "b runs the long job", || {
+        redis.pending_of("q", "b") == 1
+    });
+    let b = drain(b);
+    // Released, not recorded (a take in progress may pick it up and release it again).
+    assert!(!b.stderr.contains(" 0 entr(ies) released"), "{b}");
+    assert_eq!(redis.pending("q"), 0);
+    let left = redis.entries("q");
+    assert_eq!(left.len(), 1, "the long job is back: {left:?}");
+    assert_eq!(left[0].get("id"), "long");
+    assert_exactly_once(&redis, "q", &ids);
+}
+
+#[test]
+fn a_redis_restart_loses_no_job() {
+    let mut redis = RedisServer::start_with(true);
+    let ids = ids(400);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| id.to_string()));
+    let a = serve(
+        &redis,
+        "q",
+        "a",
+        &["-j", "2", "--lease", "2s"],
+        bin!("echo"),
+        &[],
+    );
+    wait_until(LONG, "some jobs finished", || {
+        redis.xlen("q:results") >= 100
+    });
+    redis.restart();
+    wait_until(LONG, "every job has a result", || {
+        results_by_id(&redis, "q").len() == ids.len()
+    });
+    wait_until(LONG, "nothing stays pending", || redis.pending("q") == 0);
+    let a = drain(a);
+    let by = results_by_id(&redis, "q");
+    for id in &ids {
+        assert!(by.contains_key(id), "job {id} was lost\n{a}");
+    }
+    assert!(
+        a.stderr.contains("retrying with backoff") || a.stderr.contains("cannot renew"),
+        "the outage was noticed and logged\n{a}"
+    );
+}
+
+#[test]
+fn bad_entries_and_bad_flags_get_clear_errors() {
+    let redis = RedisServer::start();
+    // Enqueue refuses what serve could not run, naming the line, and adds the rest.
+    let run = enqueue(
+        &redis,
+        "q",
+        "ndjson",
+        "{\"id\":\"1\",\"payload\":\"a\"}\nnot json\n{\"id\":\"2\",\"payload\":\"b\",\"ttl\":\"soon\"}\n",
+    );
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(run.stderr.contains("line 2: not valid JSON"), "{run}");
+    assert!(run.stderr.contains("line 3: bad \"ttl\""), "{run}");
+    assert_eq!(redis.xlen("q"), 1);
+    // An entry written by something else, malformed, still gets exactly one result.
+    let _: String = redis.cmd(&["XADD", "q", "*", "id", "m", "colour", "red"]);
+    let s = serve(&redis, "q", "a", &[], bin!("echo"), &[]);
+    wait_until(LONG, "both entries have results", || {
+        redis.xlen("q:results") == 2
+    });
+    drain(s);
+    let by = results_by_id(&redis, "q");
+    assert_eq!(by["1"][0].get("outcome"), "ok");
+    assert_eq!(by["m"][0].get("outcome"), "rejected");
+    let error = by["m"][0].record()["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("missing \"payload\"") || error.contains("unknown key"),
+        "{error}"
+    );
+    assert_eq!(redis.pending("q"), 0);
+    for (flags, says) in [
+        (&["--retries", "2"][..], "--retries"),
+        (&["--lease", "0s"][..], "--lease"),
+        (&["--max-attempts", "0"][..], "--max-attempts"),
+        (&["--output", "x"][..], "--output"),
+    ] {
+        let run = jobsup()
+            .args(["serve", "--redis", &redis.url(), "--stream", "q"])
+            .args(flags)
+            .processor(bin!("echo"), [] as [&str; 0])
+            .run();
+        assert_ne!(run.code(), 0, "{flags:?}\n{run}");
+        assert!(run.stderr.contains(says), "{flags:?}\n{run}");
+    }
+    let run = jobsup()
+        .args(["serve", "--redis", "redis://127.0.0.1:1", "--stream", "q"])
+        .processor(bin!("echo"), [] as [&str; 0])
+        .run();
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(run.stderr.contains("cannot use Redis"), "{run}");
+}
+
+/// `GET path` on `addr`, the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("cannot connect to --metrics");
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_over_http_match_the_results_stream() {
+    let redis = RedisServer::start();
+    let ids = ids(20);
+    enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| id.to_string()));
+    let _: String = redis.cmd(&["XADD", "q", "*", "id", "m", "colour", "red"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = serve(
+        &redis,
+        "q",
+        "a",
+        &["-j", "2", "--metrics", &addr],
+        bin!("echo"),
+        &[],
+    );
+    wait_until(LONG, "every job has a result", || {
+        redis.xlen("q:results") == 21
+    });
+    let by = results_by_id(&redis, "q");
+    let ok = by
+        .values()
+        .flatten()
+        .filter(|e| e.get("outcome") == "ok")
+        .count();
+    let body = http_get(&addr, "/metrics");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(&format!("jobsup_jobs_total{{outcome=\"ok\"}} {ok}\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains("jobsup_jobs_total{outcome=\"rejected\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("jobsup_stale_completions_total 0\n"),
+        "{body}"
+    );
+    assert!(body.contains("jobsup_workers 2\n"), "{body}");
+    assert!(
+        body.contains(&format!("jobsup_job_duration_seconds_count {}\n", ok + 1)),
+        "{body}"
+    );
+    assert!(http_get(&addr, "/other").starts_with("HTTP/1.1 404"));
+    drain(s);
+    // A port that cannot be had is an error at start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let run = jobsup()
+        .args([
+            "serve",
+            "--redis",
+            &redis.url(),
+            "--stream",
+            "q",
+            "--metrics",
+            &busy,
+        ])
+        .processor(bin!("echo"), [] as [&str; 0])
+        .run();
+    assert_eq!(run.code(), 125, "{run}");
+    assert!(run.stderr.contains("--metrics"), "{run}");
+}

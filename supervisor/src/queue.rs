@@ -426,20 +426,25 @@ impl Redis {
         })
     }
 
+    /// The connection, made first when there is none (or the last one failed).
+    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, redis::RedisError> {
+        if self.conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(self.timeout));
+            self.conn = Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            );
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
     /// Runs one command, connecting first when needed.
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, redis::RedisError> {
         let result = async {
-            if self.conn.is_none() {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(self.timeout));
-                self.conn = Some(
-                    self.client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                );
-            }
-            let conn = self.conn.as_mut().expect("connected above");
+            let conn = self.connection().await?;
             cmd.query_async(conn).await
         }
         .await;
@@ -459,17 +464,7 @@ impl Redis {
             pipe.add_command(c.clone());
         }
         let result = async {
-            if self.conn.is_none() {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(self.timeout));
-                self.conn = Some(
-                    self.client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                );
-            }
-            let conn = self.conn.as_mut().expect("connected above");
+            let conn = self.connection().await?;
             pipe.query_async(conn).await
         }
         .await;

@@ -178,6 +178,22 @@ impl Jobsup {
         if !running_as_root() {
             return Jobsup::new(shim).arg("run");
         }
+        // nobody must be able to reach the binaries under test: a checkout in a directory
+        // others cannot enter (`mktemp -d` makes one 0700) would fail every such test
+        // obscurely.
+        for dir in shim.as_ref().ancestors().skip(1) {
+            let mode = std::fs::metadata(dir).map_or(0o755, |m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions())
+            });
+            assert!(
+                mode & 0o001 != 0,
+                "the tests run jobsup as nobody too, who cannot enter {} (mode {:o}): \
+                 check the repository out where others may enter (chmod o+x {})",
+                dir.display(),
+                mode & 0o777,
+                dir.display()
+            );
+        }
         let j = Jobsup::new("setpriv")
             .arg(format!("--reuid={NOBODY}"))
             .arg(format!("--regid={NOBODY}"))

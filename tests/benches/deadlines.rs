@@ -89,7 +89,7 @@ fn killed_after(r: &jobsup_tests::Record, deadline_ms: f64) -> Option<f64> {
 fn native_spin(jobs: usize, k: usize) -> Result<Vec<f64>, Error> {
     let j = jobsup_run()
         .args(["-j", &k.to_string()])
-        .processor(bin!("spin"), [] as [&str; 0]);
+        .processor(bin!("jobsup-spin"), [] as [&str; 0]);
     jobsup_lateness(j, jobs, |r| killed_after(r, 2000.0))
 }
 

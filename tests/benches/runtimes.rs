@@ -9,7 +9,7 @@
 //!   loop in Python;
 //! - the Node runtime (`examples/node/echo.js`) and the same echo as a `--mode lines`
 //!   `readline` loop in Node;
-//! - the Rust runtime (`examples/echo.rs`).
+//! - the Rust runtime (`examples/jobsup-echo.rs`).
 //!
 //! Each native runtime is also driven directly, without jobsup: K threads doing
 //! sequential round trips (`Job` frame out, `Done` frame back) over its two pipes, as the
@@ -73,7 +73,7 @@ fn contenders() -> Vec<Contender> {
         Contender {
             name: "rust runtime",
             mode: "native",
-            argv: vec![bin!("echo").into()],
+            argv: vec![bin!("jobsup-echo").into()],
             target: None,
         },
     ]

@@ -39,7 +39,7 @@ fn through_redis(jobs: usize, serves: usize, workers: usize, input: &std::path::
             jobsup()
                 .args(["-q", "serve", "--redis", &redis.url(), "--stream", "b"])
                 .args(["--consumer", &format!("c{i}"), "-j", &workers.to_string()])
-                .args(["--summary", "none", "--", bin!("echo")])
+                .args(["--summary", "none", "--", bin!("jobsup-echo")])
                 .spawn()
                 .expect("cannot start serve")
         })
@@ -78,7 +78,7 @@ fn main() {
         .args(["-q", "run", "-j", &workers.to_string(), "--summary", "none"])
         .arg("--input")
         .arg(&input)
-        .args(["--output", "/dev/null", "--", bin!("echo")])
+        .args(["--output", "/dev/null", "--", bin!("jobsup-echo")])
         .status()
         .expect("cannot run jobsup run");
     assert!(status.success(), "jobsup run failed");

@@ -45,7 +45,7 @@ fn jobsup_run() -> jobsup_tests::Jobsup {
 
 /// `n` round trips through one directly spawned `echo` processor.
 fn baseline_worker(n: usize, first_id: u64) -> Result<(), Error> {
-    jobsup_tests::raw::echo_round_trips(&[OsString::from(bin!("echo"))], n, first_id)
+    jobsup_tests::raw::echo_round_trips(&[OsString::from(bin!("jobsup-echo"))], n, first_id)
 }
 
 /// Waits for a benchmark child once its input is closed; kills it first if the round trips
@@ -90,7 +90,7 @@ fn through_jobsup(n: usize, k: usize) -> Result<f64, Error> {
         .args(["-j", &k.to_string(), "--input"])
         .arg(&input)
         .args(["--output", "/dev/null"])
-        .processor(bin!("echo"), [] as [&str; 0]);
+        .processor(bin!("jobsup-echo"), [] as [&str; 0]);
     timed_run(j, n)
 }
 
@@ -318,7 +318,7 @@ fn peak_rss(n: usize, k: usize) -> Result<u64, Error> {
         .args(["run", "-q", "-j", &k.to_string(), "--input"])
         .arg(&input)
         .args(["--output", "/dev/null", "--"])
-        .arg(bin!("echo"))
+        .arg(bin!("jobsup-echo"))
         .current_dir(j.dir())
         .env_clear()
         .env("PATH", jobsup_tests::PATH)

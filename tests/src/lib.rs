@@ -28,7 +28,7 @@
 //! ```text
 //! let run = jobsup!()
 //!     .args(["-j", "1"])
-//!     .processor(bin!("echo"), [] as [&str; 0])
+//!     .processor(bin!("jobsup-echo"), [] as [&str; 0])
 //!     .stdin("hello\n")
 //!     .run();
 //! assert_eq!(run.code(), 0, "{run}");

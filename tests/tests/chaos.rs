@@ -182,7 +182,7 @@ fn fd_count(pid: i32) -> usize {
 
 fn processor_path(name: &str) -> &'static str {
     match name {
-        "flaky" => bin!("flaky"),
+        "flaky" => bin!("jobsup-flaky"),
         "fx-garbage" => bin!("fx-garbage"),
         "sh" => "sh",
         other => panic!("no processor {other}"),

@@ -284,9 +284,9 @@ fn processors_toml(extra_defaults: &str) -> String {
          [pools.flaky]\ncommand = {flaky}\nconcurrency = 1\n\n\
          [pools.echo]\ncommand = {echo}\nconcurrency = 1\n\n\
          [pools.sleepy]\ncommand = {sleepy}\nconcurrency = 1\nttl = \"60s\"\n",
-        flaky = toml_str(bin!("flaky")),
-        echo = toml_str(bin!("echo")),
-        sleepy = toml_str(bin!("sleepy")),
+        flaky = toml_str(bin!("jobsup-flaky")),
+        echo = toml_str(bin!("jobsup-echo")),
+        sleepy = toml_str(bin!("jobsup-sleepy")),
     )
 }
 
@@ -326,7 +326,7 @@ fn single_pool_needs_no_pool_flag() {
     let run = jobsup!();
     let path = run.write_file(
         "one.toml",
-        format!("[pools.only]\ncommand = {}\n", toml_str(bin!("echo"))),
+        format!("[pools.only]\ncommand = {}\n", toml_str(bin!("jobsup-echo"))),
     );
     let run = run.arg("--config").arg(&path).stdin("hello\n").run();
     assert_eq!(run.code(), 0, "{run}");
@@ -380,7 +380,7 @@ fn command_after_double_dash_overrides_the_files_command() {
         .arg("--config")
         .arg(&path)
         .args(["--pool", "flaky"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin("fail:would fail under flaky\n")
         .run();
     assert_eq!(run.code(), 0, "{run}");

@@ -41,7 +41,7 @@ fn out_of_range_flags_are_usage_errors_naming_the_flag() {
         // A negative value must be glued to its flag, or it reads as a flag itself.
         let run = jobsup!()
             .arg(format!("{flag}={value}"))
-            .processor(bin!("echo"), [] as [&str; 0])
+            .processor(bin!("jobsup-echo"), [] as [&str; 0])
             .stdin("x\n")
             .run();
         assert_eq!(run.code(), 125, "{flag} {value}\n{run}");
@@ -277,7 +277,7 @@ fn an_open_files_limit_no_worker_can_get_is_refused_before_any_job() {
     // Above fs.nr_open on every Linux: the kernel would refuse it for every worker.
     let run = jobsup!()
         .args(["--open-files", "999999999999"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin("x\n")
         .run();
     assert_eq!(run.code(), 125, "{run}");

@@ -14,27 +14,27 @@ fn run(processor: &str, flags: &[&str], input: &str) -> Run {
 
 #[test]
 fn zero_when_every_job_is_ok() {
-    let run = run(bin!("flaky"), &["-j", "2"], "ok\nok:a\nsleep:1\n");
+    let run = run(bin!("jobsup-flaky"), &["-j", "2"], "ok\nok:a\nsleep:1\n");
     assert_eq!(run.code(), 0, "{run}");
     assert_eq!(run.records().len(), 3, "{run}");
 }
 
 #[test]
 fn one_when_a_job_failed() {
-    let run = run(bin!("flaky"), &["-j", "1"], "ok\nfail:x\nok\n");
+    let run = run(bin!("jobsup-flaky"), &["-j", "1"], "ok\nfail:x\nok\n");
     assert_eq!(run.code(), 1, "{run}");
 }
 
 #[test]
 fn one_when_a_job_crashed() {
-    let run = run(bin!("flaky"), &["-j", "1"], "ok\nexit:2\nok\n");
+    let run = run(bin!("jobsup-flaky"), &["-j", "1"], "ok\nexit:2\nok\n");
     assert_eq!(run.code(), 1, "{run}");
 }
 
 #[test]
 fn one_when_a_line_is_rejected() {
     let run = run(
-        bin!("echo"),
+        bin!("jobsup-echo"),
         &["--input-format", "ndjson"],
         "{\"payload\":\"a\"}\nnot json\n",
     );
@@ -44,7 +44,7 @@ fn one_when_a_line_is_rejected() {
 #[test]
 fn timeout_beats_failed() {
     let run = run(
-        bin!("flaky"),
+        bin!("jobsup-flaky"),
         &["-j", "1", "--ttl", "300ms", "--cleanup", "5s"],
         "fail:x\nsleep:600\nok\n",
     );
@@ -54,7 +54,7 @@ fn timeout_beats_failed() {
 #[test]
 fn killed_beats_timeout_and_failed() {
     let run = run(
-        bin!("flaky"),
+        bin!("jobsup-flaky"),
         &["-j", "2", "--ttl", "300ms", "--cleanup", "2s"],
         "spin\nsleep:400\nfail:x\n",
     );
@@ -66,7 +66,7 @@ fn killed_beats_timeout_and_failed() {
 
 #[test]
 fn bad_duration_is_a_usage_error() {
-    let run = run(bin!("echo"), &["--ttl", "banana"], "a\n");
+    let run = run(bin!("jobsup-echo"), &["--ttl", "banana"], "a\n");
     assert_eq!(run.code(), 125, "{run}");
     assert!(run.records().is_empty(), "nothing ran\n{run}");
     assert!(
@@ -77,7 +77,7 @@ fn bad_duration_is_a_usage_error() {
 
 #[test]
 fn unknown_flag_is_a_usage_error() {
-    let run = run(bin!("echo"), &["--no-such-flag"], "a\n");
+    let run = run(bin!("jobsup-echo"), &["--no-such-flag"], "a\n");
     assert_eq!(run.code(), 125, "{run}");
     assert!(run.records().is_empty(), "nothing ran\n{run}");
     assert!(!run.stderr.trim().is_empty(), "{run}");

@@ -7,7 +7,7 @@ use jobsup_tests::{bin, jobsup, pid_alive, records, wait_until, WAIT};
 fn processor_stdout_and_stderr_are_logged_with_ids_not_mixed_into_results() {
     let run = jobsup!()
         .args(["-j", "1"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok:first\nlog:hello from the processor\nok:last\n")
         .run();
     assert_eq!(run.code(), 0, "{run}");
@@ -38,7 +38,7 @@ fn processor_stdout_and_stderr_are_logged_with_ids_not_mixed_into_results() {
 fn workers_die_with_a_killed_supervisor() {
     let bg = jobsup!()
         .args(["-j", "2", "--ttl", "60s"])
-        .processor(bin!("sleepy"), [] as [&str; 0])
+        .processor(bin!("jobsup-sleepy"), [] as [&str; 0])
         .stdin("60000\n60000\n")
         .spawn();
     wait_until(WAIT, "jobsup has two workers", || bg.children().len() >= 2);

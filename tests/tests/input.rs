@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 fn lines_skip_blanks_and_number_jobs_by_line() {
     let run = jobsup!()
         .args(["-j", "1"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin("a\n\nb\n\n\nc")
         .run();
     assert_eq!(run.code(), 0, "{run}");
@@ -25,7 +25,7 @@ fn lines_skip_blanks_and_number_jobs_by_line() {
 fn output_that_is_not_utf8_is_base64() {
     let run = jobsup!()
         .args(["-j", "1"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin(b"\xff\xfe\n")
         .run();
     let recs = run.records();
@@ -49,7 +49,7 @@ fn ndjson_ids_and_payloads() {
     );
     let run = jobsup!()
         .args(["-j", "1", "--input-format", "ndjson"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin(input)
         .run();
     assert_eq!(run.code(), 0, "{run}");
@@ -78,7 +78,7 @@ fn ndjson_per_job_ttl_overrides_the_flag() {
     );
     let run = jobsup!()
         .args(["-j", "1", "--ttl", "60s", "--input-format", "ndjson"])
-        .processor(bin!("sleepy"), [] as [&str; 0])
+        .processor(bin!("jobsup-sleepy"), [] as [&str; 0])
         .stdin(input)
         .run();
     let recs = run.by_seq();
@@ -103,7 +103,7 @@ fn malformed_ndjson_lines_are_rejected_and_the_run_goes_on() {
     );
     let run = jobsup!()
         .args(["-j", "2", "--input-format", "ndjson"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin(input)
         .run();
     let recs = run.by_seq();
@@ -140,7 +140,7 @@ fn input_and_output_files() {
         .arg(&input)
         .arg("--output")
         .arg(&output)
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin("ignored\n")
         .run();
     assert_eq!(run.code(), 0, "{run}");
@@ -160,7 +160,7 @@ fn keep_order_writes_records_in_input_order() {
     let input = lines(8, |i| if i == 1 { "300".into() } else { "10".into() });
     let run = jobsup!()
         .args(["-j", "2", "--keep-order"])
-        .processor(bin!("sleepy"), [] as [&str; 0])
+        .processor(bin!("jobsup-sleepy"), [] as [&str; 0])
         .stdin(input)
         .run();
     assert_eq!(run.code(), 0, "{run}");

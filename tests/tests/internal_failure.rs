@@ -15,7 +15,7 @@ fn run_with_fault(fault: &str, flags: &[&str]) -> Run {
         .env("JOBSUP_FAULT", fault)
         .args(["-j", "2"])
         .args(flags)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(lines(JOBS, |_| "sleep:30".to_string()))
         .run()
 }

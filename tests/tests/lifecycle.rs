@@ -19,7 +19,7 @@ fn flaky(flags: &[&str], input: &str) -> (Run, BTreeMap<u64, Record>) {
     let run = jobsup!()
         .args(["-j", "1"])
         .args(flags)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(input)
         .run();
     let recs = run.by_seq();
@@ -116,7 +116,7 @@ fn idle_timeout_spares_a_job_that_beats_and_stops_one_that_goes_silent() {
     let run = jobsup!()
         .args(["-j", "3", "--input-format", "ndjson"])
         .args(["--idle-timeout", "500ms", "--cleanup", "300ms"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(input)
         .timeout(SHORT_RUN)
         .run();
@@ -184,7 +184,7 @@ fn shutdown_timeout_cancels_a_job_that_would_run_on_after_a_single_sigterm() {
     let bg = jobsup!()
         .args(["-j", "1", "--ttl", "60s", "--cleanup", "300ms"])
         .args(["--shutdown-timeout", "300ms"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(lines(10, |i| match i {
             1 => "ok:first".into(),
             2 => "spin".into(),
@@ -222,7 +222,7 @@ fn shutdown_timeout_cancels_a_job_that_would_run_on_after_a_single_sigterm() {
 fn second_sigint_kills_a_job_that_ignores_its_cleanup_request() {
     let bg = jobsup!()
         .args(["-j", "1", "--ttl", "60s", "--cleanup", "60s"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok:first\nspin\nok:queued\n")
         .timeout(SHORT_RUN)
         .spawn();
@@ -308,7 +308,7 @@ fn processor_that_never_completes_its_handshake_ends_the_run_with_126() {
 fn max_jobs_per_worker_replaces_workers_with_a_little_jitter() {
     let run = jobsup!()
         .args(["-q", "-j", "1", "--max-jobs-per-worker", "10"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin(lines(100, |i| i.to_string()))
         .run();
     assert_eq!(run.code(), 0, "{run}");

@@ -272,7 +272,7 @@ fn a_line_job_that_spins_is_killed_at_its_cpu_budget() {
 fn a_native_job_that_spins_is_killed_at_its_cpu_budget() {
     let run = jobsup!()
         .args(["--mode", "native", "--cpu-time", "1", "--ttl", "300s"])
-        .processor(jobsup_tests::bin!("spin"), [] as [&str; 0])
+        .processor(jobsup_tests::bin!("jobsup-spin"), [] as [&str; 0])
         .stdin("x\n")
         .run();
     assert_killed_for_cpu(&run);

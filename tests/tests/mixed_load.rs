@@ -50,7 +50,7 @@ fn a_thousand_mixed_jobs_each_get_exactly_one_correct_record() {
     const N: usize = 1000;
     let run = jobsup!()
         .args(["-j", "4", "--ttl", "500ms", "--cleanup", "200ms"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(lines(N, payload))
         .timeout(Duration::from_secs(180))
         .run();

@@ -120,7 +120,7 @@ fn run_mixed(flags: &[&str]) -> Run {
     jobsup!()
         .args(["-j", "2", "--input-format", "ndjson"])
         .args(flags)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(mixed_input())
         .run()
 }
@@ -225,7 +225,7 @@ fn joblog_has_one_row_per_record_matching_it() {
             .unwrap_or_else(|| panic!("a row for seq {seq} without a record: {row:?}\n{run}"));
         let ctx = format!("row {row:?}\nrecord {r}");
         assert_eq!(row["Host"], ":", "{ctx}");
-        assert_eq!(row["Command"], bin!("flaky"), "{ctx}");
+        assert_eq!(row["Command"], bin!("jobsup-flaky"), "{ctx}");
         assert_eq!(row["Outcome"], r.outcome(), "{ctx}");
         assert_eq!(row["Id"], r.id(), "{ctx}");
         assert_eq!(row["Kind"], r.0["kind"].as_str().unwrap_or(""), "{ctx}");
@@ -292,7 +292,7 @@ fn joblog_rows_of_cancelled_jobs_are_written_too() {
     // One worker: the long job runs, the two after it wait and are cancelled by SIGTERM.
     let bg = jobsup!()
         .args(["-j", "1", "--slow", "100ms", "--joblog", "jobs.tsv"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("sleep:1000\nok\nok\n")
         .spawn();
     // The slow-job warning says the first job is running (and the two behind it, read
@@ -325,7 +325,7 @@ fn joblog_rows_of_cancelled_jobs_are_written_too() {
 fn joblog_plus_file_appends_without_a_second_header_and_file_truncates() {
     let first = jobsup!()
         .args(["-j", "1", "--joblog", "+jobs.tsv"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok:a\nok:b\n")
         .run();
     assert_eq!(first.code(), 0, "{first}");
@@ -336,7 +336,7 @@ fn joblog_plus_file_appends_without_a_second_header_and_file_truncates() {
     let append = format!("+{}", log.display());
     let second = jobsup!()
         .args(["-j", "1", "--joblog", append.as_str()])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok:c\nfail:d\nok:e\n")
         .run();
     assert_eq!(second.code(), 1, "{second}");
@@ -360,7 +360,7 @@ fn joblog_plus_file_appends_without_a_second_header_and_file_truncates() {
     let third = jobsup!()
         .args(["-j", "1", "--joblog"])
         .arg(&log)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok:f\n")
         .run();
     assert_eq!(third.code(), 0, "{third}");
@@ -373,7 +373,7 @@ fn joblog_plus_file_appends_without_a_second_header_and_file_truncates() {
 fn kind_from_ndjson_is_carried_into_the_record() {
     let run = jobsup!()
         .args(["-j", "1", "--input-format", "ndjson"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(concat!(
             r#"{"id":"m1","kind":"send_mail","payload":"ok"}"#,
             "\n",
@@ -769,7 +769,7 @@ fn json_log_lines_are_objects_and_processor_output_carries_its_origin() {
     let run = jobsup!()
         .args(["-j", "1", "--log-format", "json", "--summary", "none"])
         .args(["--slow", "50ms"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok\nlog:hello\nexit:3\nsleep:200\nok\n")
         .run();
     assert_eq!(run.code(), 1, "{run}");
@@ -872,7 +872,7 @@ fn run_on_a_pty(extra: &[&str]) -> (Run, Vec<Record>) {
         .arg(&input)
         .arg("--output")
         .arg(&output)
-        .args(["--", bin!("flaky")])
+        .args(["--", bin!("jobsup-flaky")])
         .run();
     let records = jobsup_tests::records(&std::fs::read(&output).unwrap_or_default());
     (run, records)
@@ -906,7 +906,7 @@ fn progress_bar_is_drawn_on_a_terminal_only() {
     let piped = jobsup!()
         .env("TERM", "xterm")
         .args(["-j", "2"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(slow_jobs())
         .run();
     assert_eq!(piped.code(), 0, "{piped}");

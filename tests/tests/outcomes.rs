@@ -22,7 +22,7 @@ fn only(run: &Run) -> Record {
 
 #[test]
 fn ok_job_returns_its_output_and_the_full_record() {
-    let run = run(bin!("echo"), &[], "hello\nworld\n");
+    let run = run(bin!("jobsup-echo"), &[], "hello\nworld\n");
     assert_eq!(run.code(), 0, "{run}");
     let recs = run.by_seq();
     assert_eq!(recs.len(), 2, "{run}");
@@ -46,14 +46,14 @@ fn ok_job_returns_its_output_and_the_full_record() {
 
 #[test]
 fn failed_job_carries_the_error() {
-    let r = only(&run(bin!("flaky"), &[], "fail:disk on fire\n"));
+    let r = only(&run(bin!("jobsup-flaky"), &[], "fail:disk on fire\n"));
     assert_eq!(r.outcome(), "failed", "{r}");
     assert!(r.error().is_some_and(|e| e.contains("disk on fire")), "{r}");
 }
 
 #[test]
 fn panicking_handler_is_failed_not_crashed() {
-    let run = run(bin!("flaky"), &[], "panic:oh no\nok:after\n");
+    let run = run(bin!("jobsup-flaky"), &[], "panic:oh no\nok:after\n");
     let recs = run.by_seq();
     assert_eq!(recs.len(), 2, "{run}");
     let r = &recs[&1];
@@ -67,7 +67,7 @@ fn panicking_handler_is_failed_not_crashed() {
 #[test]
 fn job_that_cleans_up_in_time_is_timeout() {
     let run = run(
-        bin!("sleepy"),
+        bin!("jobsup-sleepy"),
         &["--ttl", "300ms", "--cleanup", "5s"],
         "60000\n",
     );
@@ -88,7 +88,7 @@ fn job_that_cleans_up_in_time_is_timeout() {
 #[test]
 fn result_inside_the_cleanup_window_is_kept_but_the_job_is_timeout() {
     let run = run(
-        bin!("flaky"),
+        bin!("jobsup-flaky"),
         &["--ttl", "300ms", "--cleanup", "5s"],
         "sleep:600\n",
     );
@@ -100,7 +100,7 @@ fn result_inside_the_cleanup_window_is_kept_but_the_job_is_timeout() {
 #[test]
 fn job_that_ignores_cleanup_is_killed_and_its_worker_is_gone() {
     let run = run(
-        bin!("spin"),
+        bin!("jobsup-spin"),
         &["--ttl", "300ms", "--cleanup", "300ms"],
         "x\n",
     );
@@ -109,14 +109,14 @@ fn job_that_ignores_cleanup_is_killed_and_its_worker_is_gone() {
 
 #[test]
 fn worker_that_aborts_is_crashed_with_signal_6() {
-    let r = only(&run(bin!("flaky"), &[], "abort\n"));
+    let r = only(&run(bin!("jobsup-flaky"), &[], "abort\n"));
     assert_eq!(r.outcome(), "crashed", "{r}");
     assert_eq!(r.signal(), Some(6), "{r}");
 }
 
 #[test]
 fn worker_that_exits_mid_job_is_crashed_with_its_exit_code() {
-    let r = only(&run(bin!("flaky"), &[], "exit:3\n"));
+    let r = only(&run(bin!("jobsup-flaky"), &[], "exit:3\n"));
     assert_eq!(r.outcome(), "crashed", "{r}");
     assert_eq!(r.exit_code(), Some(3), "{r}");
     assert_eq!(r.signal(), None, "{r}");
@@ -124,7 +124,7 @@ fn worker_that_exits_mid_job_is_crashed_with_its_exit_code() {
 
 #[test]
 fn worker_that_segfaults_is_crashed_with_signal_11() {
-    let r = only(&run(bin!("flaky"), &[], "segv\n"));
+    let r = only(&run(bin!("jobsup-flaky"), &[], "segv\n"));
     assert_eq!(r.outcome(), "crashed", "{r}");
     assert_eq!(r.signal(), Some(11), "{r}");
 }

@@ -109,7 +109,7 @@ fn closed_stdout_with_output_writes_the_records_there() {
     let run = cmd
         .args(["-j", "2", "--output"])
         .arg(&output)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("ok:a\nok:b\nok:c\n")
         .run();
     assert_eq!(run.code(), 0, "{run}");
@@ -123,7 +123,7 @@ fn run_with_stdout(out: std::fs::File) -> Run {
     jobsup!()
         .args(["-j", "2", "--summary", "json"])
         .stdout_to(out)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(lines(20, |i| format!("ok:{i}")))
         .run()
 }
@@ -176,7 +176,7 @@ fn stdout_closed_by_its_reader_is_one_error_line_and_exit_125() {
     let run = jobsup!()
         .args(["-j", "2", "--summary", "json"])
         .stdout_to(write)
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(lines(2000, |i| format!("ok:{i}")))
         .run();
     let first = reader.join().unwrap();

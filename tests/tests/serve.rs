@@ -100,7 +100,7 @@ fn every_job_is_acked_once_with_its_result() {
     // Lines get generated ids.
     let run = enqueue(&redis, "q", "lines", "alpha\nbeta\n");
     assert_eq!(run.code(), 0, "{run}");
-    let s = serve(&redis, "q", "a", &["-j", "2"], bin!("echo"), &[]);
+    let s = serve(&redis, "q", "a", &["-j", "2"], bin!("jobsup-echo"), &[]);
     wait_until(LONG, "every job has a result", || {
         redis.xlen("q:results") >= 302
     });
@@ -184,7 +184,7 @@ fn a_stopped_supervisor_loses_its_jobs_kills_its_copies_and_stores_nothing() {
     let ids = ids(2);
     enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "6000".into()));
     let flags = ["-j", "2", "--lease", "1s"];
-    let a = serve(&redis, "q", "a", &flags, bin!("sleepy"), &[]);
+    let a = serve(&redis, "q", "a", &flags, bin!("jobsup-sleepy"), &[]);
     wait_until(LONG, "a took both jobs", || redis.pending_of("q", "a") == 2);
     let copies: Vec<i32> = process_tree(a.pid())
         .into_iter()
@@ -193,7 +193,7 @@ fn a_stopped_supervisor_loses_its_jobs_kills_its_copies_and_stores_nothing() {
     assert!(!copies.is_empty());
     // Its children keep running while it cannot renew their leases.
     a.signal(Signal::SIGSTOP);
-    let b = serve(&redis, "q", "b", &flags, bin!("sleepy"), &[]);
+    let b = serve(&redis, "q", "b", &flags, bin!("jobsup-sleepy"), &[]);
     wait_until(LONG, "b reclaimed both jobs", || {
         redis.pending_of("q", "b") == 2
     });
@@ -225,10 +225,10 @@ fn a_job_running_for_several_leases_is_not_duplicated() {
     let ids = ids(2);
     enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "6000".into()));
     let flags = ["-j", "2", "--lease", "1500ms"];
-    let a = serve(&redis, "q", "a", &flags, bin!("sleepy"), &[]);
+    let a = serve(&redis, "q", "a", &flags, bin!("jobsup-sleepy"), &[]);
     wait_until(LONG, "a took both jobs", || redis.pending_of("q", "a") == 2);
     // A peer reclaiming every lease/2 finds nothing idle: a renews the leases.
-    let b = serve(&redis, "q", "b", &flags, bin!("sleepy"), &[]);
+    let b = serve(&redis, "q", "b", &flags, bin!("jobsup-sleepy"), &[]);
     wait_until(LONG, "both jobs finished", || redis.xlen("q:results") == 2);
     let a = drain(a);
     let b = drain(b);
@@ -247,9 +247,9 @@ fn three_serves_and_a_kill_9_leave_one_result_per_job() {
     let ids = ids(1500);
     enqueue(&redis, "q", "ndjson", &ndjson(&ids, |id| id.to_string()));
     let flags = ["-j", "2", "--lease", "1s"];
-    let victim = serve(&redis, "q", "a", &flags, bin!("echo"), &[]);
-    let b = serve(&redis, "q", "b", &flags, bin!("echo"), &[]);
-    let c = serve(&redis, "q", "c", &flags, bin!("echo"), &[]);
+    let victim = serve(&redis, "q", "a", &flags, bin!("jobsup-echo"), &[]);
+    let b = serve(&redis, "q", "b", &flags, bin!("jobsup-echo"), &[]);
+    let c = serve(&redis, "q", "c", &flags, bin!("jobsup-echo"), &[]);
     wait_until(LONG, "a third of the jobs finished", || {
         redis.xlen("q:results") >= 500
     });
@@ -331,7 +331,7 @@ fn sigterm_drains_finishing_running_jobs_and_releasing_the_rest() {
     let redis = RedisServer::start();
     let ids = ids(6);
     enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "1000".into()));
-    let a = serve(&redis, "q", "a", &["-j", "2"], bin!("sleepy"), &[]);
+    let a = serve(&redis, "q", "a", &["-j", "2"], bin!("jobsup-sleepy"), &[]);
     wait_until(LONG, "a runs two jobs", || redis.pending_of("q", "a") == 2);
     let a = drain(a);
     // The two it ran finished; it took nothing more after the signal.
@@ -349,7 +349,7 @@ fn sigterm_drains_finishing_running_jobs_and_releasing_the_rest() {
         "q",
         "b",
         &["-j", "6", "--shutdown-timeout", "200ms"],
-        bin!("sleepy"),
+        bin!("jobsup-sleepy"),
         &[],
     );
     wait_until(LONG, "b finished the rest", || redis.xlen("q:results") == 6);
@@ -376,7 +376,7 @@ fn a_redis_restart_loses_no_job() {
         "q",
         "a",
         &["-j", "2", "--lease", "2s"],
-        bin!("echo"),
+        bin!("jobsup-echo"),
         &[],
     );
     wait_until(LONG, "some jobs finished", || {
@@ -414,7 +414,7 @@ fn bad_entries_and_bad_flags_get_clear_errors() {
     assert_eq!(redis.xlen("q"), 1);
     // An entry written by something else, malformed, still gets exactly one result.
     let _: String = redis.cmd(&["XADD", "q", "*", "id", "m", "colour", "red"]);
-    let s = serve(&redis, "q", "a", &[], bin!("echo"), &[]);
+    let s = serve(&redis, "q", "a", &[], bin!("jobsup-echo"), &[]);
     wait_until(LONG, "both entries have results", || {
         redis.xlen("q:results") == 2
     });
@@ -440,14 +440,14 @@ fn bad_entries_and_bad_flags_get_clear_errors() {
         let run = jobsup()
             .args(["serve", "--redis", &redis.url(), "--stream", "q"])
             .args(flags)
-            .processor(bin!("echo"), [] as [&str; 0])
+            .processor(bin!("jobsup-echo"), [] as [&str; 0])
             .run();
         assert_ne!(run.code(), 0, "{flags:?}\n{run}");
         assert!(run.stderr.contains(says), "{flags:?}\n{run}");
     }
     let run = jobsup()
         .args(["serve", "--redis", "redis://127.0.0.1:1", "--stream", "q"])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .run();
     assert_eq!(run.code(), 125, "{run}");
     assert!(run.stderr.contains("cannot use Redis"), "{run}");
@@ -479,7 +479,7 @@ fn metrics_over_http_match_the_results_stream() {
         "q",
         "a",
         &["-j", "2", "--metrics", &addr],
-        bin!("echo"),
+        bin!("jobsup-echo"),
         &[],
     );
     wait_until(LONG, "every job has a result", || {
@@ -525,7 +525,7 @@ fn metrics_over_http_match_the_results_stream() {
             "--metrics",
             &busy,
         ])
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .run();
     assert_eq!(run.code(), 125, "{run}");
     assert!(run.stderr.contains("--metrics"), "{run}");

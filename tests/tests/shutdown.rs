@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 fn interrupt_twice(sig: Signal, expected_code: i32) {
     let bg = jobsup!()
         .args(["-j", "2", "--ttl", "60s", "--cleanup", "1s"])
-        .processor(bin!("sleepy"), [] as [&str; 0])
+        .processor(bin!("jobsup-sleepy"), [] as [&str; 0])
         .stdin("200\n60000\n60000\n60000\n60000\n60000\n")
         .spawn();
     bg.wait_for_handler(sig);
@@ -61,7 +61,7 @@ fn second_sigint_cancels_running_jobs_and_exits_130() {
 fn first_signal_drains(sig: Signal, expected_code: i32) {
     let mut bg = jobsup!()
         .args(["-j", "1", "--ttl", "60s", "--cleanup", "1s"])
-        .processor(bin!("sleepy"), [] as [&str; 0])
+        .processor(bin!("jobsup-sleepy"), [] as [&str; 0])
         .stdin("50\n1000\n")
         .keep_stdin_open()
         .spawn();

@@ -60,7 +60,7 @@ fn soak_keeps_every_invariant() {
 
     let mut bg = jobsup!()
         .args(["-q", "-j", "4", "--ttl", "300ms", "--cleanup", "100ms"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .timeout(std::time::Duration::from_secs(600))
         .keep_stdin_open()
         .spawn();

@@ -9,7 +9,7 @@ fn six_echo_jobs(flags: &[&str]) -> (jobsup_tests::Run, Vec<jobsup_tests::Record
     let run = jobsup!()
         .args(["-j", "1"])
         .args(flags)
-        .processor(bin!("echo"), [] as [&str; 0])
+        .processor(bin!("jobsup-echo"), [] as [&str; 0])
         .stdin(lines(6, |i| format!("job {i}")))
         .run();
     assert_eq!(run.code(), 0, "{run}");
@@ -39,7 +39,7 @@ fn max_jobs_per_worker_replaces_the_process() {
 fn crashed_worker_is_replaced() {
     let run = jobsup!()
         .args(["-j", "1"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("abort\nok:after\n")
         .run();
     let recs = run.by_seq();
@@ -54,7 +54,7 @@ fn crashed_worker_is_replaced() {
 fn timed_out_and_killed_workers_are_replaced() {
     let run = jobsup!()
         .args(["-j", "1", "--ttl", "300ms", "--cleanup", "2s"])
-        .processor(bin!("flaky"), [] as [&str; 0])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin("sleep:600\nok:a\nspin\nok:b\n")
         .run();
     let recs = run.by_seq();

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo build -p jobsup-tests --bin spin
-//! echo go | jobsup run --ttl 1s --cleanup 1s -- target/debug/spin
+//! echo go | jobsup run --ttl 1s --cleanup 1s -- target/debug/jobsup-spin
 //! ```
 
 use std::convert::Infallible;

@@ -21,7 +21,7 @@
 //!
 //! ```text
 //! cargo build -p jobsup-tests --bin flaky
-//! printf 'ok\nfail:disk full\npanic\nsegv\n' | jobsup run -- target/debug/flaky
+//! printf 'ok\nfail:disk full\npanic\nsegv\n' | jobsup run -- target/debug/jobsup-flaky
 //! ```
 
 use std::hint::black_box;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build -p jobsup-tests --bin echo
-//! printf 'hello\nworld\n' | jobsup run -- target/debug/echo
+//! printf 'hello\nworld\n' | jobsup run -- target/debug/jobsup-echo
 //! ```
 
 use std::convert::Infallible;

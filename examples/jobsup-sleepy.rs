@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo build -p jobsup-tests --bin sleepy
-//! printf '100\n5000\n' | jobsup run --ttl 1s --cleanup 2s -- target/debug/sleepy
+//! printf '100\n5000\n' | jobsup run --ttl 1s --cleanup 2s -- target/debug/jobsup-sleepy
 //! ```
 
 use std::thread;

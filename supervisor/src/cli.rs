@@ -60,7 +60,7 @@ pub enum Command {
     /// letters; records go to `<stream>:results`.
     Serve(crate::queue_cli::ServeArgs),
     /// A queue's state as JSON: depth, pending per consumer, delayed, dead, results.
-    Status(crate::queue_cli::QueueArgs),
+    Status(crate::queue_cli::StatusArgs),
     /// Print a queue's dead letters as NDJSON, or put them back on the stream (--replay).
     Dead(crate::queue_cli::DeadArgs),
     /// Internal: the guard process `run` starts (see the `guard` module).

@@ -353,6 +353,11 @@ pub struct PoolSpec {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sched: Option<Sched>,
+    /// `jobsup serve`'s queue, in a config file's `[pools.NAME.source]` table (config file
+    /// only; `run` ignores it).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::queue_cli::SourceSpec>,
 }
 
 /// Fills every field `self` leaves unset from `under`.
@@ -369,9 +374,14 @@ impl PoolSpec {
                 Some(all)
             }
         };
+        // The queue's keys layer one by one too.
+        let source = match (self.source.take(), &under.source) {
+            (Some(mine), Some(theirs)) => Some(mine.over(theirs)),
+            (mine, theirs) => mine.or_else(|| theirs.clone()),
+        };
         macro_rules! layer {
             ($($field:ident),* $(,)?) => {
-                PoolSpec { env, pass_env, $($field: self.$field.or_else(|| under.$field.clone()),)* }
+                PoolSpec { env, pass_env, source, $($field: self.$field.or_else(|| under.$field.clone()),)* }
             };
         }
         layer!(

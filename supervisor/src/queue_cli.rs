@@ -1,7 +1,7 @@
 //! The queue subcommands: `enqueue`, `serve`, `status` and `dead`.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -12,19 +12,146 @@ use crate::exit;
 use crate::queue::{self, Keys, Redis};
 use crate::source::{Defaults, InputFormat};
 
-/// Where the queue is.
+/// Where the queue is. Each flag may come from the config file's source table instead
+/// (`[pools.NAME.source]`, see [`SourceSpec`]); a flag given here wins.
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
-    /// The Redis server.
-    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
+    /// The Redis server [default: redis://127.0.0.1:6379].
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
     /// The jobs' stream; the other keys are named after it (`<stream>:results`,
     /// `<stream>:dead`, `<stream>:delayed`).
     #[arg(long, value_name = "KEY")]
-    pub stream: String,
+    pub stream: Option<String>,
+    /// The consumer group [default: jobsup].
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+/// The queue's Redis server when neither a flag nor the config file names one.
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+/// The consumer group when neither a flag nor the config file names one.
+const DEFAULT_GROUP: &str = "jobsup";
+/// How long a taken job stays a consumer's without a renewal, by default.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Deliveries of a job before it is dead-lettered, by default.
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// A pool's queue in the config file: `[pools.NAME.source]`, over `[defaults.source]`,
+/// key by key. Every key is optional and has the flag of the same name; with `stream` in
+/// the file, `jobsup serve --config FILE --pool NAME` is a whole worker in one file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// `--redis`.
+    pub redis: Option<String>,
+    /// `--stream`.
+    pub stream: Option<String>,
+    /// `--group`.
+    pub group: Option<String>,
+    /// `--consumer`.
+    pub consumer: Option<String>,
+    /// `--lease`.
+    pub lease: Option<crate::config::Dur>,
+    /// `--max-attempts`.
+    pub max_attempts: Option<u32>,
+    /// `--metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl SourceSpec {
+    /// Fills every key `self` leaves unset from `under`.
+    pub fn over(self, under: &SourceSpec) -> SourceSpec {
+        SourceSpec {
+            redis: self.redis.or_else(|| under.redis.clone()),
+            stream: self.stream.or_else(|| under.stream.clone()),
+            group: self.group.or_else(|| under.group.clone()),
+            consumer: self.consumer.or_else(|| under.consumer.clone()),
+            lease: self.lease.or(under.lease),
+            max_attempts: self.max_attempts.or(under.max_attempts),
+            metrics: self.metrics.or(under.metrics),
+        }
+    }
+}
+
+/// A config file to take the queue's location from (`enqueue`, `status`, `dead`; `serve`
+/// has the same flags through `run`'s).
+#[derive(Debug, Clone, Args)]
+pub struct QueueFile {
+    /// Take the queue from this config file's pool (its `[pools.NAME.source]` table).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The pool of the config file (may be left out when it has one pool).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub pool: Option<String>,
+}
+
+/// The source table of the config file's pool (over its `[defaults.source]`), or an empty
+/// one without a file.
+fn file_source(config: Option<&Path>, pool: Option<&str>) -> Result<SourceSpec, String> {
+    let Some(path) = config else {
+        return Ok(SourceSpec::default());
+    };
+    let file = crate::config::load(path)?;
+    let (_, spec) = crate::config::select_pool(path, &file, pool)?;
+    let under = file.defaults.source.clone().unwrap_or_default();
+    Ok(spec.source.clone().unwrap_or_default().over(&under))
+}
+
+/// Where a queue is, every part decided.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// The Redis URL.
+    pub redis: String,
+    /// The stream and the keys named after it.
+    pub keys: Keys,
     /// The consumer group.
-    #[arg(long, default_value = "jobsup")]
     pub group: String,
+}
+
+impl QueueArgs {
+    /// The flags over the file's source table over the defaults; the stream has no default.
+    fn resolve(&self, file: &SourceSpec) -> Result<Queue, String> {
+        let stream = self
+            .stream
+            .clone()
+            .or_else(|| file.stream.clone())
+            .ok_or("no stream: give --stream KEY, or `stream` in the pool's [pools.NAME.source] table of --config FILE")?;
+        if stream.is_empty() {
+            return Err("the stream's name must not be empty".into());
+        }
+        Ok(Queue {
+            redis: self
+                .redis
+                .clone()
+                .or_else(|| file.redis.clone())
+                .unwrap_or_else(|| DEFAULT_REDIS.into()),
+            keys: Keys::new(&stream),
+            group: self
+                .group
+                .clone()
+                .or_else(|| file.group.clone())
+                .unwrap_or_else(|| DEFAULT_GROUP.into()),
+        })
+    }
+}
+
+impl QueueArgs {
+    /// [`QueueArgs::resolve`] over the source table of `file`'s pool, if one is given.
+    fn resolve_from(&self, file: &QueueFile) -> Result<Queue, String> {
+        self.resolve(&file_source(file.config.as_deref(), file.pool.as_deref())?)
+    }
+}
+
+/// `jobsup status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The queue.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Or where the config file says it is.
+    #[command(flatten)]
+    pub file: QueueFile,
 }
 
 /// `jobsup enqueue`.
@@ -33,6 +160,9 @@ pub struct EnqueueArgs {
     /// The queue.
     #[command(flatten)]
     pub queue: QueueArgs,
+    /// Or where the config file says it is.
+    #[command(flatten)]
+    pub file: QueueFile,
     /// Read jobs from this file instead of stdin.
     #[arg(long)]
     pub input: Option<PathBuf>,
@@ -51,13 +181,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub consumer: Option<String>,
     /// How long a taken job stays this consumer's without a renewal; renewed every
-    /// lease/3, and reclaimed by any consumer once idle for longer.
-    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
-    pub lease: Duration,
+    /// lease/3, and reclaimed by any consumer once idle for longer [default: 30s].
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub lease: Option<Duration>,
     /// Deliveries of a job (crashes of its supervisor included) before it is
-    /// dead-lettered.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
+    /// dead-lettered [default: 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
     /// Serve Prometheus text on http://ADDR/metrics (e.g. 127.0.0.1:9187).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -72,6 +202,9 @@ pub struct DeadArgs {
     /// The queue.
     #[command(flatten)]
     pub queue: QueueArgs,
+    /// Or where the config file says it is.
+    #[command(flatten)]
+    pub file: QueueFile,
     /// Put every dead letter's job back on the stream with fresh attempts.
     #[arg(long)]
     pub replay: bool,
@@ -94,10 +227,24 @@ pub fn serve(args: ServeArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>
     if let Some((flag, _)) = only_run.iter().find(|(_, given)| *given) {
         anyhow::bail!("{flag} is not a flag of jobsup serve");
     }
-    if args.lease < Duration::from_millis(300) {
-        anyhow::bail!("--lease {:?} is too short (at least 300ms)", args.lease);
+    let file =
+        file_source(run.config.as_deref(), run.pool.as_deref()).map_err(anyhow::Error::msg)?;
+    let queue = args.queue.resolve(&file).map_err(anyhow::Error::msg)?;
+    let lease = args
+        .lease
+        .or(file.lease.map(|d| d.0))
+        .unwrap_or(DEFAULT_LEASE);
+    if lease < Duration::from_millis(300) {
+        anyhow::bail!("--lease {lease:?} is too short (at least 300ms)");
     }
-    let consumer = match args.consumer {
+    let max_attempts = args
+        .max_attempts
+        .or(file.max_attempts)
+        .unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if max_attempts == 0 {
+        anyhow::bail!("max_attempts must be at least 1");
+    }
+    let consumer = match args.consumer.or(file.consumer) {
         Some(c) if !c.is_empty() => c,
         Some(_) => anyhow::bail!("--consumer must not be empty"),
         None => {
@@ -108,18 +255,18 @@ pub fn serve(args: ServeArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>
         }
     };
     let opts = crate::serve::Options {
-        redis: args.queue.redis,
-        keys: Keys::new(&args.queue.stream),
-        group: args.queue.group,
+        redis: queue.redis,
+        keys: queue.keys,
+        group: queue.group,
         consumer,
-        lease: args.lease,
-        max_attempts: args.max_attempts,
+        lease,
+        max_attempts,
         // Filled in from the resolved pool.
         retry_on: Vec::new(),
         retry_delay: Duration::ZERO,
         workers: 1,
         shutdown_timeout: None,
-        metrics: args.metrics,
+        metrics: args.metrics.or(file.metrics),
     };
     crate::cli::run_pool(args.run, quiet, Some(opts))
 }
@@ -172,6 +319,13 @@ fn fields_of(
 /// `jobsup enqueue`: every job of the input becomes one stream entry; a bad line is
 /// reported with its number and skipped, and makes the exit code 1.
 pub fn enqueue(args: &EnqueueArgs) -> u8 {
+    let queue = match args.queue.resolve_from(&args.file) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::JOBSUP_ERROR;
+        }
+    };
     let input: Box<dyn BufRead> = match &args.input {
         Some(path) => match std::fs::File::open(path) {
             Ok(f) => Box::new(std::io::BufReader::new(f)),
@@ -189,7 +343,7 @@ pub fn enqueue(args: &EnqueueArgs) -> u8 {
             return exit::JOBSUP_ERROR;
         }
     };
-    let mut redis = match Redis::open(&args.queue.redis, Duration::from_secs(10)) {
+    let mut redis = match Redis::open(&queue.redis, Duration::from_secs(10)) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
@@ -205,7 +359,7 @@ pub fn enqueue(args: &EnqueueArgs) -> u8 {
             return Ok(());
         }
         rt.block_on(redis.pipeline(batch))
-            .map_err(|e| format!("cannot add jobs to {}: {e}", args.queue.redis))?;
+            .map_err(|e| format!("cannot add jobs to {}: {e}", queue.redis))?;
         *added += batch.len() as u64;
         batch.clear();
         Ok::<(), String>(())
@@ -233,7 +387,7 @@ pub fn enqueue(args: &EnqueueArgs) -> u8 {
         match fields_of(&line, args.input_format, line_no, &prefix) {
             Ok(fields) => {
                 let mut cmd = redis::cmd("XADD");
-                cmd.arg(&args.queue.stream).arg("*");
+                cmd.arg(&queue.keys.stream).arg("*");
                 for (k, v) in fields {
                     cmd.arg(k).arg(v);
                 }
@@ -255,7 +409,7 @@ pub fn enqueue(args: &EnqueueArgs) -> u8 {
         tracing::error!("{e} ({added} added before)");
         return exit::JOBSUP_ERROR;
     }
-    tracing::info!("{added} job(s) added to {}", args.queue.stream);
+    tracing::info!("{added} job(s) added to {}", queue.keys.stream);
     if bad > 0 {
         tracing::error!("{bad} line(s) were not jobs and were skipped");
         return exit::FAILED;
@@ -264,11 +418,12 @@ pub fn enqueue(args: &EnqueueArgs) -> u8 {
 }
 
 /// `jobsup status`, as one JSON object.
-pub fn status(args: &QueueArgs) -> Result<String, String> {
-    let keys = Keys::new(&args.stream);
-    let mut redis = Redis::open(&args.redis, Duration::from_secs(10))?;
+pub fn status(args: &StatusArgs) -> Result<String, String> {
+    let queue = args.queue.resolve_from(&args.file)?;
+    let keys = &queue.keys;
+    let mut redis = Redis::open(&queue.redis, Duration::from_secs(10))?;
     runtime()?.block_on(async {
-        let fail = |e: redis::RedisError| format!("cannot read the queue at {}: {e}", args.redis);
+        let fail = |e: redis::RedisError| format!("cannot read the queue at {}: {e}", queue.redis);
         let len = |key: &str| {
             let mut c = redis::cmd("XLEN");
             c.arg(key);
@@ -281,7 +436,7 @@ pub fn status(args: &QueueArgs) -> Result<String, String> {
         zcard.arg(&keys.delayed);
         let delayed: u64 = redis.query(&zcard).await.map_err(fail)?;
         let mut xpending = redis::cmd("XPENDING");
-        xpending.arg(&keys.stream).arg(&args.group);
+        xpending.arg(&keys.stream).arg(&queue.group);
         let (pending, consumers) = match redis.query::<redis::Value>(&xpending).await {
             Ok(v) => pending_summary(v),
             // No group yet: nothing is pending.
@@ -290,7 +445,7 @@ pub fn status(args: &QueueArgs) -> Result<String, String> {
         };
         let status = json!({
             "stream": keys.stream,
-            "group": args.group,
+            "group": queue.group,
             // Acknowledged entries are deleted: what is left is pending or not yet read.
             "depth": stream.saturating_sub(pending),
             "pending": pending,
@@ -327,12 +482,12 @@ fn pending_summary(v: redis::Value) -> (u64, serde_json::Map<String, Value>) {
 /// `jobsup dead`: the dead letters on stdout as NDJSON, or with `--replay` back on the
 /// stream.
 pub fn dead(args: &DeadArgs) -> u8 {
-    let keys = Keys::new(&args.queue.stream);
     let result = (|| {
-        let mut redis = Redis::open(&args.queue.redis, Duration::from_secs(10))?;
+        let queue = args.queue.resolve_from(&args.file)?;
+        let keys = queue.keys;
+        let mut redis = Redis::open(&queue.redis, Duration::from_secs(10))?;
         let rt = runtime()?;
-        let fail =
-            |e: redis::RedisError| format!("cannot read the queue at {}: {e}", args.queue.redis);
+        let fail = |e: redis::RedisError| format!("cannot read the queue at {}: {e}", queue.redis);
         if args.replay {
             let n: u64 = rt
                 .block_on(redis.query(&queue::replay(&keys)))

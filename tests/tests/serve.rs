@@ -530,3 +530,85 @@ fn metrics_over_http_match_the_results_stream() {
     assert_eq!(run.code(), 125, "{run}");
     assert!(run.stderr.contains("--metrics"), "{run}");
 }
+
+#[test]
+fn a_whole_worker_is_one_config_file() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    // The server in [defaults.source], the stream in the pool's own table: layered by key.
+    std::fs::write(
+        &config,
+        format!(
+            "[defaults.source]\nredis = \"{}\"\n\n[pools.echo]\ncommand = \"{}\"\nconcurrency = 2\n\n[pools.echo.source]\nstream = \"cq\"\nconsumer = \"from-file\"\nmax_attempts = 3\n",
+            redis.url(),
+            bin!("jobsup-echo")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = jobsup()
+        .args(["enqueue", "--config", config, "--pool", "echo"])
+        .stdin("a\nb\nc\n")
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(redis.xlen("cq"), 3, "enqueue found the stream in the file");
+    // No --redis, --stream, --consumer or processor on the command line.
+    let s = jobsup()
+        .args(["serve", "--config", config, "--pool", "echo"])
+        .spawn();
+    wait_until(LONG, "every job has a result", || {
+        redis.xlen("cq:results") >= 3
+    });
+    drain(s);
+    let ids: Vec<String> = results_by_id(&redis, "cq").into_keys().collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for e in redis.entries("cq:results") {
+        assert_eq!(e.get("outcome"), "ok");
+    }
+    let status = jobsup().args(["status", "--config", config]).run();
+    assert_eq!(status.code(), 0, "{status}");
+    let v: serde_json::Value = serde_json::from_str(status.stdout_str().trim()).unwrap();
+    assert_eq!(v["stream"], "cq");
+    assert_eq!(v["results"], 3);
+    // A flag wins over the file.
+    let status = jobsup()
+        .args(["status", "--config", config, "--stream", "other"])
+        .run();
+    assert_eq!(status.code(), 0, "{status}");
+    let v: serde_json::Value = serde_json::from_str(status.stdout_str().trim()).unwrap();
+    assert_eq!(v["stream"], "other");
+    assert_eq!(v["results"], 0);
+    // The consumer's name came from the file too (it is the one that acked, so it is no
+    // longer in the pending list; its results say nothing of it): ask the group.
+    let consumers: redis::Value = redis.cmd(&["XINFO", "CONSUMERS", "cq", "jobsup"]);
+    assert!(
+        format!("{consumers:?}").contains("from-file"),
+        "{consumers:?}"
+    );
+}
+
+#[test]
+fn a_config_file_source_with_a_mistake_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let unknown = write(
+        "unknown.toml",
+        "[pools.p]\ncommand = \"true\"\n[pools.p.source]\nstream = \"q\"\nqueue = \"q\"\n",
+    );
+    let nostream = write("nostream.toml", "[pools.p]\ncommand = \"true\"\n");
+    for (config, says) in [(&unknown, "queue"), (&nostream, "no stream")] {
+        for sub in ["serve", "status", "enqueue"] {
+            let run = jobsup()
+                .args([sub, "--config", config.as_str()])
+                .stdin("")
+                .run();
+            assert_eq!(run.code(), 125, "{sub} {config}\n{run}");
+            assert!(run.stderr.contains(says), "{sub} {config}\n{run}");
+        }
+    }
+}

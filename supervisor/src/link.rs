@@ -285,10 +285,24 @@ fn line_result(job: Option<u64>, line: Vec<u8>) -> FromWorker {
     }
 }
 
-/// The arguments of an exec job: `{}` becomes the payload, `{#}` the job's line number and
-/// `{id}` its id, inside any argument, with no shell and no re-splitting.
+/// The arguments of an exec job, with GNU parallel's placeholders replaced inside any
+/// argument, with no shell and no re-splitting: `{}` the payload, `{.}` it without its
+/// extension, `{/}` its last path component, `{//}` its directory (`.` when it has none),
+/// `{/.}` the last component without its extension; `{#}` the job's line number and `{id}`
+/// its id.
 pub fn substitute(args: &[OsString], job: &JobSpec) -> Vec<OsString> {
     let seq = job.seq.to_string();
+    let path = PathParts::of(&job.payload);
+    // Longest first where one placeholder starts another (`{//}` and `{/.}` before `{/}`).
+    let table: [(&[u8], &[u8]); 7] = [
+        (b"{}", &job.payload),
+        (b"{.}", path.without_extension),
+        (b"{//}", path.dir),
+        (b"{/.}", path.stem),
+        (b"{/}", path.name),
+        (b"{#}", seq.as_bytes()),
+        (b"{id}", job.id.as_bytes()),
+    ];
     args.iter()
         .map(|arg| {
             let bytes = arg.as_bytes();
@@ -296,21 +310,54 @@ pub fn substitute(args: &[OsString], job: &JobSpec) -> Vec<OsString> {
             let mut i = 0;
             while i < bytes.len() {
                 let rest = &bytes[i..];
-                let (with, len): (&[u8], usize) = if rest.starts_with(b"{}") {
-                    (&job.payload, 2)
-                } else if rest.starts_with(b"{#}") {
-                    (seq.as_bytes(), 3)
-                } else if rest.starts_with(b"{id}") {
-                    (job.id.as_bytes(), 4)
-                } else {
-                    (&rest[..1], 1)
-                };
-                out.extend_from_slice(with);
-                i += len;
+                match table.iter().find(|(p, _)| rest.starts_with(p)) {
+                    Some((p, with)) => {
+                        out.extend_from_slice(with);
+                        i += p.len();
+                    }
+                    None => {
+                        out.push(rest[0]);
+                        i += 1;
+                    }
+                }
             }
             OsStr::from_bytes(&out).to_os_string()
         })
         .collect()
+}
+
+/// A payload read as a path, cut as GNU parallel cuts it.
+struct PathParts<'a> {
+    /// Everything before the last `/` (`/` for a file in the root, `.` with no `/`).
+    dir: &'a [u8],
+    /// The last component.
+    name: &'a [u8],
+    /// The last component without its extension.
+    stem: &'a [u8],
+    /// The whole path without the last component's extension.
+    without_extension: &'a [u8],
+}
+
+impl<'a> PathParts<'a> {
+    fn of(path: &'a [u8]) -> PathParts<'a> {
+        let slash = path.iter().rposition(|&b| b == b'/');
+        let (dir, name): (&[u8], &[u8]) = match slash {
+            None => (b".", path),
+            Some(0) => (b"/", &path[1..]),
+            Some(i) => (&path[..i], &path[i + 1..]),
+        };
+        // A leading dot names a hidden file, not an extension (`.bashrc` stays whole).
+        let ext = match name.iter().rposition(|&b| b == b'.') {
+            Some(dot) if dot > 0 => name.len() - dot,
+            _ => 0,
+        };
+        PathParts {
+            dir,
+            name,
+            stem: &name[..name.len() - ext],
+            without_extension: &path[..path.len() - ext],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -340,5 +387,30 @@ mod tests {
         .map(OsString::from)
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn path_placeholders_cut_the_payload_as_gnu_parallel_does() {
+        let cut = |payload: &str, arg: &str| {
+            let job = JobSpec {
+                payload: payload.as_bytes().to_vec(),
+                ..JobSpec::sample(1)
+            };
+            substitute(&[OsString::from(arg)], &job)[0]
+                .to_string_lossy()
+                .into_owned()
+        };
+        let all = "{.}|{/}|{//}|{/.}";
+        assert_eq!(
+            cut("dir/sub/a.tar.gz", all),
+            "dir/sub/a.tar|a.tar.gz|dir/sub|a.tar"
+        );
+        assert_eq!(cut("a.png", all), "a|a.png|.|a");
+        assert_eq!(cut("/a.png", all), "/a|a.png|/|a");
+        assert_eq!(cut("dir.d/README", all), "dir.d/README|README|dir.d|README");
+        assert_eq!(cut("dir/.bashrc", all), "dir/.bashrc|.bashrc|dir|.bashrc");
+        assert_eq!(cut("", all), "||.|");
+        // Not placeholders: left as they are.
+        assert_eq!(cut("x", "{..}{/x}{"), "{..}{/x}{");
     }
 }

@@ -86,22 +86,27 @@ struct Flight {
     lost: bool,
 }
 
-/// An entry taken and not yet on a worker.
+/// An entry taken and not yet on a worker (its worker died before taking it, and a new
+/// one is starting). Its lease is renewed like a running job's: a processor that takes
+/// longer than a lease to start must not let a peer take the entry meanwhile.
 struct Waiting {
     entry: String,
     deliveries: u64,
     used: u32,
     job: JobSpec,
+    /// When its lease was last known to be renewed (taking it counts).
+    renewed: Instant,
 }
 
-/// When a renewal was sent, and the in-flight `(hand-off, entry, deliveries)` it renews.
-type RenewRequest = (Instant, Vec<(u64, String, u64)>);
+/// When a renewal was sent, and the `(entry, deliveries)` it renews: those in flight and
+/// those waiting for a worker.
+type RenewRequest = (Instant, Vec<(String, u64)>);
 
 enum FromRedis {
     Taken(Vec<Taken>),
     Renewed {
         sent: Instant,
-        asked: Vec<u64>,
+        asked: Vec<String>,
         kept: Option<Vec<String>>,
     },
     Finished {
@@ -315,7 +320,7 @@ async fn renewer(
             &opts.keys,
             &opts.group,
             &opts.consumer,
-            flights.iter().map(|(_, e, d)| (e.as_str(), *d)),
+            flights.iter().map(|(e, d)| (e.as_str(), *d)),
         );
         let kept = match redis.query::<Vec<String>>(&cmd).await {
             Ok(k) => Some(k),
@@ -324,7 +329,7 @@ async fn renewer(
                 None
             }
         };
-        let asked = flights.into_iter().map(|(run, _, _)| run).collect();
+        let asked = flights.into_iter().map(|(entry, _)| entry).collect();
         if out.send(FromRedis::Renewed { sent, asked, kept }).is_err() {
             return;
         }
@@ -524,14 +529,25 @@ impl Serve<'_> {
                 };
                 self.metrics.renewals.inc_by(kept.len() as u64);
                 let kept: std::collections::HashSet<String> = kept.into_iter().collect();
-                for run in asked {
-                    let Some(flight) = self.flights.get_mut(&run) else {
+                let why = "another consumer took over its entry";
+                for entry in asked {
+                    let renewed = kept.contains(&entry);
+                    if let Some(w) = self.waiting.iter_mut().find(|w| w.entry == entry) {
+                        if renewed {
+                            w.renewed = w.renewed.max(sent);
+                        } else {
+                            self.drop_waiting(&entry, why);
+                        }
+                        continue;
+                    }
+                    let Some((&run, flight)) =
+                        self.flights.iter_mut().find(|(_, f)| f.entry == entry)
+                    else {
                         continue;
                     };
-                    if kept.contains(&flight.entry) {
+                    if renewed {
                         flight.renewed = flight.renewed.max(sent);
                     } else if !flight.lost {
-                        let why = "another consumer took over its entry";
                         self.lose(run, why);
                     }
                 }
@@ -595,6 +611,7 @@ impl Serve<'_> {
             deliveries: taken.deliveries,
             used,
             job,
+            renewed: Instant::now(),
         });
     }
 
@@ -616,7 +633,7 @@ impl Serve<'_> {
                 entry: w.entry,
                 deliveries: w.deliveries,
                 job: job.without_payload(),
-                renewed: Instant::now(),
+                renewed: w.renewed,
                 lost: false,
             };
             match slot.handle.send(Control::Run(Box::new(job))) {
@@ -629,6 +646,7 @@ impl Serve<'_> {
                     deliveries: flight.deliveries,
                     used: w.used,
                     job: *job,
+                    renewed: flight.renewed,
                 }),
                 Err(_) => {}
             }
@@ -636,14 +654,15 @@ impl Serve<'_> {
     }
 
     fn renew(&mut self) {
-        if self.renewing || self.flights.is_empty() {
+        if self.renewing {
             return;
         }
         let list = self
             .flights
-            .iter()
-            .filter(|(_, f)| !f.lost)
-            .map(|(run, f)| (*run, f.entry.clone(), f.deliveries))
+            .values()
+            .filter(|f| !f.lost)
+            .map(|f| (f.entry.clone(), f.deliveries))
+            .chain(self.waiting.iter().map(|w| (w.entry.clone(), w.deliveries)))
             .collect::<Vec<_>>();
         if list.is_empty() {
             return;
@@ -667,6 +686,34 @@ impl Serve<'_> {
         for run in late {
             self.lose(run, "its lease could not be renewed");
         }
+        let late: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|w| now.duration_since(w.renewed) > limit)
+            .map(|w| w.entry.clone())
+            .collect();
+        for entry in late {
+            self.drop_waiting(&entry, "its lease could not be renewed");
+        }
+    }
+
+    /// A waiting entry whose lease was lost is not run: another consumer may have it (or
+    /// will, once its lease runs out), and nothing of this delivery is stored.
+    fn drop_waiting(&mut self, entry: &str, why: &str) {
+        let Some(at) = self.waiting.iter().position(|w| w.entry == entry) else {
+            return;
+        };
+        let Some(w) = self.waiting.remove(at) else {
+            return;
+        };
+        self.counters.lease_lost += 1;
+        self.metrics.leases_lost.inc();
+        tracing::warn!(
+            id = %w.job.id,
+            entry = %w.entry,
+            "job {} lost its lease before a worker took it ({why}): not run here; its entry is left to its new owner",
+            w.job.id
+        );
     }
 
     fn lose(&mut self, run: u64, why: &str) {
@@ -735,6 +782,7 @@ impl Serve<'_> {
                         deliveries: flight.deliveries,
                         used,
                         job: *job,
+                        renewed: flight.renewed,
                     });
                     if self.stopping() {
                         self.release_waiting();

@@ -612,3 +612,52 @@ fn a_config_file_source_with_a_mistake_is_refused_clearly() {
         }
     }
 }
+
+#[test]
+fn an_entry_waiting_for_a_slow_starting_worker_keeps_its_lease() {
+    let redis = RedisServer::start();
+    let run = enqueue(
+        &redis,
+        "q",
+        "ndjson",
+        "{\"id\":\"w\",\"payload\":\"from-a\"}\n",
+    );
+    assert_eq!(run.code(), 0, "{run}");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("first-worker-gone");
+    let marker_arg = marker.to_str().unwrap();
+    // a's first worker takes the entry's place and dies before reading it; its next one
+    // needs several leases to start, and the entry waits for it, taken by a.
+    let lease = ["-j", "1", "--lease", "2s"];
+    let a = serve(
+        &redis,
+        "q",
+        "a",
+        &lease,
+        bin!("fx-restart"),
+        &[marker_arg, "6000", bin!("jobsup-echo")],
+    );
+    wait_until(LONG, "a's first worker is gone", || marker.exists());
+    // A peer that would reclaim the entry (and say so in its output) if a let it lapse.
+    let b = serve(
+        &redis,
+        "q",
+        "b",
+        &[&lease[..], &["--mode", "lines"]].concat(),
+        "sed",
+        &["-u", "s/^/b:/"],
+    );
+    wait_until(LONG, "the job has a result", || {
+        redis.xlen("q:results") >= 1
+    });
+    let a = drain(a);
+    drain(b);
+    let by = results_by_id(&redis, "q");
+    assert_eq!(by["w"].len(), 1, "{:?}", by["w"]);
+    assert_eq!(
+        by["w"][0].record()["output"],
+        "from-a",
+        "the entry was taken over while it waited for a's worker\n{a}"
+    );
+    assert_eq!(redis.pending("q"), 0);
+}

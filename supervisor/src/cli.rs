@@ -167,7 +167,11 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The config file to validate.
-    #[arg(value_name = "FILE", required_unless_present = "config", conflicts_with = "config")]
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
     pub file: Option<PathBuf>,
     /// The same file, as an option (as `run --config` takes it).
     #[arg(long, value_name = "FILE")]

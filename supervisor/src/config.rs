@@ -1220,6 +1220,59 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_of_a_file_is_reported_in_the_files_order() {
+        let (_d, path) = write(
+            "[defaults]\nretires = 1\n[pools.a]\ncommand = \"cat\"\nttl = \"x\"\nmode = \"exec\"\nidle_timeout = \"1s\"\n[pools.b]\nmode = \"lines\"\nopen_files = 0\n",
+        );
+        let e = check(&path).unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        let wanted = [
+            ":2:1: [defaults]: key `retires`",
+            ":5:7: pool \"a\": key `ttl`",
+            ":7:1: pool \"a\": --idle-timeout (idle_timeout) applies to --mode native only; this pool runs --mode exec",
+            ":8: pool \"b\" has no command",
+            ":10:1: pool \"b\": key `open_files`",
+        ];
+        assert_eq!(lines.len(), wanted.len(), "{e}");
+        for (line, want) in lines.iter().zip(wanted) {
+            assert!(line.contains(want), "{want:?} in {line:?}\n{e}");
+        }
+    }
+
+    #[test]
+    fn a_pool_whose_mode_is_unreadable_gets_no_mode_only_errors() {
+        let (_d, path) =
+            write("[pools.a]\ncommand = \"cat\"\nmode = \"lnes\"\ncleanup_signal = \"INT\"\n");
+        let e = check(&path).unwrap_err();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("key `mode`"), "{e}");
+    }
+
+    #[test]
+    fn mode_only_settings_from_defaults_or_flags_are_judged_in_the_pools_mode() {
+        let (_d, path) = write(
+            "[defaults]\nmax_output = \"1KiB\"\n[pools.a]\ncommand = \"cat\"\nmode = \"lines\"\n[pools.n]\ncommand = \"cat\"\n",
+        );
+        let p = resolve_run(PoolSpec::default(), Some((&path, Some("a"))), Vec::new()).unwrap();
+        assert_eq!(p.max_output, 1024);
+        let e = resolve_run(PoolSpec::default(), Some((&path, Some("n"))), Vec::new()).unwrap_err();
+        assert!(
+            e.contains(":2:1: pool \"n\": --max-output (max_output)"),
+            "{e}"
+        );
+        // From a flag, the file's line is not pointed at.
+        let flags = PoolSpec {
+            idle_timeout: Some(Dur(Duration::from_secs(1))),
+            ..PoolSpec::default()
+        };
+        let e = resolve_run(flags, Some((&path, Some("a"))), Vec::new()).unwrap_err();
+        assert!(
+            e.contains(":3: pool \"a\": --idle-timeout (idle_timeout)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn variables_add_up_across_layers() {
         let (_d, path) = write(
             "[defaults]\nenv = { A = \"1\", B = \"1\" }\npass_env = [\"P\"]\n[pools.a]\ncommand = \"x\"\nenv = { B = \"2\" }\n",

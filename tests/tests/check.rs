@@ -205,9 +205,15 @@ fn a_mode_only_setting_in_another_mode_is_the_same_error_from_a_flag_and_a_file(
             &flagged,
             &format!("{} ({}) applies to", case.flag, case.key),
         );
+        let applies_to = said
+            .split_once("applies to --mode ")
+            .and_then(|(_, rest)| rest.split_once(" only;"))
+            .map(|(modes, _)| modes)
+            .unwrap_or_else(|| panic!("{what}: no list of modes\n{flagged}"));
         assert!(
             said.contains(&format!("this pool runs --mode {}", case.wrong))
-                && said.contains(&format!("--mode {}", case.right)),
+                && applies_to.contains(case.right)
+                && !applies_to.contains(case.wrong),
             "{what}: names the mode and the modes it applies to\n{flagged}"
         );
 

@@ -373,7 +373,8 @@ pub fn man(only: Option<&str>) -> Result<String, String> {
     };
     let mut roff = Vec::new();
     for page in pages {
-        clap_mangen::Man::new(page)
+        // Each page's footer names the version, as jobsup's own does.
+        clap_mangen::Man::new(page.version(env!("CARGO_PKG_VERSION")))
             .render(&mut roff)
             .map_err(|e| format!("cannot render the man page: {e}"))?;
     }

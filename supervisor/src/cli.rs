@@ -26,7 +26,7 @@ use crate::worker::WorkerSettings;
 /// jobsup runs jobs in a pool of reusable, sandboxed worker processes, with deadlines that
 /// hold even when a job does not cooperate.
 #[derive(Debug, Parser)]
-#[command(name = "jobsup", version, about, long_about = None)]
+#[command(name = "jobsup", version, about, long_about = None, after_help = crate::help::JOBSUP)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -48,21 +48,34 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every job of the input through a pool of workers; one NDJSON record per job.
+    #[command(after_help = crate::help::RUN_EXAMPLES, after_long_help = crate::help::run_long())]
     Run(RunArgs),
     /// Summarize a job log (--joblog) or a results file afterwards: per kind, most total
     /// time first.
+    #[command(after_help = crate::help::REPORT)]
     Report(ReportArgs),
     /// Validate a config file without running anything, and print the resolved pools.
+    #[command(after_help = crate::help::CHECK)]
     Check(CheckArgs),
     /// Add jobs (the input `run` takes) to a Redis stream for `jobsup serve`.
+    #[command(after_help = crate::help::ENQUEUE)]
     Enqueue(crate::queue_cli::EnqueueArgs),
     /// Run jobs from a Redis stream's consumer group, with leases, fenced acks and dead
     /// letters; records go to `<stream>:results`.
+    #[command(after_help = crate::help::SERVE)]
     Serve(crate::queue_cli::ServeArgs),
     /// A queue's state as JSON: depth, pending per consumer, delayed, dead, results.
+    #[command(after_help = crate::help::STATUS)]
     Status(crate::queue_cli::StatusArgs),
     /// Print a queue's dead letters as NDJSON, or put them back on the stream (--replay).
+    #[command(after_help = crate::help::DEAD)]
     Dead(crate::queue_cli::DeadArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = crate::help::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout: jobsup's, then each subcommand's.
+    #[command(after_help = crate::help::MAN)]
+    Man(ManArgs),
     /// Internal: the guard process `run` starts (see the `guard` module).
     #[command(name = "__guard", hide = true)]
     Guard(crate::guard::GuardArgs),
@@ -154,8 +167,52 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The config file to validate.
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub file: Option<PathBuf>,
+    /// The same file, as an option (as `run --config` takes it).
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// The file to check, however it was given (clap ensures exactly one way).
+    pub fn path(&self) -> &std::path::Path {
+        self.file
+            .as_deref()
+            .or(self.config.as_deref())
+            .expect("clap requires FILE or --config")
+    }
+}
+
+/// The shells `jobsup completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    /// Bash (bash-completion).
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+/// `jobsup completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the script for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// `jobsup man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Only this subcommand's page (e.g. `run`) [default: jobsup's and every subcommand's].
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
 }
 
 /// Which of fds 0, 1 and 2 were closed at start (bit `n` for fd `n`).
@@ -202,7 +259,9 @@ pub fn main() -> ExitCode {
                 (exit::JOBSUP_ERROR, None)
             }
         },
-        Command::Check(args) => (print_or_fail(crate::config::check(&args.config)), None),
+        Command::Check(args) => (print_or_fail(crate::config::check(args.path())), None),
+        Command::Completions(args) => (print_or_fail(Ok(completions(args.shell))), None),
+        Command::Man(args) => (print_or_fail(man(args.subcommand.as_deref())), None),
         Command::Serve(args) => match crate::queue_cli::serve(args, cli.quiet) {
             Ok(done) => done,
             Err(e) => {
@@ -277,6 +336,49 @@ fn print_or_fail(result: Result<String, String>) -> u8 {
             exit::JOBSUP_ERROR
         }
     }
+}
+
+/// `jobsup completions SHELL`: the script, generated from the command line's definition.
+pub fn completions(shell: Shell) -> String {
+    use clap::CommandFactory;
+    let generator = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(generator, &mut Cli::command(), "jobsup", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
+}
+
+/// `jobsup man [SUBCOMMAND]`: one roff stream holding jobsup's page and then each visible
+/// subcommand's (`jobsup-run(1)`...), which `man` shows one after the other; or one
+/// subcommand's page alone.
+pub fn man(only: Option<&str>) -> Result<String, String> {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    // Built, the subcommands know their full names (`jobsup run`, `jobsup-run`).
+    cli.build();
+    let subcommands: Vec<clap::Command> = cli
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+        .cloned()
+        .collect();
+    let pages: Vec<clap::Command> = match only {
+        None => std::iter::once(cli).chain(subcommands).collect(),
+        Some(name) => vec![subcommands
+            .into_iter()
+            .find(|c| c.get_name() == name)
+            .ok_or_else(|| format!("jobsup man: no subcommand {name:?}"))?],
+    };
+    let mut roff = Vec::new();
+    for page in pages {
+        // Each page's footer names the version, as jobsup's own does.
+        clap_mangen::Man::new(page.version(env!("CARGO_PKG_VERSION")))
+            .render(&mut roff)
+            .map_err(|e| format!("cannot render the man page: {e}"))?;
+    }
+    Ok(String::from_utf8_lossy(&roff).into_owned())
 }
 
 /// `jobsup report`: the per-kind summary of a job log or results file.

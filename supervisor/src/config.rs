@@ -442,6 +442,115 @@ fn out_of_range(key: &str, detail: &str) -> String {
     format!("key `{key}`: {detail}")
 }
 
+/// One thing wrong with a pool's settings: its text names the pool (and the key, or the
+/// flag and the key); `key` is where a config file says it, for its line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The config key the problem is about, when it is about one.
+    pub key: Option<&'static str>,
+    /// What is wrong, without a location.
+    pub text: String,
+}
+
+/// A setting that means something in some modes only: given in another, it is refused
+/// rather than silently ignored, with the same words for the flag and the key.
+#[derive(Debug)]
+pub struct ModeOnly {
+    /// The flag (`--idle-timeout`).
+    pub flag: &'static str,
+    /// The config key (`idle_timeout`).
+    pub key: &'static str,
+    /// The modes it applies to.
+    pub modes: &'static [Mode],
+    /// Why the others have no use for it.
+    pub why: &'static str,
+    is_set: fn(&PoolSpec) -> bool,
+}
+
+/// Every mode-only setting (DESIGN.md, "Processor modes"), as `link.rs`, `live.rs` and
+/// `run.rs` use them.
+pub const MODE_ONLY: &[ModeOnly] = &[
+    ModeOnly {
+        flag: "--idle-timeout",
+        key: "idle_timeout",
+        modes: &[Mode::Native],
+        why: "it is moved by heartbeats, which only native processors send",
+        is_set: |s| s.idle_timeout.is_some(),
+    },
+    ModeOnly {
+        flag: "--start-timeout",
+        key: "start_timeout",
+        modes: &[Mode::Native, Mode::Lines],
+        why: "an exec process is started for its job, under the job's own ttl",
+        is_set: |s| s.start_timeout.is_some(),
+    },
+    ModeOnly {
+        flag: "--max-jobs-per-worker",
+        key: "max_jobs_per_worker",
+        modes: &[Mode::Native, Mode::Lines],
+        why: "an exec process serves one job only",
+        is_set: |s| s.max_jobs_per_worker.is_some(),
+    },
+    ModeOnly {
+        flag: "--cleanup-signal",
+        key: "cleanup_signal",
+        modes: &[Mode::Lines, Mode::Exec],
+        why: "a native worker is asked to clean up with a Cleanup frame",
+        is_set: |s| s.cleanup_signal.is_some(),
+    },
+    ModeOnly {
+        flag: "--max-output",
+        key: "max_output",
+        modes: &[Mode::Lines, Mode::Exec],
+        why: "a native result is bounded by the protocol's frame size",
+        is_set: |s| s.max_output.is_some(),
+    },
+];
+
+/// A mode's name, as `--mode` takes it.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Native => "native",
+        Mode::Lines => "lines",
+        Mode::Exec => "exec",
+    }
+}
+
+impl ModeOnly {
+    /// The error for this setting in a pool of `mode`.
+    fn misused_in(&self, mode: Mode) -> String {
+        let modes: Vec<&str> = self.modes.iter().map(|m| mode_name(*m)).collect();
+        format!(
+            "{} ({}) applies to --mode {} only; this pool runs --mode {} ({})",
+            self.flag,
+            self.key,
+            modes.join(" or "),
+            mode_name(mode),
+            self.why
+        )
+    }
+}
+
+impl PoolSpec {
+    /// Without its mode-only settings: for a pool whose mode is itself in error, where
+    /// they can be judged neither right nor wrong.
+    fn without_mode_only(mut self) -> PoolSpec {
+        self.idle_timeout = None;
+        self.start_timeout = None;
+        self.max_jobs_per_worker = None;
+        self.cleanup_signal = None;
+        self.max_output = None;
+        self
+    }
+
+    /// The keys this spec sets (to tell which of a run's settings came from its flags).
+    fn keys_set(&self) -> Vec<String> {
+        toml::Table::try_from(self)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// A pool with every setting decided.
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -548,80 +657,109 @@ fn resolve_user(given: &str) -> Result<Option<crate::sandbox::Identity>, String>
 
 impl Pool {
     /// Applies the built-in defaults to a layered spec; `command` from the command line
-    /// (after `--`) wins over the file's.
+    /// (after `--`) wins over the file's. Every problem is said, one per line.
     pub fn resolve(name: &str, spec: PoolSpec, command: Vec<OsString>) -> Result<Pool, String> {
+        Pool::resolve_all(name, spec, command).map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// [`Pool::resolve`], with every problem of the spec rather than the first.
+    pub(crate) fn resolve_all(
+        name: &str,
+        spec: PoolSpec,
+        command: Vec<OsString>,
+    ) -> Result<Pool, Vec<Problem>> {
+        let mut problems = Vec::new();
         let command = if !command.is_empty() {
             command
         } else {
-            match spec.command {
+            match &spec.command {
                 Some(c) if !c.is_empty() => std::iter::once(c.into())
-                    .chain(spec.args.unwrap_or_default().into_iter().map(Into::into))
+                    .chain(spec.args.iter().flatten().map(Into::into))
                     .collect(),
                 _ => {
-                    return Err(format!(
-                        "pool \"{name}\" has no command: give one after -- or as `command = ...` in the config file"
-                    ))
+                    // Said as before, with the pool first: `pool "x" has no command`.
+                    problems.push(Problem {
+                        key: None,
+                        text: format!(
+                            "pool \"{name}\" has no command: give one after -- or as `command = ...` in the config file"
+                        ),
+                    });
+                    Vec::new()
                 }
             }
         };
+        let mut problem = |key: Option<&'static str>, text: String| {
+            problems.push(Problem {
+                key,
+                text: format!("pool \"{name}\": {text}"),
+            })
+        };
         let mode = spec.mode.unwrap_or(Mode::Native);
-        if spec.idle_timeout.is_some() && mode != Mode::Native {
-            return Err(format!(
-                "pool \"{name}\": {}",
-                out_of_range(
-                    "idle_timeout",
-                    "needs heartbeats, which only native processors send (mode = \"native\")"
-                )
-            ));
+        for setting in MODE_ONLY.iter().filter(|s| (s.is_set)(&spec)) {
+            if !setting.modes.contains(&mode) {
+                problem(Some(setting.key), setting.misused_in(mode));
+            }
         }
         // The same bounds as the flags: the file cannot ask for what the command line refuses.
         if spec.concurrency.is_some_and(|c| !(1..=4096).contains(&c)) {
-            return Err(format!(
-                "pool \"{name}\": {}",
-                out_of_range("concurrency", "must be from 1 to 4096")
-            ));
+            problem(
+                Some("concurrency"),
+                out_of_range("concurrency", "must be from 1 to 4096"),
+            );
         }
         if spec.max_jobs_per_worker == Some(0) {
-            return Err(format!(
-                "pool \"{name}\": {}",
-                out_of_range("max_jobs_per_worker", "must be at least 1")
-            ));
+            problem(
+                Some("max_jobs_per_worker"),
+                out_of_range("max_jobs_per_worker", "must be at least 1"),
+            );
         }
         if spec.max_procs == Some(0) {
-            return Err(format!(
-                "pool \"{name}\": {}",
-                out_of_range("max_procs", "must be at least 1")
-            ));
+            problem(
+                Some("max_procs"),
+                out_of_range("max_procs", "must be at least 1"),
+            );
         }
         if spec.open_files == Some(0) {
-            return Err(format!(
-                "pool \"{name}\": {}",
-                out_of_range("open_files", "must be at least 1")
-            ));
+            problem(
+                Some("open_files"),
+                out_of_range("open_files", "must be at least 1"),
+            );
         }
-        if let Some(n) = spec.open_files {
+        if let Some(n) = spec.open_files.filter(|&n| n > 0) {
             let most = most_open_files();
             if n > most {
-                return Err(format!(
-                    "pool \"{name}\": {}",
+                problem(
+                    Some("open_files"),
                     out_of_range(
                         "open_files",
-                        &format!("{n} is more than a worker may be given here ({most}: jobsup's hard limit, or fs.nr_open with CAP_SYS_RESOURCE)")
-                    )
-                ));
+                        &format!("{n} is more than a worker may be given here ({most}: jobsup's hard limit, or fs.nr_open with CAP_SYS_RESOURCE)"),
+                    ),
+                );
             }
         }
         let user = match &spec.user {
-            Some(given) => resolve_user(given).map_err(|e| format!("pool \"{name}\": {e}"))?,
+            Some(given) => resolve_user(given).unwrap_or_else(|e| {
+                problem(Some("user"), e);
+                None
+            }),
             None => None,
         };
-        let binds = spec
-            .bind
-            .iter()
-            .flatten()
-            .map(|b| b.parse())
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| format!("pool \"{name}\": {e}"))?;
+        let mut binds = Vec::new();
+        for bind in spec.bind.iter().flatten() {
+            match bind.parse() {
+                Ok(b) => binds.push(b),
+                Err(e) => problem(Some("bind"), e),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Pool {
             binds,
             user,
@@ -739,29 +877,152 @@ impl Pool {
 }
 
 /// A config file: `[defaults]` and named `[pools.NAME]` tables.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ConfigFile {
     /// Settings every pool starts from.
-    #[serde(default)]
     pub defaults: PoolSpec,
     /// The pools.
-    #[serde(default)]
     pub pools: BTreeMap<String, PoolSpec>,
 }
 
-/// Reads and parses a config file; errors name the file, line, column and key.
+/// A config file's shape, each key's value kept with its place in the text, so that every
+/// key can be judged on its own and every bad one reported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawTable,
+    #[serde(default)]
+    pools: BTreeMap<String, RawTable>,
+}
+
+type RawTable = BTreeMap<String, toml::Spanned<toml::Value>>;
+
+/// A config file as read: its specs, without the keys in error, and every problem found,
+/// located (`FILE:LINE:COLUMN: ...`), with the line for sorting.
+struct Parsed {
+    file: ConfigFile,
+    problems: Vec<(usize, String)>,
+    /// The tables (`defaults`, or a pool's name) whose `mode` is in error.
+    bad_mode: Vec<String>,
+}
+
+impl Parsed {
+    /// The pool's layered spec (over `[defaults]`); mode-only settings are left out when
+    /// its mode could not be read.
+    fn layered(&self, name: &str, pool: &PoolSpec) -> PoolSpec {
+        let spec = pool.clone().over(&self.file.defaults);
+        if self.bad_mode.iter().any(|t| t == name || t == "defaults") {
+            spec.without_mode_only()
+        } else {
+            spec
+        }
+    }
+}
+
+/// Reads and parses a config file; errors name the file, line, column and key, all of
+/// them at once, one per line.
 pub fn load(path: &Path) -> Result<ConfigFile, String> {
+    let parsed = parse(path)?;
+    if parsed.problems.is_empty() {
+        Ok(parsed.file)
+    } else {
+        Err(join(parsed.problems))
+    }
+}
+
+/// Problems, in the file's order, one per line.
+fn join(mut problems: Vec<(usize, String)>) -> String {
+    problems.sort_by_key(|(line, _)| *line);
+    problems
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads a config file; a file that cannot be read or is not TOML of the right shape is an
+/// error at once, while bad keys and values are collected.
+fn parse(path: &Path) -> Result<Parsed, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| locate(path, &text, &e))?;
-    if file.pools.is_empty() {
+    let raw: RawFile = toml::from_str(&text).map_err(|e| locate(path, &text, &e))?;
+    if raw.pools.is_empty() {
         return Err(format!(
             "{}: no pools: add a [pools.NAME] table with at least a command",
             path.display()
         ));
     }
-    Ok(file)
+    let mut parsed = Parsed {
+        file: ConfigFile::default(),
+        problems: Vec::new(),
+        bad_mode: Vec::new(),
+    };
+    let mut table = |name: &str, what: &str, raw: RawTable| {
+        let (spec, problems) = spec_of(raw);
+        for (key, span, message) in problems {
+            if key == "mode" {
+                parsed.bad_mode.push(name.to_string());
+            }
+            let (line, column) = key_or_value_at(&text, span, &key, &message);
+            parsed.problems.push((
+                line,
+                format!(
+                    "{}:{line}:{column}: {what}: key `{key}`: {message}",
+                    path.display()
+                ),
+            ));
+        }
+        spec
+    };
+    let defaults = table("defaults", "[defaults]", raw.defaults);
+    let mut pools = BTreeMap::new();
+    for (name, raw) in raw.pools {
+        let spec = table(&name, &format!("pool \"{name}\""), raw);
+        pools.insert(name, spec);
+    }
+    parsed.file = ConfigFile { defaults, pools };
+    Ok(parsed)
+}
+
+/// A table's spec, each key read on its own: the keys that could not be read are left out
+/// and returned with their value's place in the text and what is wrong.
+fn spec_of(raw: RawTable) -> (PoolSpec, Vec<(String, std::ops::Range<usize>, String)>) {
+    let mut spec = PoolSpec::default();
+    let mut problems = Vec::new();
+    for (key, value) in raw {
+        let span = value.span();
+        let one = toml::Table::from_iter([(key.clone(), value.into_inner())]);
+        match toml::Value::Table(one).try_into::<PoolSpec>() {
+            Ok(read) => spec = read.over(&spec),
+            Err(e) => problems.push((key, span, e.message().trim().to_string())),
+        }
+    }
+    (spec, problems)
+}
+
+/// Where to point for a bad key: at the key itself when it is unknown, else at its value.
+fn key_or_value_at(
+    text: &str,
+    value: std::ops::Range<usize>,
+    key: &str,
+    message: &str,
+) -> (usize, usize) {
+    let (line, column) = line_column(text, value.start);
+    if !message.starts_with("unknown field") {
+        return (line, column);
+    }
+    let line_start = value.start.min(text.len()) - (column - 1);
+    let before_value = &text[line_start..value.start.min(text.len())];
+    (line, before_value.find(key).map_or(column, |i| i + 1))
+}
+
+/// The 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
 }
 
 /// A TOML error as `FILE:LINE:COLUMN: key KEY: message`.
@@ -770,9 +1031,7 @@ fn locate(path: &Path, text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {
         return format!("{}: {message}", path.display());
     };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let (line, column) = line_column(text, span.start);
     let line_text = text.lines().nth(line - 1).unwrap_or("");
     // The key is what stands before `=` on the line the error points at; an unknown key is
     // named in the message already.
@@ -819,47 +1078,74 @@ pub fn select_pool<'a>(
     }
 }
 
-/// The pool a run uses: flags over the file's pool over its defaults over built-ins.
+/// The pool a run uses: flags over the file's pool over its defaults over built-ins. Every
+/// problem is said at once: the file's bad keys, and whatever is wrong with the pool.
 pub fn resolve_run(
     flags: PoolSpec,
     config: Option<(&Path, Option<&str>)>,
     command: Vec<OsString>,
 ) -> Result<Pool, String> {
-    match config {
-        None => Pool::resolve("default", flags, command),
-        Some((path, name)) => {
-            let file = load(path)?;
-            let (name, pool) = select_pool(path, &file, name)?;
-            let spec = flags.over(&pool.clone().over(&file.defaults));
-            Pool::resolve(name, spec, command)
-                .map_err(|e| format!("{}{}: {e}", path.display(), key_line(path, name, &e)))
-        }
+    let Some((path, name)) = config else {
+        return Pool::resolve("default", flags, command);
+    };
+    let parsed = parse(path)?;
+    let (name, pool) = select_pool(path, &parsed.file, name)?;
+    // A setting the flags gave is not the file's: no line of it is pointed at.
+    let from_flags = flags.keys_set();
+    let spec = flags.over(&parsed.layered(name, pool));
+    let mut problems = parsed.problems.clone();
+    match Pool::resolve_all(name, spec, command) {
+        Ok(pool) if problems.is_empty() => return Ok(pool),
+        Ok(_) => {}
+        Err(found) => problems.extend(found.into_iter().map(|p| {
+            let in_file = p.key.filter(|k| !from_flags.iter().any(|f| f == k));
+            located(path, name, in_file, &p.text)
+        })),
     }
+    Err(join(problems))
 }
 
-/// `jobsup check`: every pool of the file, resolved, or the first problem.
+/// `jobsup check`: every pool of the file, resolved, or every problem of the file at once
+/// (commands that cannot be found or run here included).
 pub fn check(path: &Path) -> Result<String, String> {
-    let file = load(path)?;
+    let parsed = parse(path)?;
+    let mut problems = parsed.problems.clone();
     let mut out = String::new();
-    for (name, pool) in &file.pools {
-        let resolved = Pool::resolve(name, pool.clone().over(&file.defaults), Vec::new())
-            .map_err(|e| format!("{}{}: {e}", path.display(), key_line(path, name, &e)))?;
-        out.push_str(&resolved.describe());
-        // Not an error: the file may be meant for another machine.
-        if let Some(program) = resolved.command.first() {
+    for (name, pool) in &parsed.file.pools {
+        let spec = parsed.layered(name, pool);
+        // Looked up as `run` looks it up, whatever else is wrong with the pool.
+        if let Some(program) = spec.command.as_deref().filter(|c| !c.is_empty()) {
             if let Err(e) = crate::sandbox::resolve_program(Path::new(program)) {
-                out.push_str(&format!("  warning: on this machine, {e}\n"));
+                let text = format!("pool \"{name}\": key `command`: {e} (on this machine)");
+                problems.push(located(path, name, Some("command"), &text));
+            }
+        }
+        match Pool::resolve_all(name, spec, Vec::new()) {
+            Ok(resolved) => out.push_str(&resolved.describe()),
+            Err(found) => {
+                problems.extend(found.iter().map(|p| located(path, name, p.key, &p.text)))
             }
         }
     }
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(join(problems))
+    }
 }
 
-/// `:LINE:COLUMN` of the key an error names (`key `K``), looked up in the pool's table and
-/// then in `[defaults]`; else `:LINE` of the pool's header; else nothing.
-fn key_line(path: &Path, pool: &str, error: &str) -> String {
+/// A pool's problem as `FILE:LINE:COLUMN: text`, at `key` in the pool's table or in
+/// `[defaults]`, else at the pool's header; with its line, for sorting.
+fn located(path: &Path, pool: &str, key: Option<&str>, text: &str) -> (usize, String) {
+    let (line, at) = key_line(path, pool, key);
+    (line, format!("{}{at}: {text}", path.display()))
+}
+
+/// The line and `:LINE:COLUMN` of `key`, looked up in the pool's table and then in
+/// `[defaults]`; else `:LINE` of the pool's header; else nothing (line 0).
+fn key_line(path: &Path, pool: &str, key: Option<&str>) -> (usize, String) {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return String::new();
+        return (0, String::new());
     };
     let lines: Vec<&str> = text.lines().collect();
     let header = |name: &str| {
@@ -868,10 +1154,6 @@ fn key_line(path: &Path, pool: &str, error: &str) -> String {
             l == format!("[{name}]") || l == format!("[pools.\"{pool}\"]") && name != "defaults"
         })
     };
-    let key = error
-        .split_once("key `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(k, _)| k);
     let pool_header = header(&format!("pools.{pool}"));
     if let Some(key) = key {
         for start in [pool_header, header("defaults")].into_iter().flatten() {
@@ -884,12 +1166,12 @@ fn key_line(path: &Path, pool: &str, error: &str) -> String {
                     .is_some_and(|r| r.trim_start().starts_with('='))
                 {
                     let column = l.len() - t.len() + 1;
-                    return format!(":{}:{column}", start + i + 2);
+                    return (start + i + 2, format!(":{}:{column}", start + i + 2));
                 }
             }
         }
     }
-    pool_header.map_or(String::new(), |i| format!(":{}", i + 1))
+    pool_header.map_or((0, String::new()), |i| (i + 1, format!(":{}", i + 1)))
 }
 
 /// Where config files are read from in a run (for messages).
@@ -945,6 +1227,59 @@ mod tests {
         let (_d, path) = write("[pools.a]\ncommand = \"cat\"\nmax_output = \"12 parsecs\"\n");
         let e = check(&path).unwrap_err();
         assert!(e.contains(":3:") && e.contains("max_output"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_the_files_order() {
+        let (_d, path) = write(
+            "[defaults]\nretires = 1\n[pools.a]\ncommand = \"cat\"\nttl = \"x\"\nmode = \"exec\"\nidle_timeout = \"1s\"\n[pools.b]\nmode = \"lines\"\nopen_files = 0\n",
+        );
+        let e = check(&path).unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        let wanted = [
+            ":2:1: [defaults]: key `retires`",
+            ":5:7: pool \"a\": key `ttl`",
+            ":7:1: pool \"a\": --idle-timeout (idle_timeout) applies to --mode native only; this pool runs --mode exec",
+            ":8: pool \"b\" has no command",
+            ":10:1: pool \"b\": key `open_files`",
+        ];
+        assert_eq!(lines.len(), wanted.len(), "{e}");
+        for (line, want) in lines.iter().zip(wanted) {
+            assert!(line.contains(want), "{want:?} in {line:?}\n{e}");
+        }
+    }
+
+    #[test]
+    fn a_pool_whose_mode_is_unreadable_gets_no_mode_only_errors() {
+        let (_d, path) =
+            write("[pools.a]\ncommand = \"cat\"\nmode = \"lnes\"\ncleanup_signal = \"INT\"\n");
+        let e = check(&path).unwrap_err();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("key `mode`"), "{e}");
+    }
+
+    #[test]
+    fn mode_only_settings_from_defaults_or_flags_are_judged_in_the_pools_mode() {
+        let (_d, path) = write(
+            "[defaults]\nmax_output = \"1KiB\"\n[pools.a]\ncommand = \"cat\"\nmode = \"lines\"\n[pools.n]\ncommand = \"cat\"\n",
+        );
+        let p = resolve_run(PoolSpec::default(), Some((&path, Some("a"))), Vec::new()).unwrap();
+        assert_eq!(p.max_output, 1024);
+        let e = resolve_run(PoolSpec::default(), Some((&path, Some("n"))), Vec::new()).unwrap_err();
+        assert!(
+            e.contains(":2:1: pool \"n\": --max-output (max_output)"),
+            "{e}"
+        );
+        // From a flag, the file's line is not pointed at.
+        let flags = PoolSpec {
+            idle_timeout: Some(Dur(Duration::from_secs(1))),
+            ..PoolSpec::default()
+        };
+        let e = resolve_run(flags, Some((&path, Some("a"))), Vec::new()).unwrap_err();
+        assert!(
+            e.contains(":3: pool \"a\": --idle-timeout (idle_timeout)"),
+            "{e}"
+        );
     }
 
     #[test]

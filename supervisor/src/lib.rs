@@ -29,6 +29,7 @@ pub(crate) mod deadline;
 pub mod drain;
 pub mod exit;
 pub mod health;
+pub mod help;
 pub mod input_fd;
 pub mod joblog;
 pub mod link;

@@ -55,7 +55,11 @@ if #p == 0 or p[1][2] ~= ARGV[2] or tonumber(p[1][4]) ~= tonumber(ARGV[4]) then
 end
 local action = ARGV[9]
 local fields = {}
-local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+-- The job's own fields are needed only to put it back or to dead-letter it.
+local e = {}
+if action ~= 'done' then
+  e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+end
 if e[1] then
   local f = e[1][2]
   for i = 1, #f, 2 do

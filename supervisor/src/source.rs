@@ -541,7 +541,7 @@ fn trim_newline(line: &mut Vec<u8>) {
     }
 }
 
-const NDJSON_KEYS: &[&str] = &["payload", "id", "ttl", "cleanup", "kind"];
+pub(crate) const NDJSON_KEYS: &[&str] = &["payload", "id", "ttl", "cleanup", "kind"];
 
 /// Why an ndjson line is not a job, with its id and kind where they could be read.
 struct Rejection {

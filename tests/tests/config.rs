@@ -11,7 +11,22 @@ fn pool_names(text: &str) -> Vec<String> {
         .filter_map(|l| {
             let l = l.trim();
             let name = l.strip_prefix("[pools.")?.strip_suffix(']')?;
+            // `[pools.NAME.source]` is a table of the pool, not another pool.
+            let name = name.strip_suffix(".source").unwrap_or(name);
             Some(name.trim_matches('"').to_string())
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The `command = "..."` values of a config file.
+fn commands(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let value = l.trim().strip_prefix("command")?.trim().strip_prefix('=')?;
+            let quoted = value.trim().strip_prefix('"')?;
+            Some(quoted.split('"').next()?.to_string())
         })
         .collect()
 }
@@ -71,7 +86,19 @@ fn every_example_config_passes_check_and_lists_its_pools() {
         let text = std::fs::read_to_string(file).unwrap();
         let pools = pool_names(&text);
         assert!(!pools.is_empty(), "{} has no pool", file.display());
-        let run = jobsup_check!().arg("--config").arg(file).run();
+        // check looks the commands up (convert, curl...): stand-ins on PATH make the
+        // result this file's, not this machine's.
+        let check = jobsup_check!();
+        let stubs = check.dir().join("stubs");
+        std::fs::create_dir(&stubs).unwrap();
+        for command in commands(&text) {
+            let stub = stubs.join(&command);
+            std::fs::write(&stub, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let path = format!("{}:{}", stubs.display(), jobsup_tests::PATH);
+        let run = check.env("PATH", path).arg("--config").arg(file).run();
         assert_eq!(run.code(), 0, "{}\n{run}", file.display());
         let out = run.stdout_str();
         for pool in &pools {
@@ -97,8 +124,7 @@ fn check_prints_the_resolved_pools_and_runs_nothing() {
     let text = format!(
         "[defaults]\nttl = \"7s\"\ncleanup = 3\n\n\
          [pools.inherits]\ncommand = \"sh\"\nargs = [\"-c\", \"touch {m}\"]\nmode = \"exec\"\n\n\
-         [pools.overrides]\ncommand = \"sh\"\nargs = [\"-c\", \"touch {m}\"]\nmode = \"lines\"\nttl = \"2m\"\n\n\
-         [pools.elsewhere]\ncommand = \"no-such-processor-on-this-machine\"\n",
+         [pools.overrides]\ncommand = \"sh\"\nargs = [\"-c\", \"touch {m}\"]\nmode = \"lines\"\nttl = \"2m\"\n",
         m = marker.display()
     );
     let path = check.write_file("pools.toml", text);
@@ -124,17 +150,6 @@ fn check_prints_the_resolved_pools_and_runs_nothing() {
     assert!(
         overrides.contains("ttl: 2m") && overrides.contains("cleanup: 3s"),
         "the pool's key wins over [defaults], the rest is inherited\n{overrides}"
-    );
-    let elsewhere = block("elsewhere");
-    assert!(
-        elsewhere
-            .lines()
-            .any(|l| l.contains("warning:") && l.contains("no-such-processor-on-this-machine")),
-        "a command not found here is a warning, not an error\n{elsewhere}"
-    );
-    assert!(
-        !inherits.contains("warning:") && !overrides.contains("warning:"),
-        "sh is found: no warning\n{run}"
     );
     assert!(
         !marker.exists(),

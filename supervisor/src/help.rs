@@ -44,6 +44,10 @@ Exit codes (of 0, 1, 124 and 137 the worst that happened wins; the others take p
 
 Placeholders (in the processor's arguments, in exec mode; no shell, no re-splitting):
   {}    the job's payload
+  {.}   the payload without its extension (photos/cat.png -> photos/cat)
+  {/}   its last path component (cat.png)
+  {//}  its directory, `.` when it has none (photos)
+  {/.}  its last component without its extension (cat)
   {#}   the job's input line number (its seq)
   {id}  the job's id
 

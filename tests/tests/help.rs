@@ -131,7 +131,7 @@ fn run_help_has_every_exit_code_the_placeholders_and_the_fields() {
         exit_codes.contains("141") && exit_codes.contains("SIGPIPE"),
         "141 is explained\n{out}"
     );
-    for placeholder in ["{}", "{#}", "{id}"] {
+    for placeholder in ["{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{id}"] {
         assert!(
             out.lines()
                 .any(|l| l.trim_start().starts_with(&format!("{placeholder} "))),

@@ -43,94 +43,127 @@ impl Keys {
 /// Fields of a stream entry that jobsup itself adds; never part of the job.
 const INTERNAL: &str = "jobsup_";
 
-/// Lua: the one place an attempt ends. Checks that `consumer` still owns the entry at
-/// this delivery; only then stores the outcome (`done`: a result; `dead`: a result and a
-/// dead letter; `retry`: the job into the delayed set; `release`: the job back on the
-/// stream at once), acknowledges and deletes the entry. Returns 1, or 0 for a stale
-/// completion (nothing written).
-const FINISH: &str = r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] or tonumber(p[1][4]) ~= tonumber(ARGV[4]) then
-  return 0
-end
-local action = ARGV[9]
-local fields = {}
--- The job's own fields are needed only to put it back or to dead-letter it.
-local e = {}
-if action ~= 'done' then
-  e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
-end
-if e[1] then
-  local f = e[1][2]
-  for i = 1, #f, 2 do
-    if string.sub(f[i], 1, 7) ~= 'jobsup_' then
-      table.insert(fields, f[i])
-      table.insert(fields, f[i + 1])
-    end
+/// Lua: the one place an attempt ends, as a function the scripts below call. Checks that
+/// `consumer` still owns the entry at this delivery; only then stores the outcome
+/// (`done`: a result; `dead`: a result and a dead letter; `retry`: the job into the
+/// delayed set; `release`: the job back on the stream at once), acknowledges and deletes
+/// the entry. Returns 1, or 0 for a stale completion (nothing written).
+macro_rules! finish_fn {
+    () => {
+        r#"
+local function finish(stream, results, dead, delayed, group, consumer, entry, deliveries, id, attempt, outcome, record, action, delay)
+  local p = redis.call('XPENDING', stream, group, entry, entry, 1)
+  if #p == 0 or p[1][2] ~= consumer or tonumber(p[1][4]) ~= tonumber(deliveries) then
+    return 0
   end
-end
-if action == 'retry' or action == 'release' then
-  table.insert(fields, 'jobsup_attempts')
-  table.insert(fields, ARGV[6])
-  if action == 'retry' then
-    -- The original entry's id keeps two equal jobs apart in the set.
-    table.insert(fields, 'jobsup_from')
-    table.insert(fields, ARGV[3])
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('ZADD', KEYS[4], now + tonumber(ARGV[10]), cjson.encode(fields))
-  else
-    redis.call('XADD', KEYS[1], '*', unpack(fields))
+  local fields = {}
+  -- The job's own fields are needed only to put it back or to dead-letter it.
+  local e = {}
+  if action ~= 'done' then
+    e = redis.call('XRANGE', stream, entry, entry)
   end
-else
-  redis.call('XADD', KEYS[2], '*', 'id', ARGV[5], 'attempt', ARGV[6], 'outcome', ARGV[7], 'record', ARGV[8])
-  if action == 'dead' then
-    redis.call('XADD', KEYS[3], '*', 'id', ARGV[5], 'attempt', ARGV[6], 'outcome', ARGV[7], 'record', ARGV[8], 'job', cjson.encode(fields))
-  end
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
-"#;
-
-/// Lua: takes up to `count` entries for `consumer`: first moves the due retries onto the
-/// stream, then (when asked) reclaims entries idle past the lease, then reads new ones.
-/// Returns `{id, fields, deliveries}` triples.
-const TAKE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
-for _, m in ipairs(due) do
-  local ok, f = pcall(cjson.decode, m)
-  if ok and type(f) == 'table' and #f > 0 then
-    redis.call('XADD', KEYS[1], '*', unpack(f))
-  end
-  redis.call('ZREM', KEYS[2], m)
-end
-local count = tonumber(ARGV[3])
-local out = {}
-if ARGV[4] == '1' then
-  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], '0-0', 'COUNT', count)
-  for _, e in ipairs(r[2]) do
-    if e and e[2] then
-      local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-      if p[1] then
-        table.insert(out, {e[1], e[2], p[1][4]})
+  if e[1] then
+    local f = e[1][2]
+    for i = 1, #f, 2 do
+      if string.sub(f[i], 1, 7) ~= 'jobsup_' then
+        table.insert(fields, f[i])
+        table.insert(fields, f[i + 1])
       end
     end
   end
-  count = count - #out
-end
-if count > 0 then
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS', KEYS[1], '>')
-  if r then
-    for _, e in ipairs(r[1][2]) do
-      table.insert(out, {e[1], e[2], 1})
+  if action == 'retry' or action == 'release' then
+    table.insert(fields, 'jobsup_attempts')
+    table.insert(fields, attempt)
+    if action == 'retry' then
+      -- The original entry's id keeps two equal jobs apart in the set.
+      table.insert(fields, 'jobsup_from')
+      table.insert(fields, entry)
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('ZADD', delayed, now + tonumber(delay), cjson.encode(fields))
+    else
+      redis.call('XADD', stream, '*', unpack(fields))
+    end
+  else
+    redis.call('XADD', results, '*', 'id', id, 'attempt', attempt, 'outcome', outcome, 'record', record)
+    if action == 'dead' then
+      redis.call('XADD', dead, '*', 'id', id, 'attempt', attempt, 'outcome', outcome, 'record', record, 'job', cjson.encode(fields))
     end
   end
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  return 1
 end
-return out
-"#;
+"#
+    };
+}
+
+/// Lua: takes up to `count` entries for `consumer`, as a function the scripts below call:
+/// first moves due retries from the delayed set onto the stream, then (when `claim` is
+/// `1`) reclaims entries idle for `min_idle` ms with their delivery counts, then reads
+/// new ones. Returns `[[id, fields, deliveries]...]`.
+macro_rules! take_fn {
+    () => {
+        r#"
+local function take(stream, delayed, group, consumer, count, claim, min_idle)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 100)
+  for _, m in ipairs(due) do
+    local ok, f = pcall(cjson.decode, m)
+    if ok and type(f) == 'table' and #f > 0 then
+      redis.call('XADD', stream, '*', unpack(f))
+    end
+    redis.call('ZREM', delayed, m)
+  end
+  count = tonumber(count)
+  local out = {}
+  if claim == '1' then
+    local r = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, '0-0', 'COUNT', count)
+    for _, e in ipairs(r[2]) do
+      if e and e[2] then
+        local p = redis.call('XPENDING', stream, group, e[1], e[1], 1)
+        if p[1] then
+          table.insert(out, {e[1], e[2], p[1][4]})
+        end
+      end
+    end
+    count = count - #out
+  end
+  if count > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+    if r then
+      for _, e in ipairs(r[1][2]) do
+        table.insert(out, {e[1], e[2], 1})
+      end
+    end
+  end
+  return out
+end
+"#
+    };
+}
+
+/// Lua: ends one attempt. KEYS: stream, results, dead, delayed; ARGV: group, consumer,
+/// entry, deliveries, id, attempt, outcome, record, action, delay (ms).
+const FINISH: &str = concat!(
+    finish_fn!(),
+    "return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], unpack(ARGV))"
+);
+
+/// Lua: takes entries. KEYS: stream, delayed; ARGV: group, consumer, count, claim, min_idle.
+const TAKE: &str = concat!(take_fn!(), "return take(KEYS[1], KEYS[2], unpack(ARGV))");
+
+/// Lua: ends one attempt and takes entries for the workers now free, in one round trip
+/// (the finish's fence is the same: a stale finish stores nothing, and the take is as
+/// [`TAKE`]'s). KEYS as [`FINISH`]'s; ARGV as [`FINISH`]'s, then count, claim, min_idle.
+/// Returns `[acked, taken]`.
+const FINISH_TAKE: &str = concat!(
+    finish_fn!(),
+    take_fn!(),
+    "local acked = finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], unpack(ARGV, 1, 10))\n",
+    "return {acked, take(KEYS[1], KEYS[4], ARGV[1], ARGV[2], ARGV[11], ARGV[12], ARGV[13])}"
+);
 
 /// Lua: renews the leases of `(id, deliveries)` pairs that `consumer` still owns at that
 /// delivery (`XCLAIM ... JUSTID` resets the idle time and leaves the delivery count);
@@ -222,13 +255,30 @@ pub struct Finish {
     pub record: String,
     /// For `Retry`: the wait.
     pub delay: Duration,
+    /// Entries to take in the same round trip, for workers that are free.
+    pub take: Option<TakeAsk>,
+}
+
+/// A request for entries: how many (the free workers), and whether to reclaim lapsed
+/// ones first (with their minimum idle time: the lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeAsk {
+    /// At most this many.
+    pub count: usize,
+    /// Reclaim entries idle this long first.
+    pub claim: Option<Duration>,
 }
 
 impl Finish {
-    /// The script call.
+    /// The script call: [`FINISH`], or [`FINISH_TAKE`] when entries are to be taken too.
     pub fn command(&self, keys: &Keys, group: &str, consumer: &str) -> Cmd {
+        let script = if self.take.is_some() {
+            FINISH_TAKE
+        } else {
+            FINISH
+        };
         let mut cmd = eval(
-            FINISH,
+            script,
             &[&keys.stream, &keys.results, &keys.dead, &keys.delayed],
         );
         cmd.arg(group)
@@ -241,28 +291,47 @@ impl Finish {
             .arg(&self.record)
             .arg(self.action.as_str())
             .arg(self.delay.as_millis() as u64);
+        if let Some(ask) = self.take {
+            take_args(&mut cmd, ask);
+        }
         cmd
+    }
+
+    /// Reads the script's reply: whether the finish was acknowledged (not stale), and the
+    /// entries taken with it when it took any.
+    pub fn parse_reply(&self, reply: Value) -> (bool, Option<Result<Vec<Taken>, String>>) {
+        if self.take.is_none() {
+            return (matches!(reply, Value::Int(1)), None);
+        }
+        match reply {
+            Value::Array(mut parts) if parts.len() == 2 => {
+                let taken = parse_taken(parts.pop().unwrap_or(Value::Nil));
+                (matches!(parts[0], Value::Int(1)), Some(taken))
+            }
+            other => (
+                false,
+                Some(Err(format!("unexpected reply from Redis: {other:?}"))),
+            ),
+        }
     }
 }
 
+/// The take part of a script call's arguments: count, claim flag, minimum idle (ms).
+fn take_args(cmd: &mut Cmd, ask: TakeAsk) {
+    cmd.arg(ask.count)
+        .arg(if ask.claim.is_some() { "1" } else { "0" })
+        .arg(ask.claim.unwrap_or_default().as_millis() as u64);
+}
+
 /// The take script's call.
-pub fn take(
-    keys: &Keys,
-    group: &str,
-    consumer: &str,
-    count: usize,
-    claim: Option<Duration>,
-) -> Cmd {
+pub fn take(keys: &Keys, group: &str, consumer: &str, ask: TakeAsk) -> Cmd {
     let mut cmd = eval(TAKE, &[&keys.stream, &keys.delayed]);
-    cmd.arg(group)
-        .arg(consumer)
-        .arg(count)
-        .arg(if claim.is_some() { "1" } else { "0" })
-        .arg(claim.unwrap_or_default().as_millis() as u64);
+    cmd.arg(group).arg(consumer);
+    take_args(&mut cmd, ask);
     cmd
 }
 
-/// The renew script's call for `(entry, deliveries)` pairs.
+/// The renew script's call.
 pub fn renew<'a>(
     keys: &Keys,
     group: &str,

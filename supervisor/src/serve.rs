@@ -24,7 +24,7 @@ use crate::config::RetryOn;
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
 use crate::live::StartError;
 use crate::metrics::Metrics;
-use crate::queue::{self, Action, Finish, Keys, Redis, Taken};
+use crate::queue::{self, Action, Finish, Keys, Redis, TakeAsk, Taken};
 use crate::record::{JobSpec, Outcome, Record};
 use crate::sandbox::{SpawnError, Spawner};
 use crate::signals::Interrupts;
@@ -245,21 +245,16 @@ async fn prepare(redis: &mut Redis, opts: &Options) -> Result<(), String> {
 /// reclaimed ones, then new ones) and, when there were none, waits a moment on the stream.
 async fn reader(
     opts: Options,
-    mut asks: mpsc::UnboundedReceiver<(usize, bool)>,
+    mut asks: mpsc::UnboundedReceiver<TakeAsk>,
     out: mpsc::UnboundedSender<FromRedis>,
 ) {
     let Ok(mut redis) = Redis::open(&opts.redis, Duration::from_secs(5)) else {
         return;
     };
     let mut failures = 0u32;
-    while let Some((n, claim)) = asks.recv().await {
-        let take = queue::take(
-            &opts.keys,
-            &opts.group,
-            &opts.consumer,
-            n,
-            claim.then_some(opts.lease),
-        );
+    while let Some(ask) = asks.recv().await {
+        let n = ask.count;
+        let take = queue::take(&opts.keys, &opts.group, &opts.consumer, ask);
         let mut got = match redis.query(&take).await.map_err(|e| e.to_string()) {
             Ok(v) => queue::parse_taken(v),
             Err(e) => Err(e),
@@ -379,13 +374,24 @@ async fn finisher(
         }
         failures = 0;
         for (finish, reply) in batch.into_iter().zip(replies) {
-            let acked = matches!(reply, redis::Value::Int(1));
+            let (acked, taken) = finish.parse_reply(reply);
             let msg = FromRedis::Finished {
                 acked,
                 finish: Box::new(finish),
             };
             if out.send(msg).is_err() {
                 return;
+            }
+            // The take that rode along: answered even when it failed, so that the next
+            // take (through the reader) can be asked for.
+            if let Some(taken) = taken {
+                let taken = taken.unwrap_or_else(|e| {
+                    tracing::warn!("cannot take jobs from Redis ({e})");
+                    Vec::new()
+                });
+                if out.send(FromRedis::Taken(taken)).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -429,7 +435,7 @@ struct Serve<'a> {
     forced: bool,
     stop_at: Option<Instant>,
     fatal: Option<RunEnd>,
-    take_tx: mpsc::UnboundedSender<(usize, bool)>,
+    take_tx: mpsc::UnboundedSender<TakeAsk>,
     renew_tx: mpsc::UnboundedSender<RenewRequest>,
     finish_tx: mpsc::UnboundedSender<Finish>,
     from_redis: mpsc::UnboundedReceiver<FromRedis>,
@@ -489,14 +495,26 @@ impl Serve<'_> {
         self.shut_down(interrupts).await;
     }
 
-    /// Takes entries for the idle workers, never more (no prefetch beyond free slots).
+    /// Takes entries for the idle workers through the reader, unless a take is out.
     fn ask_for_jobs(&mut self) {
-        if self.taking || self.stopping() || !self.ever_ready {
+        let Some(ask) = self.next_take() else {
             return;
+        };
+        if self.take_tx.send(ask).is_err() {
+            self.taking = false;
+        }
+    }
+
+    /// The next take, if one is due: as many entries as idle workers, never more (no
+    /// prefetch beyond free slots), reclaiming lapsed entries every half lease. Counts it
+    /// as out: the caller sends it, through the reader or along with a finish.
+    fn next_take(&mut self) -> Option<TakeAsk> {
+        if self.taking || self.stopping() || !self.ever_ready {
+            return None;
         }
         let free = self.idle.len().saturating_sub(self.waiting.len());
         if free == 0 {
-            return;
+            return None;
         }
         let now = Instant::now();
         let claim = match self.last_claim {
@@ -506,9 +524,11 @@ impl Serve<'_> {
         if claim {
             self.last_claim = Some(now);
         }
-        if self.take_tx.send((free, claim)).is_ok() {
-            self.taking = true;
-        }
+        self.taking = true;
+        Some(TakeAsk {
+            count: free,
+            claim: claim.then_some(self.opts.lease),
+        })
     }
 
     fn on_redis(&mut self, msg: FromRedis) {
@@ -870,6 +890,9 @@ impl Serve<'_> {
         } else {
             Duration::ZERO
         };
+        // The worker that just finished is free: its next entry comes in the same round
+        // trip as this result.
+        let take = self.next_take();
         let finish = Finish {
             entry: entry.to_string(),
             deliveries,
@@ -879,9 +902,11 @@ impl Serve<'_> {
             outcome: record.outcome.as_str(),
             record: json,
             delay,
+            take,
         };
-        if self.finish_tx.send(finish).is_ok() {
-            self.finishing += 1;
+        match self.finish_tx.send(finish) {
+            Ok(()) => self.finishing += 1,
+            Err(_) => self.taking &= take.is_none(),
         }
     }
 

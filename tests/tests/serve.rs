@@ -139,7 +139,7 @@ fn every_job_is_acked_once_with_its_result() {
 
 #[test]
 fn the_finish_script_acks_only_for_the_owner_at_its_delivery() {
-    use jobsup::queue::{Action, Finish, Keys};
+    use jobsup::queue::{Action, Finish, Keys, TakeAsk};
     let redis = RedisServer::start();
     let keys = Keys::new("q");
     let entry: String = redis.cmd(&["XADD", "q", "*", "id", "j", "payload", "x"]);
@@ -147,7 +147,7 @@ fn the_finish_script_acks_only_for_the_owner_at_its_delivery() {
     // Delivered to a, then reclaimed by b: the second delivery is b's.
     let _: redis::Value = redis.cmd(&["XREADGROUP", "GROUP", "jobsup", "a", "STREAMS", "q", ">"]);
     let _: redis::Value = redis.cmd(&["XCLAIM", "q", "jobsup", "b", "0", &entry]);
-    let finish = |deliveries| Finish {
+    let finish = |deliveries, take| Finish {
         entry: entry.clone(),
         deliveries,
         id: "j".into(),
@@ -156,24 +156,47 @@ fn the_finish_script_acks_only_for_the_owner_at_its_delivery() {
         outcome: "ok",
         record: "{}".into(),
         delay: Duration::ZERO,
+        take,
     };
-    for (consumer, deliveries) in [("a", 1), ("a", 2), ("b", 1)] {
-        let acked: i64 = redis.query(&finish(deliveries).command(&keys, "jobsup", consumer));
-        assert_eq!(acked, 0, "{consumer} at delivery {deliveries} is stale");
-        assert_eq!(
-            redis.xlen("q:results"),
-            0,
-            "a stale completion stores nothing"
-        );
-        assert_eq!(redis.pending("q"), 1, "a stale completion is not acked");
+    let one_more = Some(TakeAsk {
+        count: 1,
+        claim: None,
+    });
+    // The same fence whether or not the finish takes the next entry in the same call.
+    for take in [None, one_more] {
+        for (consumer, deliveries) in [("a", 1), ("a", 2), ("b", 1)] {
+            let f = finish(deliveries, take);
+            let reply: redis::Value = redis.query(&f.command(&keys, "jobsup", consumer));
+            let (acked, taken) = f.parse_reply(reply);
+            assert!(!acked, "{consumer} at delivery {deliveries} is stale");
+            assert_eq!(taken.map(|t| t.unwrap().len()), take.map(|_| 0));
+            assert_eq!(
+                redis.xlen("q:results"),
+                0,
+                "a stale completion stores nothing"
+            );
+            assert_eq!(redis.pending("q"), 1, "a stale completion is not acked");
+        }
     }
-    let acked: i64 = redis.query(&finish(2).command(&keys, "jobsup", "b"));
-    assert_eq!(acked, 1);
+    // The owner's finish stores and acks, and takes the next entry in the same call.
+    let next: String = redis.cmd(&["XADD", "q", "*", "id", "k", "payload", "y"]);
+    let f = finish(2, one_more);
+    let reply: redis::Value = redis.query(&f.command(&keys, "jobsup", "b"));
+    let (acked, taken) = f.parse_reply(reply);
+    assert!(acked);
+    let taken = taken.expect("a take was asked for").unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].entry, next);
+    assert_eq!(taken[0].deliveries, 1);
     assert_eq!(redis.xlen("q:results"), 1);
-    assert_eq!(redis.pending("q"), 0);
-    assert_eq!(redis.xlen("q"), 0);
+    assert_eq!(
+        redis.pending("q"),
+        1,
+        "only the entry just taken is pending"
+    );
+    assert_eq!(redis.xlen("q"), 1, "the finished entry is deleted");
     // Twice is stale too: the entry is no longer pending.
-    let acked: i64 = redis.query(&finish(2).command(&keys, "jobsup", "b"));
+    let acked: i64 = redis.query(&finish(2, None).command(&keys, "jobsup", "b"));
     assert_eq!(acked, 0);
     assert_eq!(redis.xlen("q:results"), 1);
 }

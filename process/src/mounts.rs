@@ -128,7 +128,12 @@ impl Layout {
                 keeps.push((path.clone(), path, true, false));
             }
         }
-        keeps.push((cwd.to_path_buf(), cwd.to_path_buf(), true, true));
+        // The working directory (by default the one jobsup was started in) stays writable,
+        // but not the root: binding `/` back would undo the read-only host (a worker
+        // started from `/` can still enter it, read-only).
+        if cwd != Path::new("/") {
+            keeps.push((cwd.to_path_buf(), cwd.to_path_buf(), true, true));
+        }
         // A processor that lives in a private directory (a build in /tmp) must still be
         // there to run, with what lies beside it: its directory, read-only.
         if let Some(dir) = program.parent() {

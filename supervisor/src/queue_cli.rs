@@ -58,10 +58,7 @@ pub struct ServeArgs {
     /// dead-lettered.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
-    /// Serve Prometheus text on http://ADDR/metrics (e.g. 127.0.0.1:9187).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Everything `run` takes: processor, deadlines, sandbox, pool.
+    /// Everything `run` takes (`--metrics` among them): processor, deadlines, sandbox, pool.
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -119,7 +116,7 @@ pub fn serve(args: ServeArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>
         retry_delay: Duration::ZERO,
         workers: 1,
         shutdown_timeout: None,
-        metrics: args.metrics,
+        metrics: args.run.metrics,
     };
     crate::cli::run_pool(args.run, quiet, Some(opts))
 }

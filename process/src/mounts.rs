@@ -146,7 +146,7 @@ impl Layout {
             keeps.push((b.src.clone(), b.dst.clone(), !b.read_only, b.src.is_dir()));
         }
         // Outer before inner: a bind inside another lands on the outer one's view. The
-        // working directory may be the scratch directory (`--cwd`): once is enough.
+        // working directory may be the scratch directory (`--cwd scratch`): once is enough.
         keeps.sort_by_key(|(_, dst, _, _)| dst.components().count());
         keeps.dedup_by(|a, b| a.1 == b.1);
         // Every host socket, where the worker sees it: at its own path unless a private

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use jobsup_tests::{interpreter, jobsup, repo_file, running_as_root, Jobsup, Run};
+use jobsup_tests::{interpreter, jobsup, jobsup_as, repo_file, running_as_root, Jobsup, Run, User};
 
 /// The records' outputs, in input order.
 fn outputs(run: &Run) -> Vec<String> {
@@ -187,18 +187,20 @@ fn a_start_directory_the_workers_user_cannot_enter_is_an_error_before_any_job() 
 
 #[test]
 fn the_start_directory_stays_writable_under_isolate_fs() {
-    let j = jobsup!();
-    j.write_file("in.txt", "input\n");
-    let run = j
-        .args(["--mode", "exec", "--isolate", "fs"])
-        .processor("sh", ["-c", "cat in.txt && echo made > out.txt"])
-        .stdin("x\n")
-        .run();
-    assert_eq!(run.code(), 0, "{run}");
-    assert_eq!(outputs(&run), ["input\n"], "{run}");
-    assert_eq!(
-        std::fs::read_to_string(run.dir().join("out.txt")).unwrap_or_default(),
-        "made\n",
-        "{run}"
-    );
+    for user in User::BOTH {
+        let j = jobsup_as!(user);
+        j.write_file("in.txt", "input\n");
+        let run = j
+            .args(["--mode", "exec", "--isolate", "fs"])
+            .processor("sh", ["-c", "cat in.txt && echo made > out.txt"])
+            .stdin("x\n")
+            .run();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+        assert_eq!(outputs(&run), ["input\n"], "{user:?}: {run}");
+        assert_eq!(
+            std::fs::read_to_string(run.dir().join("out.txt")).unwrap_or_default(),
+            "made\n",
+            "{user:?}: {run}"
+        );
+    }
 }

@@ -128,7 +128,12 @@ impl Layout {
                 keeps.push((path.clone(), path, true, false));
             }
         }
-        keeps.push((cwd.to_path_buf(), cwd.to_path_buf(), true, true));
+        // The working directory (by default the one jobsup was started in) stays writable,
+        // but not the root: binding `/` back would undo the read-only host (a worker
+        // started from `/` can still enter it, read-only).
+        if cwd != Path::new("/") {
+            keeps.push((cwd.to_path_buf(), cwd.to_path_buf(), true, true));
+        }
         // A processor that lives in a private directory (a build in /tmp) must still be
         // there to run, with what lies beside it: its directory, read-only.
         if let Some(dir) = program.parent() {
@@ -141,7 +146,7 @@ impl Layout {
             keeps.push((b.src.clone(), b.dst.clone(), !b.read_only, b.src.is_dir()));
         }
         // Outer before inner: a bind inside another lands on the outer one's view. The
-        // working directory may be the scratch directory (`--cwd`): once is enough.
+        // working directory may be the scratch directory (`--cwd scratch`): once is enough.
         keeps.sort_by_key(|(_, dst, _, _)| dst.components().count());
         keeps.dedup_by(|a, b| a.1 == b.1);
         // Every host socket, where the worker sees it: at its own path unless a private

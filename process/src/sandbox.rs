@@ -15,7 +15,9 @@
 //!   all empty (the bounding set only where jobsup may drop it: as root, or in the user
 //!   namespace of `--isolate`; elsewhere `no_new_privs` keeps exec from using it);
 //! - a cleared environment with an exact allowlist plus jobsup's own `JOBSUP_*` variables;
-//! - a fresh private working directory (mode 0700), removed when the worker is dropped.
+//! - a fresh private scratch directory (mode 0700), its `TMPDIR` and `JOBSUP_WORKDIR`,
+//!   removed when the worker is dropped; it runs in the directory it is given (`cwd`: by
+//!   default the one jobsup was started in), or in the scratch directory.
 //!
 //! The order in which the child sets this up is `child_setup`'s, which says why each
 //! step is where it is. The clone itself is `launch`'s. A spawning thread waits while its
@@ -37,12 +39,12 @@ use crate::launch::{self, Born, FdMethod, Part, Stage, StageError};
 use crate::reaper::Reaper;
 
 /// Variables passed through from jobsup's own environment to every worker: exactly these
-/// (the locale ones are those glibc defines); anything else only when asked for.
+/// (the locale ones are those glibc defines); anything else only when asked for. `TMPDIR`
+/// is not among them: it is the worker's own scratch directory.
 const ENV_ALLOWLIST: &[&str] = &[
     "PATH",
     "HOME",
     "TZ",
-    "TMPDIR",
     "LANG",
     "LANGUAGE",
     "LC_ALL",
@@ -84,7 +86,9 @@ pub struct SpawnSpec {
     pub max_frame: u32,
     /// Where private working directories are created (default: the system temp dir).
     pub workdir_parent: Option<PathBuf>,
-    /// Where the process runs, when not in its private directory (`--cwd`).
+    /// Where the process runs: the directory jobsup was started in, or `--cwd`'s (made
+    /// absolute and checked by the caller); `None` runs it in its private scratch
+    /// directory (`--cwd scratch`).
     pub cwd: Option<PathBuf>,
     /// Give the process the protocol pipes on fds 3 and 4 (native mode).
     pub protocol_fds: bool,
@@ -216,6 +220,39 @@ fn interpreter(path: &Path) -> Option<String> {
     let line = line.split(|&b| b == b'\n').next()?;
     let line = String::from_utf8_lossy(line);
     line.split_whitespace().next().map(str::to_string)
+}
+
+/// Whether a worker running as `id` can enter `dir` (absolute), judged from the mode bits
+/// of `dir` and of each directory above it, as the kernel would for a process with no
+/// capabilities (which a worker of `--user` is): the first one it cannot search, with
+/// its owner and mode, so that the error names it before any job runs. ACLs are not
+/// read: they can only be reported by the worker's start itself.
+pub fn first_unenterable(dir: &Path, id: &Identity) -> Option<(PathBuf, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // Root still holds its capabilities when it changes directory (they go after).
+    if id.uid == 0 {
+        return None;
+    }
+    let mut at = PathBuf::new();
+    for part in dir.components() {
+        at.push(part);
+        let Ok(meta) = std::fs::metadata(&at) else {
+            // What cannot be read is the start's to report, with its own error.
+            return None;
+        };
+        let mode = meta.mode();
+        let bit = if meta.uid() == id.uid {
+            0o100
+        } else if meta.gid() == id.gid || id.groups.contains(&meta.gid()) {
+            0o010
+        } else {
+            0o001
+        };
+        if mode & bit == 0 {
+            return Some((at, meta.uid(), mode & 0o7777));
+        }
+    }
+    None
 }
 
 /// Finds the processor the way a shell would, so that a missing or unusable one is reported
@@ -402,6 +439,11 @@ fn spawn(
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(key, _)| key.to_str().is_some_and(|k| ENV_ALLOWLIST.contains(&k)))
         .collect();
+    // Temporary files go to the worker's own directory, removed with it, unless `--env`
+    // says otherwise on purpose.
+    if !spec.env.iter().any(|(k, _)| k == "TMPDIR") {
+        env.push(("TMPDIR".into(), workdir.path().into()));
+    }
     env.extend(spec.env.iter().cloned());
     env.push(("JOBSUP_WORKER_ID".into(), spec.worker_id.to_string().into()));
     env.push((crate::guard::TAG_VAR.into(), crate::guard::tag().into()));

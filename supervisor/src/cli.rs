@@ -149,10 +149,15 @@ pub struct RunArgs {
     /// Where workers' private working directories are created [default: the temp dir].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
-    /// Run workers in this directory instead of their private one (which they still get,
-    /// named by JOBSUP_WORKDIR): `--cwd .` for scripts and modules given relative to here.
+    /// Run workers in this directory, or `scratch` for each worker's private one (which
+    /// they always get, as TMPDIR and JOBSUP_WORKDIR) [default: the directory jobsup was
+    /// started in, as xargs and parallel do].
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+    /// Serve Prometheus text on http://ADDR/metrics while jobsup runs (e.g.
+    /// 127.0.0.1:9187): jobs counted by outcome as their records are written.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Keep jobsup in the ordinary scheduling class: without it, jobsup's threads run
     /// under SCHED_RR at a low real-time priority where that is permitted (root,
     /// CAP_SYS_NICE, RLIMIT_RTPRIO), else at a lower nice value where RLIMIT_NICE allows.
@@ -510,10 +515,10 @@ pub(crate) fn run_pool(
             worker_id: 0,
             max_frame: codec.max_frame(),
             workdir_parent: args.workdir.clone(),
-            cwd: match &args.cwd {
-                Some(dir) => Some(resolve_cwd(dir)?),
-                None => None,
-            },
+            cwd: worker_cwd(
+                args.cwd.as_deref().or(pool.cwd.as_deref()),
+                pool.user.as_ref(),
+            )?,
             protocol_fds: pool.mode == Mode::Native,
             stdin_pipe: pool.mode != Mode::Native,
             env: extra_env,
@@ -535,6 +540,12 @@ pub(crate) fn run_pool(
         cleanup: pool.cleanup,
         // A payload must fit in a frame with room for the job's other fields.
         max_line: codec.max_frame() as usize - 4096,
+    };
+    // Bound before any worker exists, so that an address that cannot be had is an error
+    // (125) before any job runs, as in serve, which binds its own.
+    let metrics_listener = match args.metrics.filter(|_| serve.is_none()) {
+        Some(addr) => Some(crate::metrics::bind(addr).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
     };
 
     let (cgroups, found) = crate::cgroup::Cgroups::detect(crate::cgroup::Wanted {
@@ -638,6 +649,10 @@ pub(crate) fn run_pool(
             shutdown_timeout: args.shutdown_timeout,
             settings: Arc::new(settings),
             progress: Progress::new(show_progress, input_size, source.bytes_read()),
+            metrics: match metrics_listener {
+                Some(listener) => Some(crate::metrics::start(listener)?),
+                None => None,
+            },
         };
         anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
     })?;
@@ -709,7 +724,6 @@ fn finish_guard(guard: crate::guard::Guard) {
     }
 }
 
-/// `--cwd`, made absolute and checked once, so that a typo is an error before any job.
 /// The workers' scheduling, from the pool's `--nice` and `--sched`.
 fn worker_priority(
     (nice, sched): (Option<u8>, crate::config::Sched),
@@ -727,6 +741,40 @@ fn worker_priority(
     )
 }
 
+/// Where the workers run: `--cwd` (or the `cwd` key), else the directory jobsup was
+/// started in; `None` for `scratch`, each worker's private directory. Made absolute and
+/// checked once, so that a typo, or a directory `--user` cannot enter, is an error before
+/// any job rather than a failure of every job.
+fn worker_cwd(
+    given: Option<&std::path::Path>,
+    user: Option<&crate::sandbox::Identity>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let dir = match given {
+        Some(dir) if dir == std::path::Path::new("scratch") => return Ok(None),
+        Some(dir) => resolve_cwd(dir)?,
+        None => std::env::current_dir().map_err(|e| {
+            anyhow::anyhow!(
+                "the directory jobsup was started in, where workers run: {e}; \
+                 use --cwd scratch (each worker's private directory) or --cwd DIR"
+            )
+        })?,
+    };
+    if let Some(id) = user {
+        if let Some((at, owner, mode)) = crate::sandbox::first_unenterable(&dir, id) {
+            anyhow::bail!(
+                "workers run as uid {} (--user) cannot enter {} (owner uid {owner}, mode {mode:o}), \
+                 so they cannot run in {}: use --cwd scratch (each worker's private directory) \
+                 or --cwd DIR with a directory they can enter",
+                id.uid,
+                at.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// `--cwd DIR`, made absolute and checked.
 fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let abs =
         std::path::absolute(dir).map_err(|e| anyhow::anyhow!("--cwd {}: {e}", dir.display()))?;

@@ -358,6 +358,12 @@ pub struct PoolSpec {
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::queue_cli::SourceSpec>,
+    /// Where the workers run (config file only; on the command line `--cwd`, which takes
+    /// precedence): a directory, relative to where jobsup was started, or `scratch` for
+    /// each worker's private directory [default: the directory jobsup was started in].
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
 }
 
 /// Fills every field `self` leaves unset from `under`.
@@ -409,6 +415,7 @@ impl PoolSpec {
             user,
             nice,
             sched,
+            cwd,
         )
     }
 }
@@ -601,6 +608,8 @@ pub struct Pool {
     /// The workers' nice levels below jobsup (`None`: the default, which depends on
     /// whether jobsup gets the real-time class), and their class.
     pub priority: (Option<u8>, Sched),
+    /// The `cwd` key, as written (`--cwd` takes precedence; `cli` resolves it).
+    pub cwd: Option<PathBuf>,
 }
 
 /// Resolves `USER[:GROUP]` for `--user`: `None` when it names jobsup's own user and group
@@ -761,6 +770,7 @@ impl Pool {
             return Err(problems);
         }
         Ok(Pool {
+            cwd: spec.cwd.clone(),
             binds,
             user,
             user_name: spec.user.clone(),

@@ -66,6 +66,7 @@ Record fields (one JSON object per line per job read):
   output           the job's output, when it is UTF-8
   output_base64    the job's output in base64, when it is not
   error            what went wrong, in words
+  stderr_tail      the last 2 KiB of the job's stderr (failed, crashed, timeout, killed)
   exit_code        the worker's exit code, when it exited with this job
   signal           the signal that ended the worker, when one did
   duration_ms      from hand-off to the worker until the job ended

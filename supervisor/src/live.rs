@@ -70,7 +70,7 @@ pub struct Live {
     pub process: Process,
     /// Its pipes.
     pub link: Link,
-    /// The last lines of its stderr.
+    /// Its stderr: the last lines, and the running job's part.
     pub tail: Tail,
     // Removed when dropped, after the process is gone.
     _workdir: tempfile::TempDir,
@@ -134,6 +134,10 @@ impl Live {
         // results, and the link took it.
         if let Some(stdout) = spawned.pipes.stdout.take() {
             drain::spawn(stdout, "stdout", origin.clone(), None);
+        }
+        // A duplicate of the read end, for the tail to see what the drain has yet to read.
+        if let Ok(dup) = spawned.stderr.try_clone() {
+            tail.watch(dup);
         }
         drain::spawn(spawned.stderr, "stderr", origin, Some(tail.clone()));
         let mut live = Live {

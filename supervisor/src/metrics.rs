@@ -1,8 +1,8 @@
-//! `--metrics ADDR` of `jobsup serve`: Prometheus text on `GET /metrics`.
+//! `--metrics ADDR` of `jobsup serve` and `jobsup run`: Prometheus text on `GET /metrics`.
 //!
 //! The counts are kept with `prometheus-client` and updated where the serve loop decides
-//! (a result stored, a lease renewed or lost, a stale completion), so that a scrape shows
-//! the same numbers as the results stream. The HTTP side is the least that Prometheus
+//! (a result stored, a lease renewed or lost, a stale completion), or, in `run`, where the
+//! pool writes a record, so that a scrape shows the same numbers as the results stream. The HTTP side is the least that Prometheus
 //! needs: one request per connection, its head bounded in size and time, so that a slow
 //! or hostile client costs nothing but its own connection.
 
@@ -43,8 +43,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Every metric at zero.
+    /// Every metric of a serve, at zero.
     pub fn new() -> Metrics {
+        Metrics::with(true)
+    }
+
+    /// The metrics a `run` keeps, at zero: jobs by outcome and their durations (a run has
+    /// no leases, and its workers are not counted here).
+    pub fn for_run() -> Metrics {
+        Metrics::with(false)
+    }
+
+    fn with(serve: bool) -> Metrics {
         let mut registry = Registry::default();
         let jobs = Family::<Labels, Counter>::default();
         // 1 ms to about 9 hours.
@@ -71,6 +81,9 @@ impl Metrics {
             "How long jobs with a stored result ran",
             duration,
         );
+        if !serve {
+            return Metrics { registry, ..m };
+        }
         registry.register(
             "jobsup_jobs_in_flight",
             "Jobs on a worker",
@@ -128,6 +141,27 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Binds `--metrics ADDR` for `run`, with the error in the words serve uses.
+pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    Ok(listener)
+}
+
+/// Serves a run's metrics on `listener` (from [`bind`]) for as long as the runtime runs.
+/// Must be called inside the runtime.
+pub fn start(listener: std::net::TcpListener) -> std::io::Result<Arc<Metrics>> {
+    let addr = listener.local_addr()?;
+    let listener = TcpListener::from_std(listener)?;
+    let metrics = Arc::new(Metrics::for_run());
+    tracing::info!("metrics on http://{addr}/metrics");
+    tokio::spawn(serve_http(listener, Arc::clone(&metrics)));
+    Ok(metrics)
 }
 
 /// Answers `GET /metrics` on `listener` until the task is dropped.

@@ -79,6 +79,8 @@ pub struct PoolConfig {
     pub settings: Arc<WorkerSettings>,
     /// The progress bar (drawn only on a terminal).
     pub progress: Progress,
+    /// The counts `--metrics` serves, fed from every record written.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 struct Slot {
@@ -107,6 +109,7 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
         sink,
         stats: Stats::default(),
         progress: cfg.progress,
+        metrics: cfg.metrics,
         retry: cfg.retry,
         shutdown_timeout: cfg.shutdown_timeout,
         delayed: BTreeMap::new(),
@@ -160,6 +163,7 @@ struct Pool {
     sink: Sink,
     stats: Stats,
     progress: Progress,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     retry: RetryPolicy,
     shutdown_timeout: Option<Duration>,
     /// Jobs waiting for their next attempt, by when it is due.
@@ -650,6 +654,9 @@ impl Pool {
             return;
         }
         self.stats.observe(&record);
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&record);
+        }
         self.progress.update(&self.stats);
         if let Err(e) = self.sink.push(record) {
             self.output_failed(e);

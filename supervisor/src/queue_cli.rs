@@ -188,10 +188,7 @@ pub struct ServeArgs {
     /// dead-lettered [default: 5].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
-    /// Serve Prometheus text on http://ADDR/metrics (e.g. 127.0.0.1:9187).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Everything `run` takes: processor, deadlines, sandbox, pool.
+    /// Everything `run` takes (`--metrics` among them): processor, deadlines, sandbox, pool.
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -266,7 +263,7 @@ pub fn serve(args: ServeArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>
         retry_delay: Duration::ZERO,
         workers: 1,
         shutdown_timeout: None,
-        metrics: args.metrics.or(file.metrics),
+        metrics: args.run.metrics.or(file.metrics),
     };
     crate::cli::run_pool(args.run, quiet, Some(opts))
 }

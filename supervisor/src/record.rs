@@ -167,6 +167,10 @@ pub struct Record {
     /// The errors of earlier attempts, oldest first, when the job was retried.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub previous_errors: Vec<String>,
+    /// The end of what the worker wrote on stderr during the job (at most 2 KiB, from a
+    /// line's start), in `failed`, `crashed`, `timeout` and `killed` records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_tail: Option<String>,
     /// Which deadline ended a `timeout` or `killed` job: `ttl` or `idle`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<&'static str>,
@@ -216,6 +220,7 @@ impl Record {
             duration_ms: 0.0,
             attempts,
             previous_errors: Vec::new(),
+            stderr_tail: None,
             deadline: None,
             worker: None,
             pid: None,

@@ -31,6 +31,10 @@ const TAKE_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::fro
 /// The shortest wait between two measurements of a worker's CPU time.
 const CPU_CHECK_FLOOR: Duration = Duration::from_millis(10);
 
+/// How long an ended worker's stderr may take to reach its end before the job's record is
+/// written without the rest (a descendant may hold the pipe open).
+const STDERR_EOF: Duration = Duration::from_millis(500);
+
 /// How long a worker that closed its result pipe mid-job has to exit before it is killed
 /// as one that kept running.
 const PIPE_CLOSED_EXIT: Duration = Duration::from_secs(1);
@@ -144,6 +148,11 @@ impl Worker {
                     return Ok((record, true, job));
                 }
             }
+        }
+        // A reused worker's stderr from here to the verdict is this job's (an exec
+        // process's is all its own).
+        if self.settings.mode.reuses_processes() {
+            self.live().tail.start_job();
         }
         self.current_job.store(job.seq, Ordering::Relaxed);
         let mut run = JobRun::new(self.rules(&job), job.run_id, self.last_job, Instant::now());
@@ -490,6 +499,11 @@ impl Worker {
                     "killed {left} processes the job left in its worker");
             }
             record.set_duration(decided);
+            if keeps_stderr(outcome) {
+                let tail = &self.live().tail;
+                tail.catch_up().await;
+                record.stderr_tail = tail.take_job();
+            }
             return (record, true);
         }
         let mut live = self.live.take().expect("a job runs only on a live process");
@@ -508,6 +522,10 @@ impl Worker {
             _ => Duration::ZERO,
         };
         let (exit, killed_now) = live.process.end(grace).await;
+        if keeps_stderr(outcome) {
+            live.tail.ended(STDERR_EOF).await;
+            record.stderr_tail = live.tail.take_job();
+        }
         // A worker retired after a good answer (it wrote too much, say) was killed by
         // jobsup's choice, not the job's doing: its signal would only confuse the record.
         if !(killed_now && matches!(outcome, Outcome::Ok | Outcome::Failed)) {
@@ -594,6 +612,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether a job's record carries what its worker wrote on stderr during it: where the
+/// job went wrong (an `ok` record's stderr stays in the log only).
+fn keeps_stderr(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed | Outcome::Crashed | Outcome::Timeout | Outcome::Killed
+    )
 }
 
 /// Whether a processor's stderr reports running out of memory, in the words of the common

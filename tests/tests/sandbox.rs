@@ -59,8 +59,9 @@ fn a_secret_in_jobsups_environment_is_invisible_unless_passed() {
 #[test]
 fn each_worker_gets_a_private_directory_that_is_removed_afterwards() {
     for user in User::BOTH {
+        // `--cwd scratch`: the worker runs in it (by default it runs where jobsup started).
         let run = jobsup_as!(user)
-            .args(["--mode", "exec", "-j", "2"])
+            .args(["--mode", "exec", "-j", "2", "--cwd", "scratch"])
             .processor(
                 "sh",
                 [

@@ -610,6 +610,8 @@ pub struct Pool {
     pub priority: (Option<u8>, Sched),
     /// The `cwd` key, as written (`--cwd` takes precedence; `cli` resolves it).
     pub cwd: Option<PathBuf>,
+    /// The `source` table (`jobsup serve`'s queue), as layered.
+    pub source: Option<crate::queue_cli::SourceSpec>,
 }
 
 /// Resolves `USER[:GROUP]` for `--user`: `None` when it names jobsup's own user and group
@@ -771,6 +773,7 @@ impl Pool {
         }
         Ok(Pool {
             cwd: spec.cwd.clone(),
+            source: spec.source.clone(),
             binds,
             user,
             user_name: spec.user.clone(),
@@ -882,7 +885,23 @@ impl Pool {
                 .0
                 .map_or(format!("{DEFAULT_NICE} unless real-time"), |n| n.to_string()),
             self.priority.1,
-        )
+        ) + &self.describe_place()
+    }
+
+    /// The working directory and the queue, for `jobsup check`.
+    fn describe_place(&self) -> String {
+        let mut out = format!(
+            "  cwd: {}\n",
+            self.cwd
+                .as_ref()
+                .map_or("where jobsup is started".into(), |c| c
+                    .display()
+                    .to_string())
+        );
+        if let Some(source) = &self.source {
+            out.push_str(&format!("  source: {}\n", source.describe()));
+        }
+        out
     }
 }
 

@@ -60,6 +60,21 @@ pub struct SourceSpec {
 }
 
 impl SourceSpec {
+    /// One line for `jobsup check`: what is set, and the defaults of what is not.
+    pub fn describe(&self) -> String {
+        let lease = self.lease.map_or(DEFAULT_LEASE, |d| d.0);
+        format!(
+            "stream {} on {}, group {}, consumer {}, lease {}, max attempts {}, metrics {}",
+            self.stream.as_deref().unwrap_or("- (give --stream)"),
+            self.redis.as_deref().unwrap_or(DEFAULT_REDIS),
+            self.group.as_deref().unwrap_or(DEFAULT_GROUP),
+            self.consumer.as_deref().unwrap_or("host name and pid"),
+            humantime::format_duration(lease),
+            self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            self.metrics.map_or("-".into(), |m| m.to_string()),
+        )
+    }
+
     /// Fills every key `self` leaves unset from `under`.
     pub fn over(self, under: &SourceSpec) -> SourceSpec {
         SourceSpec {

@@ -570,6 +570,14 @@ fn a_whole_worker_is_one_config_file() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
+    // check shows the queue the pool consumes, layered.
+    let check = jobsup().args(["check", config]).run();
+    assert_eq!(check.code(), 0, "{check}");
+    let want = format!(
+        "  source: stream cq on {}, group jobsup, consumer from-file,",
+        redis.url()
+    );
+    assert!(check.stdout_str().contains(&want), "{check}");
     let run = jobsup()
         .args(["enqueue", "--config", config, "--pool", "echo"])
         .stdin("a\nb\nc\n")

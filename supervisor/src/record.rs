@@ -182,6 +182,9 @@ pub struct Record {
     /// Payload bytes sent, for the job log.
     #[serde(skip)]
     pub sent: u64,
+    /// The command line as run, when it differs per job (exec mode), for the job log.
+    #[serde(skip)]
+    pub command: Option<String>,
 }
 
 impl Record {
@@ -221,6 +224,7 @@ impl Record {
             pid: None,
             started_at: None,
             sent: 0,
+            command: None,
         }
     }
 

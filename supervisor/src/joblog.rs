@@ -140,11 +140,12 @@ pub fn exitval(r: &Record) -> i32 {
 
 /// The jobs a resumed run skips (`--resume`, `--resume-failed`), read from the job log
 /// of the earlier runs: only its `Id` and `Outcome` columns, the latest row of an id
-/// winning.
+/// winning. A `cancelled` row is a job an interrupted or halted run did not finish: it is
+/// never skipped, so that resuming such a run runs exactly what is missing.
 #[derive(Debug, Default)]
 pub struct Resume {
-    /// Each id's latest outcome: whether it was `ok`.
-    latest_ok: std::collections::HashMap<String, bool>,
+    /// Each id's latest outcome (`None`: one this jobsup does not know).
+    latest: std::collections::HashMap<String, Option<Outcome>>,
     /// Skip only the ids whose latest row is `ok`.
     failed_only: bool,
 }
@@ -186,8 +187,8 @@ impl Resume {
             // A row cut short (a run that was killed mid-write) did not finish its job.
             if let (Some(id), Some(outcome)) = (cells.get(id), cells.get(outcome)) {
                 resume
-                    .latest_ok
-                    .insert(id.to_string(), *outcome == Outcome::Ok.as_str());
+                    .latest
+                    .insert(id.to_string(), self::outcome(outcome).ok());
             }
         }
         Ok(resume)
@@ -195,15 +196,16 @@ impl Resume {
 
     /// Whether the job with this id is skipped.
     pub fn skips(&self, id: &str) -> bool {
-        match self.latest_ok.get(&clean(id)) {
-            Some(ok) => *ok || !self.failed_only,
-            None => false,
+        match self.latest.get(&clean(id)).copied().flatten() {
+            Some(Outcome::Ok) => true,
+            Some(Outcome::Cancelled) | None => false,
+            Some(_) => !self.failed_only,
         }
     }
 
     /// How many ids the job log holds.
     pub fn ids(&self) -> usize {
-        self.latest_ok.len()
+        self.latest.len()
     }
 }
 
@@ -401,6 +403,7 @@ mod tests {
             ("a", Outcome::Failed),
             ("b", Outcome::Ok),
             ("a", Outcome::Ok),
+            ("x", Outcome::Cancelled),
         ] {
             log.write(&Record::new(
                 &JobSpec {
@@ -422,6 +425,7 @@ mod tests {
         log.flush().unwrap();
         let all = Resume::read(&at.path, false).unwrap();
         assert!(all.skips("a") && all.skips("b") && all.skips("c\td") && !all.skips("e"));
+        assert!(!all.skips("x"), "a cancelled job did not finish: run it");
         let failed = Resume::read(&at.path, true).unwrap();
         assert!(failed.skips("a"), "its latest row is ok");
         assert!(!failed.skips("c\td"), "killed: run again");

@@ -75,19 +75,3 @@ fn a_closed_stdout_stops_the_run_once_with_141_and_the_joblog_complete() {
         "Exitval of a job that did not succeed\n{log}"
     );
 }
-
-#[test]
-fn a_closed_output_file_that_is_full_stays_an_error_not_141() {
-    // Only EPIPE is a closed output: a full disk is still jobsup's failure.
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let run = jobsup!()
-        .args(["-j", "1"])
-        .stdout_to(full)
-        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
-        .stdin("ok\nok\n")
-        .run();
-    assert_eq!(run.code(), 125, "{run}");
-}

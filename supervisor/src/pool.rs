@@ -901,6 +901,10 @@ impl Pool {
         if let Err(e) = finished {
             self.output_failed(e);
         }
+        // Closed while the last records were written: said, and exit 141, all the same.
+        if self.sink.is_closed() && !self.output_closed() {
+            self.on_output_closed();
+        }
         let lost = self.sink.unwritten();
         if self.fatal == Some(RunEnd::Failed) && lost > 0 {
             let why = self

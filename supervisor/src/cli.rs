@@ -139,6 +139,18 @@ pub struct RunArgs {
     /// outcome, attempts, id and kind; +FILE appends.
     #[arg(long, value_name = "FILE")]
     pub joblog: Option<JobLogPath>,
+    /// Stop early, as GNU parallel: never, soon,fail=N (start no more jobs after N
+    /// failures), now,fail=N (and cancel the running ones), fail=P% (of the jobs finished
+    /// so far, from the third), success=N, done=N; 1 and 2 are soon,fail=1 and now,fail=1.
+    #[arg(long, value_name = "RULE", default_value = "never")]
+    pub halt: crate::halt::Halt,
+    /// Skip every job whose id has a row in --joblog, and append to it.
+    #[arg(long, requires = "joblog", conflicts_with = "resume_failed")]
+    pub resume: bool,
+    /// Skip the jobs whose latest row in --joblog is ok (run the others again), and append
+    /// to it.
+    #[arg(long, requires = "joblog")]
+    pub resume_failed: bool,
     /// The end-of-run summary on stderr: text, json or none.
     #[arg(long, value_enum, default_value = "text")]
     pub summary: SummaryFormat,
@@ -459,8 +471,31 @@ pub(crate) fn run_pool(
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ");
+    // Read before the log is opened for appending; resuming keeps the log it reads.
+    let resume = match &args.joblog {
+        Some(at) if args.resume || args.resume_failed => {
+            let resume = crate::joblog::Resume::read(&at.path, args.resume_failed)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(
+                "resuming: the job log {} has {} job id(s); {}",
+                at.path.display(),
+                resume.ids(),
+                if args.resume_failed {
+                    "those whose latest row is ok are skipped"
+                } else {
+                    "they are skipped"
+                }
+            );
+            Some(Arc::new(resume))
+        }
+        _ => None,
+    };
+    let joblog_at = args.joblog.clone().map(|at| JobLogPath {
+        append: at.append || resume.is_some(),
+        ..at
+    });
     let joblog =
-        match &args.joblog {
+        match &joblog_at {
             Some(at) => Some(JobLog::open(at, command_line).map_err(|e| {
                 anyhow::anyhow!("cannot open the job log {}: {e}", at.path.display())
             })?),
@@ -636,8 +671,11 @@ pub(crate) fn run_pool(
                 crate::serve::run(opts, Arc::new(settings), spawner, defaults).await;
             return anyhow::Ok((end, stats));
         }
-        let source = Source::start(input.into(), args.input_format, defaults)?;
-        let sink = Sink::new(output, joblog, args.keep_order)?;
+        let source = Source::start_resuming(input.into(), args.input_format, defaults, resume)?;
+        let sink = Sink::new(output, joblog, args.keep_order)?.named(match &args.output {
+            Some(path) => path.display().to_string(),
+            None => "stdout".into(),
+        });
         let show_progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let cfg = PoolConfig {
             workers,
@@ -653,6 +691,7 @@ pub(crate) fn run_pool(
                 Some(listener) => Some(crate::metrics::start(listener)?),
                 None => None,
             },
+            halt: args.halt,
         };
         anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
     })?;
@@ -667,8 +706,10 @@ pub(crate) fn run_pool(
         cgroups.remove_all();
     }
     let broken = crate::health::first_failure();
-    let ran = matches!(end, RunEnd::Completed | RunEnd::Interrupted(_))
-        || stats.total() > 0
+    let ran = matches!(
+        end,
+        RunEnd::Completed | RunEnd::Interrupted(_) | RunEnd::Halted { .. } | RunEnd::OutputClosed
+    ) || stats.total() > 0
         || broken.is_some();
     let elapsed = Some(started.elapsed());
     let mut summary = match args.summary {

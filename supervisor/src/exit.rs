@@ -18,6 +18,21 @@ pub const JOBSUP_ERROR: u8 = 125;
 pub const CANNOT_RUN: u8 = 126;
 /// The processor was not found.
 pub const NOT_FOUND: u8 = 127;
+/// The output (stdout) was closed by its reader: what a process killed by SIGPIPE shows.
+pub const OUTPUT_CLOSED: u8 = 128 + 13;
+
+/// Every code above, for the help's table and its tests (an interrupted run exits with
+/// 128 + the signal's number besides).
+pub const ALL: [u8; 8] = [
+    OK,
+    FAILED,
+    TIMEOUT,
+    KILLED,
+    JOBSUP_ERROR,
+    CANNOT_RUN,
+    NOT_FOUND,
+    OUTPUT_CLOSED,
+];
 
 /// How a run ended, apart from its jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +45,14 @@ pub enum RunEnd {
     CannotStart(u8),
     /// jobsup itself failed (reading input, writing output).
     Failed,
+    /// `--halt` stopped the run; `cancelled` jobs were cancelled by the halt itself (not
+    /// started, or stopped by `now`), and do not raise the code.
+    Halted {
+        /// How many of the `cancelled` records the halt caused.
+        cancelled: u64,
+    },
+    /// The reader of the output closed it (EPIPE): 141, as if killed by SIGPIPE.
+    OutputClosed,
 }
 
 /// The exit code of `jobsup run`: the run's own condition first, then the worst outcome.
@@ -38,20 +61,21 @@ pub fn exit_code(end: &RunEnd, stats: &Stats) -> u8 {
         RunEnd::Interrupted(sig) => return 128 + *sig as u8,
         RunEnd::CannotStart(code) => return *code,
         RunEnd::Failed => return JOBSUP_ERROR,
-        RunEnd::Completed => {}
+        RunEnd::OutputClosed => return OUTPUT_CLOSED,
+        RunEnd::Completed | RunEnd::Halted { .. } => {}
     }
+    let halt_cancelled = match end {
+        RunEnd::Halted { cancelled } => *cancelled,
+        _ => 0,
+    };
     if stats.count(Outcome::Killed) > 0 {
         KILLED
     } else if stats.count(Outcome::Timeout) > 0 {
         TIMEOUT
-    } else if [
-        Outcome::Failed,
-        Outcome::Crashed,
-        Outcome::Rejected,
-        Outcome::Cancelled,
-    ]
-    .iter()
-    .any(|o| stats.count(*o) > 0)
+    } else if [Outcome::Failed, Outcome::Crashed, Outcome::Rejected]
+        .iter()
+        .any(|o| stats.count(*o) > 0)
+        || stats.count(Outcome::Cancelled) > halt_cancelled
     {
         FAILED
     } else {
@@ -91,5 +115,16 @@ mod tests {
         assert_eq!(exit_code(&RunEnd::Interrupted(2), &s), 130);
         assert_eq!(exit_code(&RunEnd::CannotStart(127), &s), 127);
         assert_eq!(exit_code(&RunEnd::Failed, &s), 125);
+        assert_eq!(exit_code(&RunEnd::OutputClosed, &s), 141);
+    }
+
+    #[test]
+    fn jobs_cancelled_by_a_halt_do_not_raise_the_code() {
+        use Outcome::*;
+        let halted = |n, o: &[Outcome]| exit_code(&RunEnd::Halted { cancelled: n }, &stats(o));
+        assert_eq!(halted(2, &[Ok, Cancelled, Cancelled]), OK);
+        assert_eq!(halted(1, &[Ok, Cancelled, Cancelled]), FAILED);
+        assert_eq!(halted(1, &[Timeout, Cancelled]), TIMEOUT);
+        assert_eq!(halted(1, &[Failed, Ok, Cancelled]), FAILED);
     }
 }

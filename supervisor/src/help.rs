@@ -165,15 +165,7 @@ mod tests {
     fn every_exit_code_is_in_the_run_help() {
         use crate::exit;
         let text = run_long();
-        for code in [
-            exit::OK,
-            exit::FAILED,
-            exit::TIMEOUT,
-            exit::KILLED,
-            exit::JOBSUP_ERROR,
-            exit::CANNOT_RUN,
-            exit::NOT_FOUND,
-        ] {
+        for code in exit::ALL {
             let listed = text
                 .lines()
                 .any(|l| l.trim_start().starts_with(&format!("{code} ")));

@@ -94,9 +94,13 @@ impl JobLog {
             // A job that never started sent nothing.
             if r.attempts == 0 { 0 } else { r.sent },
             r.received(),
-            r.exit_code.unwrap_or(0),
+            exitval(r),
             r.signal.unwrap_or(0),
-            self.command,
+            r.command
+                .as_deref()
+                .map(clean)
+                .as_deref()
+                .unwrap_or(&self.command),
             r.outcome.as_str(),
             r.attempts,
             clean(&r.id),
@@ -113,6 +117,96 @@ impl JobLog {
 /// Tabs and newlines would break the columns.
 fn clean(s: &str) -> String {
     s.replace(['\t', '\n', '\r'], " ")
+}
+
+/// The `Exitval` column: non-zero for every job that did not succeed, whatever the mode.
+/// The process's own exit code when it gave a non-zero one; else 128 + the signal that
+/// ended a `failed` or `crashed` job; else the code DESIGN.md's table gives the outcome
+/// (`timeout` 124, `killed` 137, any other failure 1). A deadline outcome keeps its own
+/// code even when the process exited: jobsup's signal ended it.
+pub fn exitval(r: &Record) -> i32 {
+    use crate::exit::{FAILED, KILLED, TIMEOUT};
+    match r.outcome {
+        Outcome::Ok => r.exit_code.unwrap_or(0),
+        Outcome::Timeout => TIMEOUT.into(),
+        Outcome::Killed => KILLED.into(),
+        _ => match (r.exit_code, r.signal) {
+            (Some(code), _) if code != 0 => code,
+            (_, Some(sig)) => 128 + sig,
+            _ => FAILED.into(),
+        },
+    }
+}
+
+/// The jobs a resumed run skips (`--resume`, `--resume-failed`), read from the job log
+/// of the earlier runs: only its `Id` and `Outcome` columns, the latest row of an id
+/// winning. A `cancelled` row is a job an interrupted or halted run did not finish: it is
+/// never skipped, so that resuming such a run runs exactly what is missing.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Each id's latest outcome (`None`: one this jobsup does not know).
+    latest: std::collections::HashMap<String, Option<Outcome>>,
+    /// Skip only the ids whose latest row is `ok`.
+    failed_only: bool,
+}
+
+impl Resume {
+    /// Reads `path`; a job log that does not exist yet is an empty one (the first run). A
+    /// file that is not a jobsup job log is an error: resuming from it would run or skip
+    /// the wrong jobs.
+    pub fn read(path: &Path, failed_only: bool) -> Result<Resume, String> {
+        let mut resume = Resume {
+            failed_only,
+            ..Resume::default()
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(resume),
+            Err(e) => return Err(format!("cannot read the job log {}: {e}", path.display())),
+        };
+        let mut columns: Option<(usize, usize)> = None;
+        for (i, line) in io::BufReader::new(file).lines().enumerate() {
+            let at = |what: &str| format!("{}:{}: {what}", path.display(), i + 1);
+            let line = line.map_err(|e| at(&e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cells: Vec<&str> = line.split('\t').collect();
+            let Some((id, outcome)) = columns else {
+                let find = |name| cells.iter().position(|c| *c == name);
+                match (cells.first() == Some(&"Seq"), find("Id"), find("Outcome")) {
+                    (true, Some(id), Some(outcome)) => columns = Some((id, outcome)),
+                    _ => {
+                        return Err(at(
+                            "not a job log written by jobsup (its header has no Id and Outcome columns): --resume needs the --joblog of an earlier jobsup run",
+                        ))
+                    }
+                }
+                continue;
+            };
+            // A row cut short (a run that was killed mid-write) did not finish its job.
+            if let (Some(id), Some(outcome)) = (cells.get(id), cells.get(outcome)) {
+                resume
+                    .latest
+                    .insert(id.to_string(), self::outcome(outcome).ok());
+            }
+        }
+        Ok(resume)
+    }
+
+    /// Whether the job with this id is skipped.
+    pub fn skips(&self, id: &str) -> bool {
+        match self.latest.get(&clean(id)).copied().flatten() {
+            Some(Outcome::Ok) => true,
+            Some(Outcome::Cancelled) | None => false,
+            Some(_) => !self.failed_only,
+        }
+    }
+
+    /// How many ids the job log holds.
+    pub fn ids(&self) -> usize {
+        self.latest.len()
+    }
 }
 
 /// Reads a job log, or a results file (one JSON record per line), back into records with
@@ -269,5 +363,74 @@ mod tests {
         assert_eq!(back[0].outcome, Outcome::Timeout);
         assert_eq!(back[0].kind.as_deref(), Some("send_mail"));
         assert_eq!(back[0].duration_ms, 1500.0);
+    }
+
+    #[test]
+    fn exitval_is_non_zero_for_every_job_that_did_not_succeed() {
+        let job = JobSpec::sample(1);
+        let with = |o, code: Option<i32>, sig: Option<i32>| {
+            let mut r = Record::new(&job, o);
+            r.exit_code = code;
+            r.signal = sig;
+            exitval(&r)
+        };
+        assert_eq!(with(Outcome::Ok, None, None), 0);
+        // A native failure has no exit code: the worker lives on.
+        assert_eq!(with(Outcome::Failed, None, None), 1);
+        assert_eq!(with(Outcome::Failed, Some(3), None), 3);
+        assert_eq!(with(Outcome::Crashed, None, Some(11)), 139);
+        assert_eq!(with(Outcome::Timeout, Some(0), None), 124);
+        assert_eq!(with(Outcome::Killed, None, Some(9)), 137);
+        for o in [Outcome::Rejected, Outcome::Cancelled] {
+            assert_eq!(with(o, None, None), 1);
+        }
+    }
+
+    #[test]
+    fn resume_reads_the_latest_outcome_of_each_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = JobLogPath {
+            path: dir.path().join("log"),
+            append: true,
+        };
+        assert_eq!(
+            Resume::read(&at.path, false).unwrap().ids(),
+            0,
+            "no log yet"
+        );
+        let mut log = JobLog::open(&at, "proc".into()).unwrap();
+        for (id, o) in [
+            ("a", Outcome::Failed),
+            ("b", Outcome::Ok),
+            ("a", Outcome::Ok),
+            ("x", Outcome::Cancelled),
+        ] {
+            log.write(&Record::new(
+                &JobSpec {
+                    id: id.into(),
+                    ..JobSpec::sample(1)
+                },
+                o,
+            ))
+            .unwrap();
+        }
+        log.write(&Record::new(
+            &JobSpec {
+                id: "c\td".into(),
+                ..JobSpec::sample(2)
+            },
+            Outcome::Killed,
+        ))
+        .unwrap();
+        log.flush().unwrap();
+        let all = Resume::read(&at.path, false).unwrap();
+        assert!(all.skips("a") && all.skips("b") && all.skips("c\td") && !all.skips("e"));
+        assert!(!all.skips("x"), "a cancelled job did not finish: run it");
+        let failed = Resume::read(&at.path, true).unwrap();
+        assert!(failed.skips("a"), "its latest row is ok");
+        assert!(!failed.skips("c\td"), "killed: run again");
+        std::fs::write(&at.path, "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n1\t:\t0\t0\t0\t0\t0\t0\tx\n").unwrap();
+        let e = Resume::read(&at.path, false).unwrap_err();
+        assert!(e.contains("not a job log written by jobsup"), "{e}");
     }
 }

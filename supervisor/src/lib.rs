@@ -28,6 +28,7 @@ pub mod conn;
 pub(crate) mod deadline;
 pub mod drain;
 pub mod exit;
+pub mod halt;
 pub mod health;
 pub mod help;
 pub mod input_fd;

@@ -18,6 +18,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::config::RetryOn;
 use crate::exit::{RunEnd, CANNOT_RUN, NOT_FOUND};
+use crate::halt::{Halt, HaltCounter, HaltRule, When};
 use crate::link::Mode;
 use crate::live::StartError;
 use crate::progress::Progress;
@@ -81,6 +82,36 @@ pub struct PoolConfig {
     pub progress: Progress,
     /// The counts `--metrics` serves, fed from every record written.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// When the run stops early (`--halt`).
+    pub halt: Halt,
+}
+
+/// Why the run stops before its input is done, other than a signal or a failure of
+/// jobsup's own: read no more, cancel what was read, and (for some) the running jobs.
+#[derive(Debug, Clone)]
+enum StopCause {
+    /// A `--halt` rule triggered, on the record of the job with this id.
+    Halt { rule: HaltRule, by: String },
+    /// The output's reader closed it (EPIPE): nothing more can be written there.
+    OutputClosed { output: String },
+}
+
+impl StopCause {
+    /// Why, for the records' errors and the log.
+    fn why(&self) -> String {
+        match self {
+            StopCause::Halt { rule, by } => format!("--halt {rule} triggered by job {by}"),
+            StopCause::OutputClosed { output } => format!("{output} was closed"),
+        }
+    }
+
+    /// Whether the running jobs are stopped too, or may finish.
+    fn stops_running(&self) -> bool {
+        match self {
+            StopCause::Halt { rule, .. } => rule.when == When::Now,
+            StopCause::OutputClosed { .. } => true,
+        }
+    }
 }
 
 struct Slot {
@@ -129,6 +160,10 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
         tasks: JoinSet::new(),
         task_workers: HashMap::new(),
         ledger: Ledger::default(),
+        halt: HaltCounter::new(cfg.halt),
+        stopping: None,
+        halt_cancelled: 0,
+        commands: HashMap::new(),
     };
     let mut interrupts = match Interrupts::listen() {
         Ok(i) => i,
@@ -145,10 +180,14 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
             tracing::error!("internal error while stopping the run: {again}");
         }
     }
-    let end = match (pool.fatal.take(), pool.interrupted) {
-        (Some(end), _) => end,
-        (None, Some(sig)) => RunEnd::Interrupted(sig),
-        (None, None) => RunEnd::Completed,
+    let end = match (pool.fatal.take(), &pool.stopping, pool.interrupted) {
+        (Some(end), _, _) => end,
+        (None, Some(StopCause::OutputClosed { .. }), _) => RunEnd::OutputClosed,
+        (None, _, Some(sig)) => RunEnd::Interrupted(sig),
+        (None, Some(StopCause::Halt { .. }), None) => RunEnd::Halted {
+            cancelled: pool.halt_cancelled,
+        },
+        (None, None, None) => RunEnd::Completed,
     };
     (end, pool.stats)
 }
@@ -192,6 +231,14 @@ struct Pool {
     task_workers: HashMap<tokio::task::Id, u64>,
     /// Which jobs have their record: the one place "exactly one record per job" is kept.
     ledger: Ledger,
+    /// Counts finished jobs against `--halt`.
+    halt: HaltCounter,
+    /// Why the run is stopping early, if it is (`--halt`, a closed output).
+    stopping: Option<StopCause>,
+    /// Records `cancelled` because of a halt: they do not raise the exit code.
+    halt_cancelled: u64,
+    /// Exec mode: each running job's command line after substitution, for the job log.
+    commands: HashMap<u64, String>,
 }
 
 /// Which jobs have their record: every ordinal below `floor`, and those in `above`. Jobs
@@ -217,6 +264,23 @@ impl Ledger {
         }
         true
     }
+}
+
+/// In exec mode, the job's command line as it is run (after `{}`, `{#}`, `{id}`), for
+/// the job log; in the other modes every job has the same one, which the log knows.
+fn command_line(settings: &WorkerSettings, job: &JobSpec) -> Option<String> {
+    if settings.mode != Mode::Exec {
+        return None;
+    }
+    let spawn = &settings.spawn;
+    let args = crate::link::substitute(&spawn.args, job);
+    Some(
+        std::iter::once(spawn.program.as_os_str())
+            .chain(args.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Polls `fut` to its end, turning a panic into its message.
@@ -263,6 +327,7 @@ impl Pool {
                 _ = sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
                     self.release_due_retries();
                 }
+                () = self.sink.closed(), if !self.output_closed() => self.on_output_closed(),
                 _ = sleep_until(stop_at.unwrap_or_else(Instant::now)), if stop_at.is_some() => {
                     self.stop_at = None;
                     let sig = crate::reaper::signal_name(self.interrupted.unwrap_or(libc::SIGTERM));
@@ -284,24 +349,24 @@ impl Pool {
 
     /// Whether new jobs may be read.
     fn accepting(&self) -> bool {
-        self.ever_ready
-            && self.interrupted.is_none()
-            && self.fatal.is_none()
-            && !self.source.is_done()
-            && self.sink.has_room()
+        self.ever_ready && !self.winding_down() && !self.source.is_done() && self.sink.has_room()
     }
 
     /// Whether the main loop is over: nothing more to read or allowed, and no job running.
     fn stopped(&self) -> bool {
         let busy = self.workers.values().any(Slot::busy);
-        let no_more = self.interrupted.is_some()
-            || self.fatal.is_some()
+        let no_more = self.winding_down()
             || (self.source.is_done() && self.pending.is_empty() && self.delayed.is_empty());
         no_more && !busy
     }
 
+    /// Whether the run is stopping: interrupted, failed, halted or its output closed.
+    fn winding_down(&self) -> bool {
+        self.interrupted.is_some() || self.fatal.is_some() || self.stopping.is_some()
+    }
+
     fn spawn_missing(&mut self) {
-        if self.fatal.is_some() || self.interrupted.is_some() {
+        if self.winding_down() {
             return;
         }
         while self.missing > 0 {
@@ -362,7 +427,7 @@ impl Pool {
                     slot.running = None;
                 }
                 self.idle.retain(|w| *w != worker);
-                if self.interrupted.is_some() || self.fatal.is_some() {
+                if self.winding_down() {
                     self.cancel(*job);
                 } else {
                     self.pending.push_front(*job);
@@ -390,8 +455,7 @@ impl Pool {
     /// Records a finished job, or schedules its next attempt when the policy says so. A
     /// retried job still yields one record: its final outcome, with the earlier errors.
     fn record_or_retry(&mut self, record: Record, mut job: JobSpec) {
-        let retry = self.interrupted.is_none()
-            && self.fatal.is_none()
+        let retry = !self.winding_down()
             && job.attempt <= self.retry.retries
             && self.retry.on.iter().any(|r| r.matches(record.outcome));
         if !retry {
@@ -552,7 +616,15 @@ impl Pool {
     fn cancel(&mut self, job: JobSpec) {
         let mut record = Record::new(&job, Outcome::Cancelled);
         record.attempts = job.attempt - 1;
+        record.command = command_line(&self.settings, &job);
         record.error = Some(match (self.interrupted, &self.broken) {
+            _ if self.stopping.is_some() => format!(
+                "not started: {}",
+                self.stopping
+                    .as_ref()
+                    .map(StopCause::why)
+                    .unwrap_or_default()
+            ),
             (Some(sig), _) => format!(
                 "not started: the run was interrupted by {}",
                 crate::reaper::signal_name(sig)
@@ -576,6 +648,9 @@ impl Pool {
             };
             self.next_run_id += 1;
             job.run_id = self.next_run_id;
+            if let Some(command) = command_line(&self.settings, &job) {
+                self.commands.insert(job.ordinal, command);
+            }
             let running = job.without_payload();
             match slot.handle.send(Control::Run(Box::new(job))) {
                 Ok(()) => slot.running = Some(running),
@@ -644,7 +719,8 @@ impl Pool {
         );
     }
 
-    fn record(&mut self, record: Record) {
+    fn record(&mut self, mut record: Record) {
+        let command = self.commands.remove(&record.ordinal);
         if !self.ledger.mark(record.ordinal) {
             tracing::error!(
                 "internal error: a second record for line {} ({}) was dropped",
@@ -653,20 +729,92 @@ impl Pool {
             );
             return;
         }
+        record.command = record.command.take().or(command);
         self.stats.observe(&record);
         if let Some(metrics) = &self.metrics {
             metrics.observe(&record);
         }
         self.progress.update(&self.stats);
+        let (outcome, id) = (record.outcome, record.id.clone());
         if let Err(e) = self.sink.push(record) {
             self.output_failed(e);
         }
+        self.count_for_halt(outcome, id);
+    }
+
+    /// Counts a final outcome against `--halt` (only while the run goes on: the records
+    /// of a stopping run are its consequence), and halts when the rule triggers.
+    fn count_for_halt(&mut self, outcome: Outcome, id: String) {
+        if matches!(self.stopping, Some(StopCause::Halt { .. })) && outcome == Outcome::Cancelled {
+            self.halt_cancelled += 1;
+        }
+        if self.winding_down() {
+            return;
+        }
+        if let Some(rule) = self.halt.observe(outcome) {
+            self.stop(StopCause::Halt { rule, by: id });
+        }
+    }
+
+    /// The one transition of an early stop: said once, then no more jobs are read, those
+    /// read are cancelled, and the running ones stopped when the cause says so (through
+    /// the same path as a second signal: cleanup request, then the kill).
+    fn stop(&mut self, cause: StopCause) {
+        let running = self.workers.values().filter(|s| s.busy()).count();
+        match &cause {
+            StopCause::Halt { .. } if cause.stops_running() => tracing::warn!(
+                "{}: starting no more jobs, cancelling {running} running job(s)",
+                cause.why()
+            ),
+            StopCause::Halt { .. } => tracing::warn!(
+                "{}: starting no more jobs; {running} running job(s) may finish",
+                cause.why()
+            ),
+            StopCause::OutputClosed { .. } => tracing::warn!(
+                "{}; {running} running job(s) cancelled, stopping (the job log still gets every row)",
+                cause.why()
+            ),
+        }
+        let (reason, now) = (format!("cancelled: {}", cause.why()), cause.stops_running());
+        self.stopping = Some(cause);
+        self.stop_at = None;
+        self.stop_reading();
+        if now {
+            self.stop_running(reason, self.settings.retire_grace);
+        }
+    }
+
+    /// Says how many jobs `--resume` passed over, and counts them in the summary.
+    fn note_skipped(&mut self) {
+        let skipped = self.source.skipped();
+        if skipped > 0 {
+            tracing::info!("{skipped} job(s) skipped: the job log already has them (--resume)");
+        }
+        self.stats.set_skipped(skipped);
+    }
+
+    /// Whether the output is known to be closed.
+    fn output_closed(&self) -> bool {
+        matches!(self.stopping, Some(StopCause::OutputClosed { .. }))
+    }
+
+    /// The output's reader went away: every job read still gets its job log row, but the
+    /// run stops (a closed output wins over a halt already under way).
+    fn on_output_closed(&mut self) {
+        let output = self.sink.name().to_string();
+        self.stop(StopCause::OutputClosed { output });
     }
 
     /// The output failed: no more jobs are read, and those read but not started are
     /// cancelled (their records cannot be written either). The error is said once, at the
     /// end, with the count of records lost (`shut_down`).
     fn output_failed(&mut self, _: std::io::Error) {
+        if self.sink.is_closed() {
+            if !self.output_closed() {
+                self.on_output_closed();
+            }
+            return;
+        }
         if self.fatal.is_none() {
             // Before stop_reading, whose cancelled records fail too.
             self.fatal = Some(RunEnd::Failed);
@@ -702,6 +850,7 @@ impl Pool {
         for item in self.source.close().await {
             self.on_read_after_stop(item);
         }
+        self.note_skipped();
         self.progress.finish();
         self.finish_output(interrupts).await;
     }
@@ -758,6 +907,10 @@ impl Pool {
         };
         if let Err(e) = finished {
             self.output_failed(e);
+        }
+        // Closed while the last records were written: said, and exit 141, all the same.
+        if self.sink.is_closed() && !self.output_closed() {
+            self.on_output_closed();
         }
         let lost = self.sink.unwritten();
         if self.fatal == Some(RunEnd::Failed) && lost > 0 {

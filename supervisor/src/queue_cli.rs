@@ -231,6 +231,7 @@ pub fn serve(args: ServeArgs, quiet: bool) -> anyhow::Result<(u8, Option<String>
         ("--output", run.output.is_some()),
         ("--keep-order", run.keep_order),
         ("--joblog", run.joblog.is_some()),
+        ("--halt", run.halt.0.is_some()),
         (
             "--retries (serve counts deliveries: --max-attempts)",
             run.spec.retries.is_some(),

@@ -186,6 +186,9 @@ pub struct Record {
     /// Payload bytes sent, for the job log.
     #[serde(skip)]
     pub sent: u64,
+    /// The command line as run, when it differs per job (exec mode), for the job log.
+    #[serde(skip)]
+    pub command: Option<String>,
 }
 
 impl Record {
@@ -226,6 +229,7 @@ impl Record {
             pid: None,
             started_at: None,
             sent: 0,
+            command: None,
         }
     }
 

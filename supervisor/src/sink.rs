@@ -66,6 +66,10 @@ struct Shared {
     error: Mutex<Option<io::Error>>,
     /// Woken when records have been written, or the writer stopped.
     progress: Notify,
+    /// The output's reader closed it (EPIPE): records go to the job log only since.
+    closed: AtomicBool,
+    /// Woken when `closed` is set.
+    closing: Notify,
 }
 
 /// Where records go.
@@ -85,6 +89,8 @@ pub struct Sink {
     failure: Option<String>,
     /// Whether the log has been told that the backlog stopped the input.
     said_full: bool,
+    /// What the output is called in messages ("stdout", or the file).
+    name: String,
 }
 
 impl Sink {
@@ -133,7 +139,36 @@ impl Sink {
             refused: 0,
             failure: None,
             said_full: false,
+            name: "stdout".into(),
         })
+    }
+
+    /// Names the output for messages (it is "stdout" unless told otherwise).
+    pub fn named(mut self, name: String) -> Sink {
+        self.name = name;
+        self
+    }
+
+    /// What the output is called in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the output's reader has closed it (EPIPE). The records taken since are
+    /// still written to the job log, and count as written.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the output's reader has closed it; cancel-safe.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + 'static {
+        // Not tied to the sink's borrow: the pool awaits it next to `room`.
+        let shared = Arc::clone(&self.shared);
+        async move {
+            while !shared.closed.load(Ordering::SeqCst) {
+                shared.closing.notified().await;
+            }
+        }
     }
 
     /// Takes a record; queues it (and any it unblocks) for writing unless it must wait its
@@ -297,7 +332,10 @@ fn write_all(
     records: &mpsc::Receiver<Record>,
     shared: &Shared,
 ) -> io::Result<()> {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let mut out = Output {
+        out: Some(io::BufWriter::with_capacity(64 * 1024, out)),
+        shared,
+    };
     let joblog_failed = |e: io::Error| io::Error::new(e.kind(), format!("job log: {e}"));
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
@@ -307,8 +345,10 @@ fn write_all(
             let (mut count, mut bytes) = (0, 0);
             while let Some(record) = next.take() {
                 crate::health::fault("output");
-                serde_json::to_writer(&mut out, &record)?;
-                out.write_all(b"\n")?;
+                out.write(|w| {
+                    serde_json::to_writer(&mut *w, &record)?;
+                    w.write_all(b"\n")
+                })?;
                 if let Some(log) = &mut joblog {
                     log.write(&record).map_err(joblog_failed)?;
                 }
@@ -318,7 +358,7 @@ fn write_all(
                     next = records.try_recv().ok();
                 }
             }
-            out.flush()?;
+            out.write(|w| w.flush())?;
             if let Some(log) = &mut joblog {
                 log.flush().map_err(joblog_failed)?;
             }
@@ -329,9 +369,40 @@ fn write_all(
         }
         std::thread::sleep(COALESCE);
     }
-    out.flush()?;
+    out.write(|w| w.flush())?;
     match &mut joblog {
         Some(log) => log.flush().map_err(joblog_failed),
         None => Ok(()),
+    }
+}
+
+/// The records' output, until its reader closes it.
+struct Output<'a> {
+    out: Option<io::BufWriter<Box<dyn Write + Send>>>,
+    shared: &'a Shared,
+}
+
+impl Output<'_> {
+    /// Writes with `f`. A closed output (EPIPE) is not an error of jobsup's: it is said
+    /// once to the pool, and nothing more is written there; the job log goes on.
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut io::BufWriter<Box<dyn Write + Send>>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
+        match f(out) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                // Dropped without the flush that would fail again.
+                if let Some(out) = self.out.take() {
+                    let _ = out.into_parts();
+                }
+                self.shared.closed.store(true, Ordering::SeqCst);
+                self.shared.closing.notify_one();
+                Ok(())
+            }
+            other => other,
+        }
     }
 }

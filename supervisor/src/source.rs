@@ -79,6 +79,8 @@ pub struct Source {
     done: bool,
     /// Whether the reader's last item (`End` or `Failed`) has been received.
     ended: bool,
+    /// Jobs passed over because the job log has them (`--resume`).
+    skipped: Arc<AtomicU64>,
 }
 
 impl Source {
@@ -98,10 +100,36 @@ impl Source {
         Source::spawn(reader)
     }
 
+    /// As [`Source::start`], passing over the jobs `resume` skips: they are not items at
+    /// all (no ordinal, no record), only counted, so that a resumed run's records are
+    /// those of the jobs it ran.
+    pub fn start_resuming(
+        input: OwnedFd,
+        format: InputFormat,
+        defaults: Defaults,
+        resume: Option<Arc<crate::joblog::Resume>>,
+    ) -> std::io::Result<Source> {
+        let stop = Arc::new(Stop::new()?);
+        let mut reader = Reader::new(
+            Input::new(input, WINDOW)?,
+            Arc::clone(&stop),
+            format,
+            defaults,
+        );
+        reader.resume = resume;
+        Source::spawn(reader)
+    }
+
+    /// Jobs passed over so far because the job log has them.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
     fn spawn(reader: Reader) -> std::io::Result<Source> {
         let (want_tx, want_rx) = std_mpsc::channel::<()>();
         let (item_tx, item_rx) = mpsc::unbounded_channel();
         let bytes_read = Arc::clone(&reader.bytes_read);
+        let skipped = Arc::clone(&reader.skipped);
         let stop = Arc::clone(&reader.stop);
         let thread = std::thread::Builder::new()
             .name("jobsup-input".into())
@@ -115,6 +143,7 @@ impl Source {
             outstanding: 0,
             done: false,
             ended: false,
+            skipped,
         })
     }
 
@@ -307,6 +336,9 @@ struct Reader {
     ordinal: u64,
     bytes_read: Arc<AtomicU64>,
     line: Line,
+    /// The jobs to pass over (`--resume`), and how many were.
+    resume: Option<Arc<crate::joblog::Resume>>,
+    skipped: Arc<AtomicU64>,
     /// Panics when it reads this line (to test what a panicking reader does).
     #[cfg(test)]
     panic_at_line: Option<u64>,
@@ -323,6 +355,8 @@ impl Reader {
             ordinal: 0,
             bytes_read: Arc::default(),
             line: Line::default(),
+            resume: None,
+            skipped: Arc::default(),
             #[cfg(test)]
             panic_at_line: None,
         }
@@ -378,6 +412,35 @@ impl Reader {
     /// `None`); with it, waiting for the input as needed, and `None` only when stopped
     /// before any of a line was taken.
     fn next_item(&mut self, block: bool) -> Option<Item> {
+        loop {
+            let item = self.read_item(block)?;
+            if !self.skips(&item) {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Whether `item`, just read, is a job the job log has (`--resume`): then its ordinal
+    /// is given back, so that ordinals stay contiguous for `--keep-order`.
+    fn skips(&mut self, item: &Item) -> bool {
+        let Some(resume) = &self.resume else {
+            return false;
+        };
+        let id = match item {
+            Item::Job(job) => &job.id,
+            Item::Rejected(record) => &record.id,
+            Item::End | Item::Failed(_) => return false,
+        };
+        if !resume.skips(id) {
+            return false;
+        }
+        self.ordinal -= 1;
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The next item, skipped or not (as [`Reader::next_item`]).
+    fn read_item(&mut self, block: bool) -> Option<Item> {
         loop {
             crate::health::fault("input");
             let taken = match self.next_line(block) {

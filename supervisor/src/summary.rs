@@ -123,6 +123,8 @@ fn round3(v: f64) -> f64 {
 pub struct Stats {
     all: Tally,
     kinds: BTreeMap<String, Tally>,
+    /// Jobs not run because the job log had them (`--resume`): they have no record.
+    skipped: u64,
 }
 
 impl Stats {
@@ -143,6 +145,16 @@ impl Stats {
     /// Records with this outcome.
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.all.count(outcome)
+    }
+
+    /// Notes how many jobs `--resume` passed over.
+    pub fn set_skipped(&mut self, n: u64) {
+        self.skipped = n;
+    }
+
+    /// Jobs `--resume` passed over.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Records in all.
@@ -189,6 +201,13 @@ impl Stats {
             }
         }
         let _ = writeln!(s, "  outcomes: {}", self.all.outcomes_text());
+        if self.skipped > 0 {
+            let _ = writeln!(
+                s,
+                "  skipped: {} (already in the job log; no record)",
+                self.skipped
+            );
+        }
         if !self.all.durations.is_empty() {
             let t = &self.all;
             let _ = writeln!(
@@ -247,6 +266,9 @@ impl Stats {
     /// The summary as one JSON object. `elapsed` is the run's wall time, when known.
     pub fn to_json(&self, elapsed: Option<Duration>) -> Value {
         let mut v = self.all.to_json();
+        if self.skipped > 0 {
+            v["skipped"] = json!(self.skipped);
+        }
         if let Some(elapsed) = elapsed {
             v["elapsed_s"] = json!(round3(elapsed.as_secs_f64()));
             v["jobs_per_s"] = json!(round3(

@@ -108,20 +108,8 @@ fn run_help_has_every_exit_code_the_placeholders_and_the_fields() {
         })
         .collect();
     use jobsup::exit;
-    let codes = [
-        exit::OK,
-        exit::FAILED,
-        exit::TIMEOUT,
-        exit::KILLED,
-        exit::JOBSUP_ERROR,
-        exit::CANNOT_RUN,
-        exit::NOT_FOUND,
-        // A closed stdout, and the interrupting signals (128 + SIGINT, SIGTERM).
-        141,
-        130,
-        143,
-    ];
-    for code in codes {
+    // Every code of the table, and the interrupting signals' (128 + SIGINT, SIGTERM).
+    for code in exit::ALL.into_iter().chain([130, 143]) {
         assert!(
             listed.contains(&code),
             "exit code {code} is not in the table {listed:?}\n{out}"

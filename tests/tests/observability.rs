@@ -240,11 +240,16 @@ fn joblog_has_one_row_per_record_matching_it() {
             format!("{:.3}", duration / 1000.0),
             "JobRuntime is the record's duration in seconds\n{ctx}"
         );
-        assert_eq!(
-            row["Exitval"],
-            r.exit_code().unwrap_or(0).to_string(),
-            "{ctx}"
-        );
+        // Non-zero for every job that did not succeed (README, the job log).
+        let exitval = match (r.outcome(), r.exit_code(), r.signal()) {
+            ("ok", code, _) => code.unwrap_or(0),
+            ("timeout", _, _) => 124,
+            ("killed", _, _) => 137,
+            (_, Some(code), _) if code != 0 => code,
+            (_, _, Some(sig)) => 128 + sig,
+            _ => 1,
+        };
+        assert_eq!(row["Exitval"], exitval.to_string(), "{ctx}");
         assert_eq!(row["Signal"], r.signal().unwrap_or(0).to_string(), "{ctx}");
         let received = r.output().map_or(0, str::len);
         assert_eq!(row["Receive"], received.to_string(), "{ctx}");

@@ -726,8 +726,7 @@ impl Serve<'_> {
         let Some(w) = self.waiting.remove(at) else {
             return;
         };
-        self.counters.lease_lost += 1;
-        self.metrics.leases_lost.inc();
+        self.count_lost_lease();
         tracing::warn!(
             id = %w.job.id,
             entry = %w.entry,
@@ -736,13 +735,17 @@ impl Serve<'_> {
         );
     }
 
+    /// One more lease lost, in the end-of-run counts and the metrics.
+    fn count_lost_lease(&mut self) {
+        self.counters.lease_lost += 1;
+        self.metrics.leases_lost.inc();
+    }
+
     fn lose(&mut self, run: u64, why: &str) {
         let Some(flight) = self.flights.get_mut(&run) else {
             return;
         };
         flight.lost = true;
-        self.counters.lease_lost += 1;
-        self.metrics.leases_lost.inc();
         tracing::warn!(
             id = %flight.job.id,
             entry = %flight.entry,
@@ -750,6 +753,7 @@ impl Serve<'_> {
             flight.job.id
         );
         let grace = flight.job.cleanup;
+        self.count_lost_lease();
         if let Some(slot) = self.workers.values().find(|s| s.running == Some(run)) {
             let _ = slot.handle.send(Control::Stop {
                 reason: format!("lease lost: {why}"),

@@ -1,4 +1,6 @@
-//! Writing records: as jobs finish, or in input order with `--keep-order`.
+//! Writing records: as jobs finish, or in input order with `--keep-order`; as NDJSON, or
+//! (`--output-format raw`) as each job's own output bytes, with the NDJSON going to
+//! `--results FILE` if given.
 //!
 //! The writing itself happens on a thread of its own: the supervisor's tasks all share one
 //! thread, and a slow reader of the results (a full pipe) must never delay a deadline.
@@ -52,6 +54,32 @@ pub fn weight(r: &Record) -> usize {
         + r.previous_errors.iter().map(String::len).sum::<usize>()
 }
 
+/// What goes to the output for each job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON record per job (NDJSON).
+    #[default]
+    Json,
+    /// Each job's output bytes as they are, one job's whole output at a time; failures
+    /// are said on stderr.
+    Raw,
+}
+
+/// Where and how the writer thread writes records.
+pub struct Outputs {
+    /// The records (`--output`, or stdout).
+    pub out: Box<dyn Write + Send>,
+    /// What is written there.
+    pub format: OutputFormat,
+    /// Raw output: end each job's output with a newline (lines mode, whose results are
+    /// lines with their newline taken off). Exec and native outputs are written exactly.
+    pub newline: bool,
+    /// A second destination for the JSON records (`--results FILE`).
+    pub results: Option<Box<dyn Write + Send>>,
+    /// The job log (`--joblog`).
+    pub joblog: Option<JobLog>,
+}
+
 /// What the pool and the writer thread share.
 #[derive(Default)]
 struct Shared {
@@ -95,6 +123,18 @@ impl Sink {
         joblog: Option<JobLog>,
         keep_order: bool,
     ) -> io::Result<Sink> {
+        let outputs = Outputs {
+            out,
+            format: OutputFormat::Json,
+            newline: false,
+            results: None,
+            joblog,
+        };
+        Sink::start(outputs, keep_order)
+    }
+
+    /// Writes records to `outputs` as they say, from a thread of its own.
+    pub fn start(outputs: Outputs, keep_order: bool) -> io::Result<Sink> {
         let (tx, rx) = mpsc::channel::<Record>();
         let (done_tx, done) = oneshot::channel();
         let shared = Arc::new(Shared::default());
@@ -105,7 +145,7 @@ impl Sink {
                 // A bug in the writer must still end in "the output failed", not in a
                 // pool that waits for the writer forever.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_all(out, joblog, &rx, &theirs)
+                    write_all(outputs, &rx, &theirs)
                 }))
                 .unwrap_or_else(|panic| {
                     Err(io::Error::other(format!(
@@ -291,14 +331,94 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// The most records written between two flushes.
 const BATCH: usize = 1024;
 
+/// The writer thread's destinations, buffered, and what it writes to each.
+struct Writers {
+    out: io::BufWriter<Box<dyn Write + Send>>,
+    format: OutputFormat,
+    newline: bool,
+    results: Option<io::BufWriter<Box<dyn Write + Send>>>,
+    joblog: Option<JobLog>,
+}
+
+impl Writers {
+    fn new(o: Outputs) -> Writers {
+        let buffered = |w| io::BufWriter::with_capacity(64 * 1024, w);
+        Writers {
+            out: buffered(o.out),
+            format: o.format,
+            newline: o.newline,
+            results: o.results.map(buffered),
+            joblog: o.joblog,
+        }
+    }
+
+    /// One record, to every destination. In raw mode a job's output is written with one
+    /// call into the buffer, so no other job's bytes can come between its bytes.
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        match self.format {
+            OutputFormat::Json => write_json(&mut self.out, record)?,
+            OutputFormat::Raw => {
+                if let Some(bytes) = record.output_bytes() {
+                    self.out.write_all(&bytes)?;
+                    if self.newline {
+                        self.out.write_all(b"\n")?;
+                    }
+                }
+                say_failure(record);
+            }
+        }
+        if let Some(results) = &mut self.results {
+            write_json(results, record).map_err(|e| labelled("results", e))?;
+        }
+        if let Some(log) = &mut self.joblog {
+            log.write(record).map_err(|e| labelled("job log", e))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if let Some(results) = &mut self.results {
+            results.flush().map_err(|e| labelled("results", e))?;
+        }
+        match &mut self.joblog {
+            Some(log) => log.flush().map_err(|e| labelled("job log", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn write_json(out: &mut impl Write, record: &Record) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}
+
+/// An error of a destination other than the output, saying which.
+fn labelled(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Raw output carries no outcomes: a job that did not succeed is said on stderr, one line
+/// each, at warning level so that `-q` does not hide it (a failure is not log chatter).
+fn say_failure(record: &Record) {
+    if record.outcome == crate::record::Outcome::Ok {
+        return;
+    }
+    tracing::warn!(
+        "job {} (line {}) {}: {}",
+        record.id,
+        record.seq,
+        record.outcome.as_str(),
+        record.error.as_deref().unwrap_or("no reason given")
+    );
+}
+
 fn write_all(
-    out: Box<dyn Write + Send>,
-    mut joblog: Option<JobLog>,
+    outputs: Outputs,
     records: &mpsc::Receiver<Record>,
     shared: &Shared,
 ) -> io::Result<()> {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
-    let joblog_failed = |e: io::Error| io::Error::new(e.kind(), format!("job log: {e}"));
+    let mut out = Writers::new(outputs);
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
         while next.is_some() {
@@ -307,11 +427,7 @@ fn write_all(
             let (mut count, mut bytes) = (0, 0);
             while let Some(record) = next.take() {
                 crate::health::fault("output");
-                serde_json::to_writer(&mut out, &record)?;
-                out.write_all(b"\n")?;
-                if let Some(log) = &mut joblog {
-                    log.write(&record).map_err(joblog_failed)?;
-                }
+                out.write(&record)?;
                 count += 1;
                 bytes += weight(&record);
                 if count < BATCH {
@@ -319,9 +435,6 @@ fn write_all(
                 }
             }
             out.flush()?;
-            if let Some(log) = &mut joblog {
-                log.flush().map_err(joblog_failed)?;
-            }
             shared.bytes.fetch_sub(bytes, Ordering::Relaxed);
             shared.records.fetch_sub(count, Ordering::Relaxed);
             shared.progress.notify_one();
@@ -329,9 +442,5 @@ fn write_all(
         }
         std::thread::sleep(COALESCE);
     }
-    out.flush()?;
-    match &mut joblog {
-        Some(log) => log.flush().map_err(joblog_failed),
-        None => Ok(()),
-    }
+    out.flush()
 }

@@ -27,7 +27,7 @@ use crate::summary::Stats;
 static ON_SCREEN: OnceLock<Screen> = OnceLock::new();
 
 /// The bar once the total is known.
-const BAR: &str = "{bar:24} {pos}/{len} jobs {percent:>3}% {msg} (ETA {eta})";
+const BAR: &str = "{bar:24} {pos}/{len} jobs done {percent:>3}% {msg} (ETA {eta})";
 
 /// The spinner while it is not (a pipe, or still counting).
 const SPINNER: &str = "{spinner} {pos} jobs done: {msg}";

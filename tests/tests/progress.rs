@@ -108,7 +108,7 @@ fn with_an_input_file_the_bar_counts_jobs_out_of_the_total() {
     let bg = cmd.spawn();
     // All 20 lines are read (20 workers), half the jobs are done: by bytes the bar would
     // be full; by jobs it is half way.
-    screen.wait_for("10/20 jobs  50%");
+    screen.wait_for("10/20 jobs done  50%");
     assert!(
         !screen.so_far().contains("100%"),
         "full with half the jobs still running:\n{}",
@@ -118,7 +118,7 @@ fn with_an_input_file_the_bar_counts_jobs_out_of_the_total() {
     let run = bg.wait();
     finish(run, 20);
     // The bar's last draw, before it makes room for the summary, is the final count.
-    screen.wait_for("20/20 jobs 100%");
+    screen.wait_for("20/20 jobs done 100%");
 }
 
 #[test]
@@ -128,10 +128,10 @@ fn with_stdin_from_a_file_the_total_is_known_too() {
     let (cmd, gate) = gated(cmd, 2);
     let (cmd, screen) = Screen::attach(cmd);
     let bg = cmd.stdin_from(std::fs::File::open(&input).unwrap()).spawn();
-    screen.wait_for("2/6 jobs  33%");
+    screen.wait_for("2/6 jobs done  33%");
     std::fs::write(&gate, "").unwrap();
     finish(bg.wait(), 6);
-    screen.wait_for("6/6 jobs 100%");
+    screen.wait_for("6/6 jobs done 100%");
 }
 
 #[test]

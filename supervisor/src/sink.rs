@@ -444,3 +444,74 @@ fn write_all(
     }
     out.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{JobSpec, Outcome};
+
+    /// A writer whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn record(seq: u64, outcome: Outcome, output: Option<&[u8]>) -> Record {
+        let mut r = Record::new(&JobSpec::sample(seq), outcome);
+        if let Some(out) = output {
+            r.set_output(out.to_vec());
+        }
+        r
+    }
+
+    fn raw(newline: bool, records: &[Record]) -> (Vec<u8>, Vec<u8>) {
+        let (out, results) = (Captured::default(), Captured::default());
+        let mut w = Writers::new(Outputs {
+            out: Box::new(out.clone()),
+            format: OutputFormat::Raw,
+            newline,
+            results: Some(Box::new(results.clone())),
+            joblog: None,
+        });
+        for r in records {
+            w.write(r).unwrap();
+        }
+        w.flush().unwrap();
+        (out.bytes(), results.bytes())
+    }
+
+    #[test]
+    fn raw_writes_the_output_bytes_and_the_records_beside() {
+        let records = [
+            record(1, Outcome::Ok, Some(b"a")),
+            record(2, Outcome::Failed, None),
+            record(3, Outcome::Ok, Some(&[0xff, b'\n'])),
+        ];
+        let (out, results) = raw(false, &records);
+        assert_eq!(
+            out, b"a\xff\n",
+            "exact bytes, base64 decoded; nothing for no output"
+        );
+        let lines: Vec<&[u8]> = results
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 3, "one record per job");
+        let (out, _) = raw(true, &records[..1]);
+        assert_eq!(out, b"a\n", "a line gets its newline back");
+    }
+}

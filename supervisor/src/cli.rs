@@ -664,8 +664,7 @@ fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Creates `--results FILE`, refusing the output itself: two writers of one file would
-/// garble both.
-/// Checked before the file is created, which would truncate it.
+/// garble both. Checked before the file is created, which would truncate it.
 fn open_results(
     path: &std::path::Path,
     output: &std::fs::File,

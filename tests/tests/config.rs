@@ -326,10 +326,7 @@ fn single_pool_needs_no_pool_flag() {
     let run = jobsup!();
     let path = run.write_file(
         "one.toml",
-        format!(
-            "[pools.only]\ncommand = {}\n",
-            toml_str(bin!("jobsup-echo"))
-        ),
+        format!("[pools.only]\ncommand = {}\n", toml_str(bin!("jobsup-echo"))),
     );
     let run = run.arg("--config").arg(&path).stdin("hello\n").run();
     assert_eq!(run.code(), 0, "{run}");

@@ -131,7 +131,7 @@ impl Source {
         }
     }
 
-    /// Bytes of input read so far (for the progress bar).
+    /// Bytes of input read so far (the progress bar counts jobs instead: see [`Remaining`]).
     pub fn bytes_read(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.bytes_read)
     }

@@ -19,8 +19,8 @@ use crate::pool::{self, PoolConfig, RetryPolicy};
 use crate::progress::Progress;
 use crate::reaper::{self, Reaper};
 use crate::sandbox::{self, SpawnError, SpawnSpec, Spawner};
-use crate::sink::Sink;
-use crate::source::{Defaults, InputFormat, Source};
+use crate::sink::{OutputFormat, Outputs, Sink};
+use crate::source::{Defaults, InputFormat, Remaining, Source};
 use crate::worker::WorkerSettings;
 
 /// jobsup runs jobs in a pool of reusable, sandboxed worker processes, with deadlines that
@@ -129,6 +129,13 @@ pub struct RunArgs {
     /// Write records to this file instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// What is written for each job: json (its record) or raw (its output bytes as they
+    /// are, each job's whole; failures are said on stderr).
+    #[arg(long, value_enum, default_value = "json")]
+    pub output_format: OutputFormat,
+    /// Also write the JSON records to this file (beside raw output, say).
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
     /// How input lines are read.
     #[arg(long, value_enum, default_value = "lines")]
     pub input_format: InputFormat,
@@ -426,6 +433,10 @@ pub(crate) fn run_pool(
     serve: Option<crate::serve::Options>,
 ) -> anyhow::Result<(u8, Option<String>)> {
     let serving = serve.is_some();
+    // Serve's records go to Redis, not to an output.
+    if serving && (args.output_format != OutputFormat::Json || args.results.is_some()) {
+        anyhow::bail!("--output-format and --results are not flags of jobsup serve");
+    }
     if !serving && args.output.is_none() && stdout_was_closed() {
         anyhow::bail!(
             "stdout is closed: there is nowhere to write the records (give --output FILE)"
@@ -455,7 +466,6 @@ pub(crate) fn run_pool(
             return Ok((code, None));
         }
     };
-    // The input's size, when it is a regular file, gives the progress bar an ETA.
     let input = match &args.input {
         Some(path) => std::fs::File::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open input {}: {e}", path.display()))?,
@@ -465,7 +475,8 @@ pub(crate) fn run_pool(
             .map(std::fs::File::from)
             .map_err(|e| anyhow::anyhow!("cannot read the standard input: {e}"))?,
     };
-    let input_size = regular_file_size(&input);
+    // A regular file's jobs can be counted up front, for the progress bar's total.
+    let remaining = Remaining::of(&input);
     let command_line = std::iter::once(program.as_os_str())
         .chain(proc_args.iter().map(|a| a.as_os_str()))
         .map(|a| a.to_string_lossy().into_owned())
@@ -501,17 +512,28 @@ pub(crate) fn run_pool(
             })?),
             None => None,
         };
-    let output: Box<dyn Write + Send> = match &args.output {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
-        ),
+    let output = match &args.output {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|e| anyhow::anyhow!("cannot create output {}: {e}", path.display()))?,
         // fd 1 itself, without std's lock and line buffering: the writer thread batches.
-        None => Box::new(std::fs::File::from(
+        None => std::fs::File::from(
             std::os::fd::AsFd::as_fd(&std::io::stdout())
                 .try_clone_to_owned()
                 .map_err(|e| anyhow::anyhow!("cannot use stdout for the records: {e}"))?,
-        )),
+        ),
+    };
+    let results = match &args.results {
+        Some(path) => Some(open_results(path, &output)?),
+        None => None,
+    };
+    let outputs = Outputs {
+        out: Box::new(output),
+        format: args.output_format,
+        // A lines-mode result is a line whose newline was taken off; exec and native
+        // results are bytes the processor chose, written as they are.
+        newline: pool.mode == Mode::Lines,
+        results,
+        joblog,
     };
     let workers = pool.concurrency;
     // Variables for the workers: what the pool sets, then what it passes through.
@@ -672,7 +694,7 @@ pub(crate) fn run_pool(
             return anyhow::Ok((end, stats));
         }
         let source = Source::start_resuming(input.into(), args.input_format, defaults, resume)?;
-        let sink = Sink::new(output, joblog, args.keep_order)?.named(match &args.output {
+        let sink = Sink::start(outputs, args.keep_order)?.named(match &args.output {
             Some(path) => path.display().to_string(),
             None => "stdout".into(),
         });
@@ -686,7 +708,7 @@ pub(crate) fn run_pool(
             },
             shutdown_timeout: args.shutdown_timeout,
             settings: Arc::new(settings),
-            progress: Progress::new(show_progress, input_size, source.bytes_read()),
+            progress: Progress::new(show_progress, remaining),
             metrics: match metrics_listener {
                 Some(listener) => Some(crate::metrics::start(listener)?),
                 None => None,
@@ -832,11 +854,28 @@ fn resolve_cwd(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn regular_file_size(file: &std::fs::File) -> Option<u64> {
-    file.metadata()
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
+/// Creates `--results FILE`, refusing the output itself: two writers of one file would
+/// garble both. Checked before the file is created, which would truncate it.
+fn open_results(
+    path: &std::path::Path,
+    output: &std::fs::File,
+) -> anyhow::Result<Box<dyn Write + Send>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+        // Writers of /dev/null and the like do not garble each other.
+        a.dev() == b.dev() && a.ino() == b.ino() && !a.file_type().is_char_device()
+    };
+    if let (Ok(results), Ok(out)) = (std::fs::metadata(path), output.metadata()) {
+        if same(&results, &out) {
+            anyhow::bail!(
+                "--results {} is the output itself: give another file",
+                path.display()
+            );
+        }
+    }
+    let file = std::fs::File::create(path)
+        .map_err(|e| anyhow::anyhow!("cannot create results {}: {e}", path.display()))?;
+    Ok(Box::new(file))
 }
 
 /// Waits until the reaper has collected every child, so that jobsup never exits with live

@@ -155,8 +155,11 @@ fn serve(rx: &mpsc::Receiver<Msg>, shared: &Shared) {
     // Not locked for good: a panic message from another thread must still get through.
     let stderr = io::stderr();
     let mut drawn = Instant::now();
+    // On a terminal a bar may appear at any time, with no log line to wake this thread
+    // and draw it: there it wakes every tick.
+    let terminal = io::IsTerminal::is_terminal(&stderr);
     loop {
-        let msg = match crate::progress::shown() {
+        let msg = match terminal || crate::progress::shown() {
             true => match rx.recv_timeout(TICK.saturating_sub(drawn.elapsed())) {
                 Ok(msg) => Some(msg),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,

@@ -245,6 +245,19 @@ impl Record {
         }
     }
 
+    /// The output's bytes as the job produced them (base64 decoded), for raw output.
+    pub fn output_bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match (&self.output, &self.output_base64) {
+            (Some(s), _) => Some(s.as_bytes().into()),
+            // Encoded by `set_output`, so it decodes.
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .ok()
+                .map(Into::into),
+            (None, None) => None,
+        }
+    }
+
     /// Sets the output, as text when it is UTF-8 and as base64 otherwise.
     pub fn set_output(&mut self, bytes: Vec<u8>) {
         match String::from_utf8(bytes) {
@@ -310,5 +323,6 @@ mod tests {
         assert!(v.get("output").is_none());
         assert!(v.get("error").is_none());
         assert!(v.get("ordinal").is_none());
+        assert_eq!(r.output_bytes().as_deref(), Some(&[0xff, 0x00][..]));
     }
 }

@@ -1,4 +1,6 @@
-//! Writing records: as jobs finish, or in input order with `--keep-order`.
+//! Writing records: as jobs finish, or in input order with `--keep-order`; as NDJSON, or
+//! (`--output-format raw`) as each job's own output bytes, with the NDJSON going to
+//! `--results FILE` if given.
 //!
 //! The writing itself happens on a thread of its own: the supervisor's tasks all share one
 //! thread, and a slow reader of the results (a full pipe) must never delay a deadline.
@@ -52,6 +54,32 @@ pub fn weight(r: &Record) -> usize {
         + r.previous_errors.iter().map(String::len).sum::<usize>()
 }
 
+/// What goes to the output for each job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON record per job (NDJSON).
+    #[default]
+    Json,
+    /// Each job's output bytes as they are, one job's whole output at a time; failures
+    /// are said on stderr.
+    Raw,
+}
+
+/// Where and how the writer thread writes records.
+pub struct Outputs {
+    /// The records (`--output`, or stdout).
+    pub out: Box<dyn Write + Send>,
+    /// What is written there.
+    pub format: OutputFormat,
+    /// Raw output: end each job's output with a newline (lines mode, whose results are
+    /// lines with their newline taken off). Exec and native outputs are written exactly.
+    pub newline: bool,
+    /// A second destination for the JSON records (`--results FILE`).
+    pub results: Option<Box<dyn Write + Send>>,
+    /// The job log (`--joblog`).
+    pub joblog: Option<JobLog>,
+}
+
 /// What the pool and the writer thread share.
 #[derive(Default)]
 struct Shared {
@@ -101,6 +129,18 @@ impl Sink {
         joblog: Option<JobLog>,
         keep_order: bool,
     ) -> io::Result<Sink> {
+        let outputs = Outputs {
+            out,
+            format: OutputFormat::Json,
+            newline: false,
+            results: None,
+            joblog,
+        };
+        Sink::start(outputs, keep_order)
+    }
+
+    /// Writes records to `outputs` as they say, from a thread of its own.
+    pub fn start(outputs: Outputs, keep_order: bool) -> io::Result<Sink> {
         let (tx, rx) = mpsc::channel::<Record>();
         let (done_tx, done) = oneshot::channel();
         let shared = Arc::new(Shared::default());
@@ -111,7 +151,7 @@ impl Sink {
                 // A bug in the writer must still end in "the output failed", not in a
                 // pool that waits for the writer forever.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_all(out, joblog, &rx, &theirs)
+                    write_all(outputs, &rx, &theirs)
                 }))
                 .unwrap_or_else(|panic| {
                     Err(io::Error::other(format!(
@@ -326,66 +366,74 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// The most records written between two flushes.
 const BATCH: usize = 1024;
 
-fn write_all(
-    out: Box<dyn Write + Send>,
-    mut joblog: Option<JobLog>,
-    records: &mpsc::Receiver<Record>,
-    shared: &Shared,
-) -> io::Result<()> {
-    let mut out = Output {
-        out: Some(io::BufWriter::with_capacity(64 * 1024, out)),
-        shared,
-    };
-    let joblog_failed = |e: io::Error| io::Error::new(e.kind(), format!("job log: {e}"));
-    while let Ok(first) = records.recv() {
-        let mut next = Some(first);
-        while next.is_some() {
-            // A record counts as written once it is flushed; batches are capped so that
-            // the count keeps falling while records keep coming.
-            let (mut count, mut bytes) = (0, 0);
-            while let Some(record) = next.take() {
-                crate::health::fault("output");
-                out.write(|w| {
-                    serde_json::to_writer(&mut *w, &record)?;
-                    w.write_all(b"\n")
-                })?;
-                if let Some(log) = &mut joblog {
-                    log.write(&record).map_err(joblog_failed)?;
-                }
-                count += 1;
-                bytes += weight(&record);
-                if count < BATCH {
-                    next = records.try_recv().ok();
-                }
-            }
-            out.write(|w| w.flush())?;
-            if let Some(log) = &mut joblog {
-                log.flush().map_err(joblog_failed)?;
-            }
-            shared.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            shared.records.fetch_sub(count, Ordering::Relaxed);
-            shared.progress.notify_one();
-            next = records.try_recv().ok();
-        }
-        std::thread::sleep(COALESCE);
-    }
-    out.write(|w| w.flush())?;
-    match &mut joblog {
-        Some(log) => log.flush().map_err(joblog_failed),
-        None => Ok(()),
-    }
-}
-
-/// The records' output, until its reader closes it.
-struct Output<'a> {
+/// The writer thread's destinations, buffered, and what it writes to each.
+struct Writers<'a> {
+    /// The output, until its reader closes it.
     out: Option<io::BufWriter<Box<dyn Write + Send>>>,
+    format: OutputFormat,
+    newline: bool,
+    results: Option<io::BufWriter<Box<dyn Write + Send>>>,
+    joblog: Option<JobLog>,
     shared: &'a Shared,
 }
 
-impl Output<'_> {
-    /// Writes with `f`. A closed output (EPIPE) is not an error of jobsup's: it is said
-    /// once to the pool, and nothing more is written there; the job log goes on.
-    fn write(
+impl<'a> Writers<'a> {
+    fn new(o: Outputs, shared: &'a Shared) -> Writers<'a> {
+        let buffered = |w| io::BufWriter::with_capacity(64 * 1024, w);
+        Writers {
+            out: Some(buffered(o.out)),
+            format: o.format,
+            newline: o.newline,
+            results: o.results.map(buffered),
+            joblog: o.joblog,
+            shared,
+        }
+    }
+
+    /// One record, to every destination. In raw mode a job's output is written with one
+    /// call into the buffer, so no other job's bytes can come between its bytes.
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        let (format, newline) = (self.format, self.newline);
+        self.on_output(|out| match format {
+            OutputFormat::Json => write_json(out, record),
+            OutputFormat::Raw => match record.output_bytes() {
+                Some(bytes) => {
+                    out.write_all(&bytes)?;
+                    if newline {
+                        out.write_all(b"\n")?;
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            },
+        })?;
+        if format == OutputFormat::Raw {
+            say_failure(record);
+        }
+        if let Some(results) = &mut self.results {
+            write_json(results, record).map_err(|e| labelled("results", e))?;
+        }
+        if let Some(log) = &mut self.joblog {
+            log.write(record).map_err(|e| labelled("job log", e))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.on_output(|out| out.flush())?;
+        if let Some(results) = &mut self.results {
+            results.flush().map_err(|e| labelled("results", e))?;
+        }
+        match &mut self.joblog {
+            Some(log) => log.flush().map_err(|e| labelled("job log", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes to the output with `f`. A closed output (EPIPE) is not an error of
+    /// jobsup's: it is said once to the pool, and nothing more is written there; the
+    /// results file and the job log go on.
+    fn on_output(
         &mut self,
         f: impl FnOnce(&mut io::BufWriter<Box<dyn Write + Send>>) -> io::Result<()>,
     ) -> io::Result<()> {
@@ -404,5 +452,135 @@ impl Output<'_> {
             }
             other => other,
         }
+    }
+}
+
+fn write_json(out: &mut impl Write, record: &Record) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}
+
+/// An error of a destination other than the output, saying which.
+fn labelled(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Raw output carries no outcomes: a job that did not succeed is said on stderr, one line
+/// each, at warning level so that `-q` does not hide it (a failure is not log chatter).
+fn say_failure(record: &Record) {
+    if record.outcome == crate::record::Outcome::Ok {
+        return;
+    }
+    tracing::warn!(
+        "job {} (line {}) {}: {}",
+        record.id,
+        record.seq,
+        record.outcome.as_str(),
+        record.error.as_deref().unwrap_or("no reason given")
+    );
+}
+
+fn write_all(
+    outputs: Outputs,
+    records: &mpsc::Receiver<Record>,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut out = Writers::new(outputs, shared);
+    while let Ok(first) = records.recv() {
+        let mut next = Some(first);
+        while next.is_some() {
+            // A record counts as written once it is flushed; batches are capped so that
+            // the count keeps falling while records keep coming.
+            let (mut count, mut bytes) = (0, 0);
+            while let Some(record) = next.take() {
+                crate::health::fault("output");
+                out.write(&record)?;
+                count += 1;
+                bytes += weight(&record);
+                if count < BATCH {
+                    next = records.try_recv().ok();
+                }
+            }
+            out.flush()?;
+            shared.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            shared.records.fetch_sub(count, Ordering::Relaxed);
+            shared.progress.notify_one();
+            next = records.try_recv().ok();
+        }
+        std::thread::sleep(COALESCE);
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{JobSpec, Outcome};
+
+    /// A writer whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn record(seq: u64, outcome: Outcome, output: Option<&[u8]>) -> Record {
+        let mut r = Record::new(&JobSpec::sample(seq), outcome);
+        if let Some(out) = output {
+            r.set_output(out.to_vec());
+        }
+        r
+    }
+
+    fn raw(newline: bool, records: &[Record]) -> (Vec<u8>, Vec<u8>) {
+        let (out, results) = (Captured::default(), Captured::default());
+        let shared = Shared::default();
+        let outputs = Outputs {
+            out: Box::new(out.clone()),
+            format: OutputFormat::Raw,
+            newline,
+            results: Some(Box::new(results.clone())),
+            joblog: None,
+        };
+        let mut w = Writers::new(outputs, &shared);
+        for r in records {
+            w.write(r).unwrap();
+        }
+        w.flush().unwrap();
+        (out.bytes(), results.bytes())
+    }
+
+    #[test]
+    fn raw_writes_the_output_bytes_and_the_records_beside() {
+        let records = [
+            record(1, Outcome::Ok, Some(b"a")),
+            record(2, Outcome::Failed, None),
+            record(3, Outcome::Ok, Some(&[0xff, b'\n'])),
+        ];
+        let (out, results) = raw(false, &records);
+        assert_eq!(
+            out, b"a\xff\n",
+            "exact bytes, base64 decoded; nothing for no output"
+        );
+        let lines: Vec<&[u8]> = results
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 3, "one record per job");
+        let (out, _) = raw(true, &records[..1]);
+        assert_eq!(out, b"a\n", "a line gets its newline back");
     }
 }

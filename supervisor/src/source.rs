@@ -160,7 +160,7 @@ impl Source {
         }
     }
 
-    /// Bytes of input read so far (for the progress bar).
+    /// Bytes of input read so far (the progress bar counts jobs instead: see [`Remaining`]).
     pub fn bytes_read(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.bytes_read)
     }
@@ -588,6 +588,56 @@ impl Reader {
     fn next_ordinal(&mut self) -> u64 {
         self.ordinal += 1;
         self.ordinal - 1
+    }
+}
+
+/// The part of a regular-file input still to be read, for the progress bar to count its
+/// jobs up front, beside the reader and without disturbing it.
+pub struct Remaining {
+    file: std::fs::File,
+    from: u64,
+}
+
+impl Remaining {
+    /// The input from its current offset on, when it is a regular file (a pipe cannot be
+    /// read twice). Taken before the reader starts: its reads move the offset it shares
+    /// with `input`.
+    pub fn of(input: &std::fs::File) -> Option<Remaining> {
+        use std::io::Seek;
+        if !input.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut file = input.try_clone().ok()?;
+        let from = file.stream_position().ok()?;
+        Some(Remaining { file, from })
+    }
+
+    /// The jobs in it: its lines that are not blank, as the reader counts them (a line
+    /// rejected as too long or malformed still gets a record). Read with `pread`, which
+    /// leaves the shared offset where the reader has it.
+    pub fn count_jobs(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut at, mut jobs, mut in_job) = (self.from, 0, false);
+        loop {
+            let n = match self.file.read_at(&mut buf, at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            at += n as u64;
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    jobs += u64::from(in_job);
+                    in_job = false;
+                } else if !b.is_ascii_whitespace() {
+                    in_job = true;
+                }
+            }
+        }
+        // A last line without its newline is a job too.
+        Ok(jobs + u64::from(in_job))
     }
 }
 
@@ -1078,6 +1128,19 @@ mod tests {
             matches!(&item, Item::Failed(e) if e.contains("panicked")),
             "{item:?}"
         );
+    }
+
+    #[test]
+    fn remaining_counts_the_jobs_after_the_offset_and_leaves_it() {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"skipped\na\n\n  \nb\r\nc").unwrap();
+        file.seek(SeekFrom::Start(8)).unwrap();
+        let remaining = Remaining::of(&file).unwrap();
+        assert_eq!(remaining.count_jobs().unwrap(), 3, "a, b and c");
+        assert_eq!(file.stream_position().unwrap(), 8);
+        let (pipe, _w) = nix::unistd::pipe().unwrap();
+        assert!(Remaining::of(&std::fs::File::from(pipe)).is_none());
     }
 
     #[test]

@@ -270,7 +270,7 @@ pub struct TakeAsk {
 }
 
 impl Finish {
-    /// The script call: [`FINISH`], or [`FINISH_TAKE`] when entries are to be taken too.
+    /// The script call: `FINISH`, or `FINISH_TAKE` when entries are to be taken too.
     pub fn command(&self, keys: &Keys, group: &str, consumer: &str) -> Cmd {
         let script = if self.take.is_some() {
             FINISH_TAKE

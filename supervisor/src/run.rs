@@ -221,6 +221,11 @@ impl Worker {
             };
             let input = match heard {
                 Heard::Control(Some(Control::Stop { reason, grace })) => {
+                    // A result already in the pipe was sent before the stop: the job
+                    // finished, and is not cancelled.
+                    if let Some(done) = self.feed_ready(job, run) {
+                        return done;
+                    }
                     Input::Stop { reason, grace }
                 }
                 Heard::Control(Some(Control::Run(other))) => {

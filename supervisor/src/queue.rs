@@ -201,11 +201,32 @@ end
 return n
 "#;
 
-/// A script call by its source: `EVAL` rather than `EVALSHA`, so that a Redis restarted
-/// with an empty script cache needs no reloading (Redis caches the script anyway).
-fn eval(script: &str, keys: &[&str]) -> Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(script).arg(keys.len());
+/// Every script, loaded into each new connection's server (`SCRIPT LOAD`) so that calls
+/// can name them by digest.
+const SCRIPTS: [&str; 5] = [FINISH, TAKE, FINISH_TAKE, RENEW, REPLAY];
+
+/// A script's digest, as Redis names it (the SHA-1 of its text, in hex).
+fn digest(script: &str) -> String {
+    sha1_smol::Sha1::from(script).digest().to_string()
+}
+
+/// A script call by its digest (`EVALSHA`): what each call sends and what Redis hashes is
+/// 40 bytes, not the script. Every connection loads the scripts when it is made, and a
+/// server that has lost them (restarted, or `SCRIPT FLUSH`) answers `NOSCRIPT`, which
+/// drops the connection: the next try reconnects and loads them again.
+fn eval(script: &'static str, keys: &[&str]) -> Cmd {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static DIGESTS: OnceLock<Mutex<HashMap<usize, String>>> = OnceLock::new();
+    let sha = DIGESTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(script.as_ptr() as usize)
+        .or_insert_with(|| digest(script))
+        .clone();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(keys.len());
     for k in keys {
         cmd.arg(*k);
     }
@@ -505,11 +526,16 @@ impl Redis {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(self.timeout));
-            self.conn = Some(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?,
-            );
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let mut load = redis::pipe();
+            for script in SCRIPTS {
+                load.cmd("SCRIPT").arg("LOAD").arg(script);
+            }
+            let _: Vec<String> = load.query_async(&mut conn).await?;
+            self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -522,7 +548,7 @@ impl Redis {
         }
         .await;
         if let Err(e) = &result {
-            if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+            if !matches!(e.kind(), redis::ErrorKind::Server(_)) || e.code() == Some("NOSCRIPT") {
                 self.conn = None;
             }
         }

@@ -692,3 +692,26 @@ fn an_entry_waiting_for_a_slow_starting_worker_keeps_its_lease() {
     );
     assert_eq!(redis.pending("q"), 0);
 }
+
+#[test]
+fn scripts_flushed_from_redis_mid_run_are_loaded_again_and_nothing_is_lost() {
+    let redis = RedisServer::start();
+    let ids = ids(200);
+    let run = enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "5".into()));
+    assert_eq!(run.code(), 0, "{run}");
+    let s = serve(&redis, "q", "a", &["-j", "2"], bin!("jobsup-sleepy"), &[]);
+    wait_until(LONG, "some jobs have results", || {
+        redis.xlen("q:results") >= 20
+    });
+    // What an operator's SCRIPT FLUSH (or a failover to a replica without them) does.
+    let _: String = redis.cmd(&["SCRIPT", "FLUSH"]);
+    wait_until(LONG, "every job has a result", || {
+        redis.xlen("q:results") >= ids.len() as u64
+    });
+    let run = drain(s);
+    assert_exactly_once(&redis, "q", &ids);
+    assert!(
+        run.stderr.contains("0 stale completion(s)"),
+        "a lost script is not a stale completion\n{run}"
+    );
+}

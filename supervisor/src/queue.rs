@@ -205,6 +205,16 @@ return n
 /// can name them by digest.
 const SCRIPTS: [&str; 5] = [FINISH, TAKE, FINISH_TAKE, RENEW, REPLAY];
 
+/// `SCRIPT LOAD` of every script, for a new connection (and for tests that call the
+/// scripts on a connection of their own).
+pub fn load_scripts() -> redis::Pipeline {
+    let mut load = redis::pipe();
+    for script in SCRIPTS {
+        load.cmd("SCRIPT").arg("LOAD").arg(script);
+    }
+    load
+}
+
 /// A script's digest, as Redis names it (the SHA-1 of its text, in hex).
 fn digest(script: &str) -> String {
     sha1_smol::Sha1::from(script).digest().to_string()
@@ -530,11 +540,7 @@ impl Redis {
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            let mut load = redis::pipe();
-            for script in SCRIPTS {
-                load.cmd("SCRIPT").arg("LOAD").arg(script);
-            }
-            let _: Vec<String> = load.query_async(&mut conn).await?;
+            let _: Vec<String> = load_scripts().query_async(&mut conn).await?;
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("connected above"))

@@ -162,6 +162,12 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis: {e}"))
     }
 
+    /// Runs a pipeline built elsewhere (loading jobsup's scripts) and returns its replies.
+    pub fn pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> T {
+        pipe.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("redis: {e}"))
+    }
+
     /// Every entry of a stream.
     pub fn entries(&self, key: &str) -> Vec<Entry> {
         let raw: Vec<(String, Vec<(String, String)>)> = self.cmd(&["XRANGE", key, "-", "+"]);

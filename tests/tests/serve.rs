@@ -142,6 +142,8 @@ fn the_finish_script_acks_only_for_the_owner_at_its_delivery() {
     use jobsup::queue::{Action, Finish, Keys, TakeAsk};
     let redis = RedisServer::start();
     let keys = Keys::new("q");
+    // jobsup calls its scripts by digest, each connection loading them first.
+    let _: Vec<String> = redis.pipeline(&jobsup::queue::load_scripts());
     let entry: String = redis.cmd(&["XADD", "q", "*", "id", "j", "payload", "x"]);
     let _: String = redis.cmd(&["XGROUP", "CREATE", "q", "jobsup", "0"]);
     // Delivered to a, then reclaimed by b: the second delivery is b's.

@@ -178,6 +178,10 @@ fn job_text(bytes: &[u8], cut: bool) -> Option<String> {
             }
         }
     }
+    // Blank lines before the first word say nothing.
+    while let Some(rest) = b.strip_prefix(b"\n") {
+        b = rest;
+    }
     let text = String::from_utf8_lossy(b);
     (!text.trim().is_empty()).then(|| text.into_owned())
 }
@@ -301,5 +305,14 @@ mod tests {
             text.len() <= JOB_TAIL_BYTES && text.starts_with("flood"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_job_tail_starts_at_its_first_line_with_words() {
+        assert_eq!(
+            job_text(b"\n\nthread panicked\nnote\n", false).as_deref(),
+            Some("thread panicked\nnote")
+        );
+        assert_eq!(job_text(b"\n\n", false), None);
     }
 }

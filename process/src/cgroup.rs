@@ -436,6 +436,37 @@ pub fn remove_all(bases: &[PathBuf]) {
     }
 }
 
+/// The worker directories a `cgroup.kill` may have reached (this process's kills). The
+/// kernel counts kills per cgroup and kills a child `clone3` creates in one whose count
+/// differs from its parent's (see `CloneInto` in `sandbox`).
+static KILLED: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn mark_killed(dir: &Path) {
+    KILLED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.to_path_buf());
+}
+
+fn was_killed(dir: &Path) -> bool {
+    KILLED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(dir)
+}
+
+/// Whether a cgroup v2 directory has a live process in it or below (`cgroup.events`);
+/// `None` when that cannot be read. Once false it stays false unless a process is put in:
+/// a process outside it cannot fork into it, and one inside it has exited.
+fn populated(dir: &Path) -> Option<bool> {
+    let events = fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("populated "))
+        .map(|v| v.trim() != "0")
+}
+
 /// SIGKILL to every process in one cgroup: `cgroup.kill` in v2. In v1, forks are stopped
 /// first where the pids controller is there (`pids.max` 0), so that the listed processes
 /// are all there is, then each is killed.
@@ -501,8 +532,11 @@ impl WorkerCgroup {
         }
         match fs::create_dir(&dir) {
             Ok(()) => self.fresh_v2 |= base.version == Version::V2,
-            // A leftover from an earlier process of the same exec slot.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            // A leftover from an earlier process of the same exec slot: as good as new
+            // where no kill has reached it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.fresh_v2 |= base.version == Version::V2 && !was_killed(&dir);
+            }
             Err(e) => return Err(e),
         }
         // A reused directory may keep the `pids.max` 0 of an earlier kill.
@@ -569,8 +603,9 @@ impl WorkerCgroup {
             .map(|(dir, _)| dir.as_path())
     }
 
-    /// Whether [`Self::v2_dir`] was made for this process, so that no `cgroup.kill` has
-    /// ever been written to it (see [`Cgroups::probe_clone_into`]).
+    /// Whether no `cgroup.kill` has ever been written to [`Self::v2_dir`]: it was made for
+    /// this process, or an earlier process of the slot ended with nothing left in it to
+    /// kill (see [`Cgroups::probe_clone_into`]).
     pub fn v2_fresh(&self) -> bool {
         self.fresh_v2
     }
@@ -630,10 +665,18 @@ impl WorkerCgroup {
             .collect()
     }
 
-    /// SIGKILL to every process in the worker's cgroups.
+    /// SIGKILL to every process in the worker's cgroups. A cgroup v2 directory with no
+    /// process left in it (the usual case once an exec job's process has exited) is not
+    /// written to: nothing could be killed, and a directory no `cgroup.kill` has reached
+    /// can have the slot's next process created inside it (see [`Self::v2_fresh`]), rather
+    /// than moved in, which costs the kernel a wait for every CPU.
     pub fn kill(&self) {
         if let Some(i) = self.kill {
-            kill_dir(&self.dirs[i].0);
+            let (dir, version) = &self.dirs[i];
+            if *version == Version::V1 || populated(dir) != Some(false) {
+                mark_killed(dir);
+                kill_dir(dir);
+            }
         }
         for (i, (dir, _)) in self.dirs.iter().enumerate() {
             if Some(i) != self.kill {

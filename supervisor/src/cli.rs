@@ -724,6 +724,10 @@ pub(crate) fn run_pool(
     // Inherited orphans the workers left behind die with the run.
     reaper.kill_remaining_children();
     wait_for_no_children(Duration::from_secs(2));
+    // The workers' private directories go before jobsup does.
+    if !crate::janitor::finish(Duration::from_secs(5)) {
+        tracing::warn!("some workers' private directories could not be removed in time");
+    }
     if let Some(cgroups) = &cgroups {
         cgroups.remove_all();
     }

@@ -32,6 +32,7 @@ pub mod halt;
 pub mod health;
 pub mod help;
 pub mod input_fd;
+pub mod janitor;
 pub mod joblog;
 pub mod link;
 pub mod live;

@@ -72,8 +72,17 @@ pub struct Live {
     pub link: Link,
     /// Its stderr: the last lines, and the running job's part.
     pub tail: Tail,
-    // Removed when dropped, after the process is gone.
-    _workdir: tempfile::TempDir,
+    /// Its private directory, removed (by the janitor) when this is dropped, after the
+    /// process is gone.
+    workdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(dir) = self.workdir.take() {
+            crate::janitor::remove(dir);
+        }
+    }
 }
 
 impl Live {
@@ -144,7 +153,7 @@ impl Live {
             process,
             link,
             tail,
-            _workdir: spawned.workdir,
+            workdir: Some(spawned.workdir),
         };
         if settings.mode == Mode::Native {
             live.handshake(program, settings.start_timeout).await?;

@@ -407,7 +407,9 @@ impl<'a> Writers<'a> {
                 None => Ok(()),
             },
         })?;
-        if format == OutputFormat::Raw {
+        // Once the output is closed its reader is gone: the run's one line about that
+        // says why the rest did not run, and the job log and `--results` keep each.
+        if format == OutputFormat::Raw && self.out.is_some() {
             say_failure(record);
         }
         if let Some(results) = &mut self.results {

@@ -10,13 +10,28 @@ use jobsup_tests::{bin, jobsup, lines, unread_pipe};
 #[test]
 fn a_closed_stdout_stops_the_run_once_with_141_and_the_joblog_complete() {
     // The reader takes one line and goes away.
+    let first = closed_after(&[], |got| got.ends_with(b"\n"));
+    assert!(first.starts_with("{\"seq\":"), "{first:?}");
+}
+
+#[test]
+fn a_closed_raw_output_is_said_once_too() {
+    // Raw outputs carry no newline here (native results as they are): one byte will do.
+    let first = closed_after(&["--output-format", "raw"], |got| !got.is_empty());
+    // Job 1's or job 2's output, whichever finished first (job 3 sleeps).
+    assert!(matches!(first.as_str(), "1" | "2"), "{first:?}");
+}
+
+/// Runs 2,000 jobs into a stdout whose reader stops once `enough` says so; checks what
+/// every closed output must give, and returns what the reader got.
+fn closed_after(flags: &[&str], enough: fn(&[u8]) -> bool) -> String {
     let (mut read, write) = unread_pipe();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         let mut byte = [0u8];
         while read.read(&mut byte).unwrap_or(0) == 1 {
             got.push(byte[0]);
-            if byte[0] == b'\n' {
+            if enough(&got) {
                 break;
             }
         }
@@ -39,12 +54,12 @@ fn a_closed_stdout_stops_the_run_once_with_141_and_the_joblog_complete() {
             "--joblog",
             "log",
         ])
+        .args(flags)
         .stdout_to(write)
         .processor(bin!("jobsup-flaky"), [] as [&str; 0])
         .stdin(input)
         .run();
     let first = reader.join().unwrap();
-    assert!(first.starts_with("{\"seq\":"), "{first:?}\n{run}");
     assert_eq!(run.code(), 141, "{run}");
     let said: Vec<&str> = run
         .stderr
@@ -74,4 +89,5 @@ fn a_closed_stdout_stops_the_run_once_with_141_and_the_joblog_complete() {
         third[6], "0",
         "Exitval of a job that did not succeed\n{log}"
     );
+    first
 }

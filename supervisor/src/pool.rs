@@ -268,8 +268,9 @@ impl Ledger {
 
 /// In exec mode, the job's command line as it is run (after `{}`, `{#}`, `{id}`), for
 /// the job log; in the other modes every job has the same one, which the log knows.
-fn command_line(settings: &WorkerSettings, job: &JobSpec) -> Option<String> {
-    if settings.mode != Mode::Exec {
+fn command_line(settings: &WorkerSettings, sink: &Sink, job: &JobSpec) -> Option<String> {
+    // Substituted again only for the job log: without one it would be work for nothing.
+    if settings.mode != Mode::Exec || !sink.has_job_log() {
         return None;
     }
     let spawn = &settings.spawn;
@@ -616,7 +617,7 @@ impl Pool {
     fn cancel(&mut self, job: JobSpec) {
         let mut record = Record::new(&job, Outcome::Cancelled);
         record.attempts = job.attempt - 1;
-        record.command = command_line(&self.settings, &job);
+        record.command = command_line(&self.settings, &self.sink, &job);
         record.error = Some(match (self.interrupted, &self.broken) {
             _ if self.stopping.is_some() => format!(
                 "not started: {}",
@@ -648,7 +649,7 @@ impl Pool {
             };
             self.next_run_id += 1;
             job.run_id = self.next_run_id;
-            if let Some(command) = command_line(&self.settings, &job) {
+            if let Some(command) = command_line(&self.settings, &self.sink, &job) {
                 self.commands.insert(job.ordinal, command);
             }
             let running = job.without_payload();

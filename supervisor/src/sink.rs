@@ -119,6 +119,8 @@ pub struct Sink {
     said_full: bool,
     /// What the output is called in messages ("stdout", or the file).
     name: String,
+    /// Whether rows go to a job log (which alone shows a job's command line).
+    job_log: bool,
 }
 
 impl Sink {
@@ -141,6 +143,7 @@ impl Sink {
 
     /// Writes records to `outputs` as they say, from a thread of its own.
     pub fn start(outputs: Outputs, keep_order: bool) -> io::Result<Sink> {
+        let job_log = outputs.joblog.is_some();
         let (tx, rx) = mpsc::channel::<Record>();
         let (done_tx, done) = oneshot::channel();
         let shared = Arc::new(Shared::default());
@@ -180,6 +183,7 @@ impl Sink {
             failure: None,
             said_full: false,
             name: "stdout".into(),
+            job_log,
         })
     }
 
@@ -187,6 +191,11 @@ impl Sink {
     pub fn named(mut self, name: String) -> Sink {
         self.name = name;
         self
+    }
+
+    /// Whether rows go to a job log: only then is a job's own command line of use.
+    pub fn has_job_log(&self) -> bool {
+        self.job_log
     }
 
     /// What the output is called in messages.

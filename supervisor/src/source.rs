@@ -90,14 +90,7 @@ impl Source {
         format: InputFormat,
         defaults: Defaults,
     ) -> std::io::Result<Source> {
-        let stop = Arc::new(Stop::new()?);
-        let reader = Reader::new(
-            Input::new(input, WINDOW)?,
-            Arc::clone(&stop),
-            format,
-            defaults,
-        );
-        Source::spawn(reader)
+        Source::start_resuming(input, format, defaults, None)
     }
 
     /// As [`Source::start`], passing over the jobs `resume` skips: they are not items at

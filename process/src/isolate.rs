@@ -25,6 +25,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::launch::{Init, Part};
 
@@ -95,6 +96,11 @@ impl Prepared {
         self.user_ns
     }
 
+    /// Whether each worker gets a mount namespace of its own (its init makes it).
+    pub fn mount_namespace(&self) -> bool {
+        self.after_cgroups & libc::CLONE_NEWNS != 0
+    }
+
     /// `--isolate fs`'s layout, which each spawn makes its plan from.
     pub(crate) fn fs(&self) -> Option<&crate::mounts::Layout> {
         self.fs.as_ref()
@@ -128,6 +134,52 @@ impl Prepared {
         }
         parts.join(", ")
     }
+}
+
+/// `ioctl(pidfd, PIDFD_GET_MNT_NAMESPACE)` (Linux 6.11): an fd for the mount namespace
+/// of the process the pidfd names.
+const PIDFD_GET_MNT_NAMESPACE: libc::c_ulong = 0xff03;
+
+/// A reference to the mount namespace of a just-spawned init (`pid`, `pidfd`), for jobsup
+/// to keep until the worker's exit has been seen, and then to drop off the critical path.
+///
+/// Why: the last process of a mount namespace to exit tears it down inside its own exit
+/// (`free_nsproxy` → `namespace_unlock`), which waits for an expedited RCU grace period.
+/// The kernel thread driving that grace period is an ordinary task: with every CPU busy
+/// with spinning workers it waited 8 to 44 ms for a CPU (traced on Linux 6.18), and the
+/// worker's exit, so the record of a hard kill, waited with it. With a reference held
+/// here, the exit skips the teardown, which happens when this fd is closed.
+///
+/// Through the pidfd where the kernel has the ioctl (no race: it names the init even once
+/// reaped, and then fails); else through `/proc/<pid>/ns/mnt` while the reaper holds off,
+/// so that the pid is still the init's. `None` when neither works, or the init is gone
+/// already: the exit then tears the namespace down itself, as without this.
+pub fn hold_mount_namespace(
+    pid: i32,
+    pidfd: Option<BorrowedFd<'_>>,
+    exit: &crate::reaper::Registration,
+) -> Option<OwnedFd> {
+    if let Some(pidfd) = pidfd {
+        // SAFETY: an ioctl without an argument on an fd we borrow; a non-negative result
+        // is a new fd that nothing else owns.
+        let fd = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_MNT_NAMESPACE as _, 0) };
+        if fd >= 0 {
+            // SAFETY: see above.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // The kernel makes it close-on-exec; a worker never sees it either way, since
+            // every spawn closes all fds but those it places.
+            return Some(fd);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            // Gone already: nothing to hold.
+            Some(libc::ESRCH) => return None,
+            // An older kernel: the /proc path below.
+            _ => {}
+        }
+    }
+    exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/mnt")))?
+        .ok()
+        .map(OwnedFd::from)
 }
 
 /// How much of the default containment is asked of the kernel, most first.

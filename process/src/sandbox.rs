@@ -143,6 +143,9 @@ pub struct Spawned {
     pub stderr: File,
     /// Its private working directory, removed on drop.
     pub workdir: tempfile::TempDir,
+    /// A hold on its mount namespace ([`crate::isolate::hold_mount_namespace`]), to be
+    /// dropped once its exit has been seen, where nothing waits for the teardown.
+    pub mount_namespace: Option<OwnedFd>,
 }
 
 /// The supervisor's ends of a worker's pipes, for the mode's link to take.
@@ -585,9 +588,15 @@ fn spawn(
     } else {
         pid
     };
+    let mount_namespace = if spec.isolation.as_ref().is_some_and(|p| p.mount_namespace()) {
+        crate::isolate::hold_mount_namespace(pid, launched.pidfd.as_ref().map(|f| f.as_fd()), &exit)
+    } else {
+        None
+    };
     Ok(Spawned {
         pid,
         processor_pid,
+        mount_namespace,
         pidfd: launched.pidfd,
         exit,
         cgroup,

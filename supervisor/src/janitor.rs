@@ -1,17 +1,20 @@
-//! Removing workers' private directories on a thread of its own.
+//! Dropping what a finished worker leaves behind, on threads of their own.
 //!
 //! An exec slot starts its next process as soon as the last one's record is decided; a
 //! directory walk and `rmdir` on a journaling filesystem (a few hundred microseconds) in
-//! between would be paid by every job. The directory goes to this thread instead, which
-//! removes it a moment later, and [`finish`] waits (bounded) for the queue to empty before
-//! jobsup exits, so that a run leaves no directory of its own behind. Should jobsup be
-//! killed first, the guard removes what is left, as it does for a killed run's workers.
+//! between would be paid by every job. So would a worker's mount namespace, whose teardown
+//! waits for an RCU grace period (see `isolate::hold_mount_namespace`), which under CPU load
+//! can take tens of milliseconds. What a worker leaves goes to these threads instead,
+//! which drop it a moment later, and [`finish`] waits (bounded) for the queue to empty
+//! before jobsup exits, so that a run leaves no directory of its own behind. Should jobsup
+//! be killed first, the guard removes what is left, as it does for a killed run's workers
+//! (and the kernel closes the namespaces' fds).
 
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Directories handed over and not yet removed.
+/// Items handed over and not yet dropped.
 struct Pending {
     count: Mutex<usize>,
     done: Condvar,
@@ -22,45 +25,61 @@ static PENDING: Pending = Pending {
     done: Condvar::new(),
 };
 
-static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<tempfile::TempDir>>>> = OnceLock::new();
+/// Something whose drop is slow and that nothing waits for.
+type Leftover = Box<dyn Send>;
 
-fn queue() -> Option<&'static Mutex<mpsc::Sender<tempfile::TempDir>>> {
+/// The threads that drop leftovers: several, because a namespace's drop sleeps in the
+/// kernel for a grace period, and grace periods asked for at once are shared.
+const THREADS: usize = 4;
+
+static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<Leftover>>>> = OnceLock::new();
+
+fn queue() -> Option<&'static Mutex<mpsc::Sender<Leftover>>> {
     QUEUE
         .get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<tempfile::TempDir>();
-            std::thread::Builder::new()
-                .name("jobsup-janitor".into())
-                .spawn(move || {
-                    for dir in rx {
-                        // Dropping a TempDir removes it, whatever is inside.
-                        drop(dir);
-                        let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
-                        *n = n.saturating_sub(1);
-                        PENDING.done.notify_all();
-                    }
+            let (tx, rx) = mpsc::channel::<Leftover>();
+            let rx = Arc::new(Mutex::new(rx));
+            let started = (0..THREADS)
+                .filter(|_| {
+                    let rx = Arc::clone(&rx);
+                    std::thread::Builder::new()
+                        .name("jobsup-janitor".into())
+                        .spawn(move || loop {
+                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok(item) = next else { return };
+                            drop(item);
+                            let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
+                            *n = n.saturating_sub(1);
+                            PENDING.done.notify_all();
+                        })
+                        .is_ok()
                 })
-                .ok()
-                .map(|_| Mutex::new(tx))
+                .count();
+            (started > 0).then(|| Mutex::new(tx))
         })
         .as_ref()
 }
 
-/// Removes `dir` soon, on the janitor's thread (or now, should that thread be missing).
-pub fn remove(dir: tempfile::TempDir) {
+/// Drops `item` soon, on a janitor thread (or now, should there be none): a worker's
+/// private directory (a `TempDir` removes itself), its mount namespace's fd.
+pub fn dispose<T: Send + 'static>(item: T) {
     let Some(queue) = queue() else {
-        drop(dir);
+        drop(item);
         return;
     };
     *PENDING.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-    let sent = queue.lock().unwrap_or_else(|e| e.into_inner()).send(dir);
-    if let Err(mpsc::SendError(dir)) = sent {
-        drop(dir);
+    let sent = queue
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Box::new(item));
+    if let Err(mpsc::SendError(item)) = sent {
+        drop(item);
         let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
         *n = n.saturating_sub(1);
     }
 }
 
-/// Waits until every directory handed over is removed, for at most `limit`; returns
+/// Waits until everything handed over is dropped, for at most `limit`; returns
 /// whether it was.
 pub fn finish(limit: Duration) -> bool {
     let until = Instant::now() + limit;
@@ -89,7 +108,7 @@ mod tests {
         let paths: Vec<_> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
         for (i, d) in dirs.into_iter().enumerate() {
             std::fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
-            remove(d);
+            dispose(d);
         }
         assert!(finish(Duration::from_secs(30)));
         for p in paths {

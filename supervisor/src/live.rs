@@ -72,15 +72,16 @@ pub struct Live {
     pub link: Link,
     /// Its stderr: the last lines, and the running job's part.
     pub tail: Tail,
-    /// Its private directory, removed (by the janitor) when this is dropped, after the
-    /// process is gone.
-    workdir: Option<tempfile::TempDir>,
+    /// What the janitor drops when this is dropped, after the process is gone: its private
+    /// directory, and the hold on its mount namespace (whose teardown then happens there,
+    /// not in the worker's exit).
+    leftovers: Option<(tempfile::TempDir, Option<std::os::fd::OwnedFd>)>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let Some(dir) = self.workdir.take() {
-            crate::janitor::remove(dir);
+        if let Some(leftovers) = self.leftovers.take() {
+            crate::janitor::dispose(leftovers);
         }
     }
 }
@@ -153,7 +154,7 @@ impl Live {
             process,
             link,
             tail,
-            workdir: Some(spawned.workdir),
+            leftovers: Some((spawned.workdir, spawned.mount_namespace)),
         };
         if settings.mode == Mode::Native {
             live.handshake(program, settings.start_timeout).await?;

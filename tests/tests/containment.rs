@@ -461,3 +461,61 @@ fn a_processor_in_a_private_directory_still_runs_under_isolate_fs() {
         );
     }
 }
+
+/// The mount namespaces jobsup (`pid`) holds open, as `mnt:[inode]`.
+fn mount_namespaces_held_by(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.starts_with("mnt:["))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn jobsup_holds_a_workers_mount_namespace_so_that_its_exit_skips_the_teardown() {
+    // The last process of a mount namespace to exit tears it down in its exit, which waits
+    // for an RCU grace period (tens of milliseconds when the CPUs are busy); the record of
+    // a hard kill would wait with it. jobsup keeps the namespace open until the exit has
+    // been seen, then lets it go.
+    for user in User::BOTH {
+        let script =
+            "while IFS= read -r l; do [ \"$l\" = quit ] && exit 3; readlink /proc/self/ns/mnt; done";
+        let mut bg = lines(user, script, &[]).spawn();
+        let jobsup = bg.pid();
+        bg.write_stdin("one\n");
+        let record = first_record(&bg, "the job's record");
+        let ns = record.output().unwrap_or_default().trim().to_string();
+        assert!(ns.starts_with("mnt:["), "{user:?}: {record}");
+        assert_ne!(
+            std::fs::read_link("/proc/self/ns/mnt")
+                .unwrap()
+                .to_string_lossy(),
+            ns,
+            "{user:?}: the worker has a mount namespace of its own"
+        );
+        assert!(
+            mount_namespaces_held_by(jobsup).contains(&ns),
+            "{user:?}: jobsup holds {:?}, not the worker's {ns}",
+            mount_namespaces_held_by(jobsup)
+        );
+        // Once that worker has gone (its job crashed), its namespace is let go; the next
+        // worker's is held instead.
+        bg.write_stdin("quit\nthree\n");
+        wait_until(WAIT, "three records", || bg.records_so_far().len() == 3);
+        let records = bg.records_so_far();
+        assert_eq!(records[1].outcome(), "crashed", "{user:?}: {}", records[1]);
+        let next = records[2].output().unwrap_or_default().trim().to_string();
+        // (Not necessarily another number: a freed namespace's inode number is reused.)
+        assert!(next.starts_with("mnt:["), "{user:?}: {}", records[2]);
+        wait_until(WAIT, "only the new worker's namespace held", || {
+            mount_namespaces_held_by(jobsup) == [next.clone()]
+        });
+        bg.close_stdin();
+        let run = bg.wait();
+        // A crashed job makes it 1 (DESIGN's exit codes).
+        assert_eq!(run.code(), 1, "{user:?}: {run}");
+    }
+}

@@ -229,6 +229,13 @@ impl Process {
         }
     }
 
+    /// Whether its whole tree has certainly ended with it: once it has exited, where it was
+    /// a pid namespace's init (the kernel ends the namespace with it) or held in its cgroup
+    /// v2 (which `end` kills whole).
+    pub fn tree_ended(&mut self) -> bool {
+        (self.shim || self.contained) && self.exit().is_some()
+    }
+
     /// Its pid (and process group id).
     pub fn pid(&self) -> i32 {
         self.exit.pid()

@@ -306,7 +306,11 @@ fn access_x(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
 }
 
-type Request = (SpawnSpec, oneshot::Sender<Result<Spawned, SpawnError>>);
+type Request = (
+    SpawnSpec,
+    Option<tempfile::TempDir>,
+    oneshot::Sender<Result<Spawned, SpawnError>>,
+);
 
 /// A handle on the spawner threads.
 #[derive(Clone)]
@@ -350,13 +354,15 @@ impl Spawner {
                     loop {
                         // The lock is held only while waiting for a request.
                         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok((spec, reply)) = next else { break };
+                        let Ok((spec, reuse, reply)) = next else {
+                            break;
+                        };
                         // A bug while spawning fails that spawn, not the thread: it must
                         // live on for the parent-death signal of the children it made.
                         let spawned =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 crate::fault::fault("spawner");
-                                spawn(&mut state, supervisor_pid, &spec)
+                                spawn(&mut state, supervisor_pid, &spec, reuse)
                             }))
                             .unwrap_or_else(|panic| {
                                 Err(SpawnError::Other {
@@ -379,15 +385,20 @@ impl Spawner {
         Ok(Spawner { tx })
     }
 
-    /// Starts a worker process.
-    pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+    /// Starts a worker process; in `reuse`'s private directory, where given (one that
+    /// [`reusable_workdir`] let through), else in a new one.
+    pub async fn spawn(
+        &self,
+        spec: SpawnSpec,
+        reuse: Option<tempfile::TempDir>,
+    ) -> Result<Spawned, SpawnError> {
         let program = spec.program.clone();
         let (reply, rx) = oneshot::channel();
         let gone = || SpawnError::Other {
             program: program.display().to_string(),
             source: io::Error::other("the spawner threads are gone"),
         };
-        self.tx.send((spec, reply)).map_err(|_| gone())?;
+        self.tx.send((spec, reuse, reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -396,6 +407,7 @@ fn spawn(
     state: &mut SpawnerState,
     supervisor_pid: i32,
     spec: &SpawnSpec,
+    reuse: Option<tempfile::TempDir>,
 ) -> Result<Spawned, SpawnError> {
     let reaper = &state.reaper;
     let err = |e: io::Error| SpawnError::from_io(&spec.program, e);
@@ -412,20 +424,10 @@ fn spawn(
     } else {
         None
     };
-    let mut builder = tempfile::Builder::new();
-    // Private: other users must not read or plant files in a worker's directory.
-    builder
-        .prefix(crate::guard::workdir_prefix())
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
-    let workdir = match &spec.workdir_parent {
-        Some(parent) => builder.tempdir_in(parent),
-        None => builder.tempdir(),
-    }
-    .map_err(other)?;
-    // The worker's own: it runs as `--user`'s uid and must be able to use it.
-    if let Some(id) = &spec.user {
-        std::os::unix::fs::chown(workdir.path(), Some(id.uid), Some(id.gid)).map_err(other)?;
-    }
+    let workdir = match reuse {
+        Some(dir) => dir,
+        None => new_workdir(spec).map_err(other)?,
+    };
 
     // The standard fds: stdin on a pipe or /dev/null, stdout and stderr on pipes. Every
     // end is close-on-exec; the child's copies are placed by dup2.
@@ -609,6 +611,50 @@ fn spawn(
         stderr: File::from(stderr_r),
         workdir,
     })
+}
+
+/// A worker's private directory, made for it: 0700, in `--workdirs` (else the temporary
+/// directory), owned by `--user` where one is given.
+fn new_workdir(spec: &SpawnSpec) -> io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    // Private: other users must not read or plant files in a worker's directory.
+    builder
+        .prefix(crate::guard::workdir_prefix())
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let workdir = match &spec.workdir_parent {
+        Some(parent) => builder.tempdir_in(parent),
+        None => builder.tempdir(),
+    }?;
+    // The worker's own: it runs as `--user`'s uid and must be able to use it.
+    if let Some(id) = &spec.user {
+        std::os::unix::fs::chown(workdir.path(), Some(id.uid), Some(id.gid))?;
+    }
+    Ok(workdir)
+}
+
+/// `dir` back, for the next process of the same exec slot, if it is as [`new_workdir`]
+/// made it: a directory (not a link), mode 0700, owned by the workers' uid (`user`'s, or
+/// jobsup's own), and empty. Otherwise `Err(dir)`, to be removed. Only for a directory whose processes are
+/// all gone, so that nothing changes it after the look.
+///
+/// Why: making and removing a directory costs an exec job more than the rest of its
+/// setup's file system work together (on ext4, a journal entry each, and a block freed,
+/// with a discard where the file system is mounted so); most jobs leave theirs empty.
+pub fn reusable_workdir(
+    dir: tempfile::TempDir,
+    user: Option<&Identity>,
+) -> Result<tempfile::TempDir, tempfile::TempDir> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = user.map_or_else(|| nix::unistd::getuid().as_raw(), |id| id.uid);
+    let as_made = std::fs::symlink_metadata(dir.path())
+        .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == 0o700 && m.uid() == owner);
+    let empty =
+        as_made && std::fs::read_dir(dir.path()).is_ok_and(|mut entries| entries.next().is_none());
+    if empty {
+        Ok(dir)
+    } else {
+        Err(dir)
+    }
 }
 
 /// Where `clone3` may create a worker inside its cgroup v2 directory (`CLONE_INTO_CGROUP`).

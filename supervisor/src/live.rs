@@ -87,6 +87,29 @@ impl Drop for Live {
 }
 
 impl Live {
+    /// Its private directory, for the next process of its exec slot, where
+    /// `sandbox::reusable_workdir` finds it as it was made; the rest goes to the janitor.
+    /// Only once the process has ended, and only where that ended its whole tree (its pid
+    /// namespace's init, or a cgroup v2 that held it): nothing may write there after.
+    pub fn into_workdir(
+        mut self,
+        user: Option<&crate::sandbox::Identity>,
+    ) -> Option<tempfile::TempDir> {
+        let (dir, namespace) = self.leftovers.take()?;
+        crate::janitor::dispose(namespace);
+        if !self.process.tree_ended() {
+            crate::janitor::dispose(dir);
+            return None;
+        }
+        match crate::sandbox::reusable_workdir(dir, user) {
+            Ok(dir) => Some(dir),
+            Err(dir) => {
+                crate::janitor::dispose(dir);
+                None
+            }
+        }
+    }
+
     /// Spawns worker `id` with `args` and wires up its pipes; its stdout (unless it carries
     /// results) and stderr are logged with `current_job`. A native worker must then
     /// complete its handshake.
@@ -96,12 +119,13 @@ impl Live {
         spawner: &Spawner,
         args: Vec<OsString>,
         current_job: &Arc<AtomicU64>,
+        workdir: Option<tempfile::TempDir>,
     ) -> Result<Live, StartError> {
         let mut spec = settings.spawn.clone();
         spec.worker_id = id;
         spec.args = args;
         let program = spec.program.display().to_string();
-        let mut spawned = spawner.spawn(spec).await?;
+        let mut spawned = spawner.spawn(spec, workdir).await?;
         let pid = spawned.processor_pid;
         // An exec slot starts a process per job under the same id: its cgroups are reused.
         // The clone's own pidfd where the kernel made one; else `Process::new` opens one.

@@ -137,6 +137,7 @@ impl Worker {
                 &self.spawner,
                 args,
                 &self.current_job,
+                self.spare_workdir.take(),
             )
             .await
             {
@@ -564,7 +565,11 @@ impl Worker {
         }
         self.name_the_limit(&mut record, &live, exit, killed_now)
             .await;
-        // An exec worker slot goes on with a new process for its next job.
+        // An exec worker slot goes on with a new process for its next job, in the same
+        // private directory where this one left it empty.
+        if mode == Mode::Exec {
+            self.spare_workdir = live.into_workdir(self.settings.spawn.user.as_ref());
+        }
         (record, mode == Mode::Exec)
     }
 

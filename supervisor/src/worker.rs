@@ -123,7 +123,7 @@ impl WorkerHandle {
             // In exec mode the process comes with the job.
             let live = if settings.mode.reuses_processes() {
                 let args = settings.spawn.args.clone();
-                match Live::start(id, &settings, &spawner, args, &current_job).await {
+                match Live::start(id, &settings, &spawner, args, &current_job, None).await {
                     Ok(live) => Some(live),
                     Err(e) => {
                         let _ = events.send(Event::Exited {
@@ -151,6 +151,7 @@ impl WorkerHandle {
                 current_job,
                 jobs_done: 0,
                 last_job: None,
+                spare_workdir: None,
             };
             worker.serve().await;
         });
@@ -188,6 +189,18 @@ pub(crate) struct Worker {
     /// The job this worker finished last: a late duplicate about it is ignored, not blamed
     /// on the job that runs now.
     pub(crate) last_job: Option<u64>,
+    /// Exec mode: the last process's private directory, left empty and as it was made,
+    /// for the next one (`Live::into_workdir`).
+    pub(crate) spare_workdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Removed like every other private directory: off the task, and before jobsup exits.
+        if let Some(dir) = self.spare_workdir.take() {
+            crate::janitor::dispose(dir);
+        }
+    }
 }
 
 /// What an idle worker task heard.

@@ -204,3 +204,52 @@ fn the_start_directory_stays_writable_under_isolate_fs() {
         );
     }
 }
+
+#[test]
+fn every_exec_job_starts_in_an_empty_private_directory_of_mode_700() {
+    // An exec slot hands the next process the last one's directory only when that left it
+    // empty and as it was made; a job that leaves a file, or opens its directory to
+    // others, makes the next one get a new directory.
+    for user in User::BOTH {
+        let script = r#"printf '%s|%s|%s' "$JOBSUP_WORKDIR" "$(stat -c %a "$JOBSUP_WORKDIR")" "$(ls -A "$JOBSUP_WORKDIR" | tr '\n' ' ')"
+            case "$1" in
+                file) touch "$JOBSUP_WORKDIR/left-behind" ;;
+                open) chmod 755 "$JOBSUP_WORKDIR" ;;
+            esac"#;
+        let jobs = ["clean", "clean", "file", "clean", "open", "clean", "clean"];
+        let run = jobsup_as!(user)
+            .args(["--mode", "exec", "-j", "1", "--cwd", "scratch"])
+            .processor("sh", ["-c", script, "sh", "{}"])
+            .stdin(jobs.map(|j| format!("{j}\n")).concat())
+            .run();
+        assert_eq!(run.code(), 0, "{user:?}: {run}");
+        let seen: Vec<Vec<String>> = outputs(&run)
+            .iter()
+            .map(|o| o.split('|').map(str::to_string).collect())
+            .collect();
+        assert_eq!(seen.len(), jobs.len(), "{user:?}: {run}");
+        for (job, fields) in jobs.iter().zip(&seen) {
+            assert_eq!(fields[1], "700", "{user:?}: {job}: {fields:?}\n{run}");
+            assert_eq!(
+                fields[2], "",
+                "{user:?}: {job} saw leftovers: {fields:?}\n{run}"
+            );
+        }
+        let dir = |i: usize| seen[i][0].as_str();
+        // Left empty: the same directory again.
+        assert_eq!(dir(0), dir(1), "{user:?}\n{run}");
+        assert_eq!(dir(1), dir(2), "{user:?}\n{run}");
+        // After a file was left, and after the mode was changed: another one.
+        assert_ne!(dir(2), dir(3), "{user:?}\n{run}");
+        assert_ne!(dir(4), dir(5), "{user:?}\n{run}");
+        assert_eq!(dir(5), dir(6), "{user:?}\n{run}");
+        // None is left once the run is over.
+        for fields in &seen {
+            assert!(
+                !Path::new(&fields[0]).exists(),
+                "{user:?}: {} is left",
+                fields[0]
+            );
+        }
+    }
+}

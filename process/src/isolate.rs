@@ -170,11 +170,10 @@ pub fn hold_mount_namespace(
             // every spawn closes all fds but those it places.
             return Some(fd);
         }
-        match io::Error::last_os_error().raw_os_error() {
-            // Gone already: nothing to hold.
-            Some(libc::ESRCH) => return None,
-            // An older kernel: the /proc path below.
-            _ => {}
+        // Gone already: nothing to hold. Any other error is an older kernel: the /proc
+        // path below.
+        if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return None;
         }
     }
     exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/mnt")))?

@@ -181,6 +181,33 @@ pub fn hold_mount_namespace(
         .map(OwnedFd::from)
 }
 
+/// `ioctl(pidfd, PIDFD_GET_PID_NAMESPACE)` (Linux 6.11): an fd for the pid namespace of
+/// the process the pidfd names.
+const PIDFD_GET_PID_NAMESPACE: libc::c_ulong = 0xff05;
+
+/// `ioctl(nsfd, NS_GET_PID_FROM_PIDNS, pid)` (Linux 6.10): a pid of that namespace as the
+/// caller's namespace numbers it (`_IOR(0xb7, 6, int)`).
+const NS_GET_PID_FROM_PIDNS: libc::c_ulong = 0x8004_b706;
+
+/// The host pid of the worker behind the init `init` names: pid 2 of the init's
+/// namespace, its first (and only) child, as the namespace is new and its init starts
+/// nothing before it. `None` where the kernel lacks these ioctls, or the worker is gone;
+/// the caller then reads the init's children in `/proc`, which costs a path walk, an open
+/// and a read per spawn.
+pub fn worker_behind_init(init: BorrowedFd<'_>) -> Option<i32> {
+    // SAFETY: an ioctl without an argument on a borrowed fd; a non-negative result is a
+    // new fd that nothing else owns.
+    let ns = unsafe { libc::ioctl(init.as_raw_fd(), PIDFD_GET_PID_NAMESPACE as _, 0) };
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: see above.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    // SAFETY: an ioctl with an integer argument on an fd we own.
+    let pid = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PID_FROM_PIDNS as _, 2) };
+    (pid > 0).then_some(pid)
+}
+
 /// How much of the default containment is asked of the kernel, most first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {

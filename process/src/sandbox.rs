@@ -592,7 +592,12 @@ fn spawn(
     // An init's first child is its worker, which has exec'd by now (or has exited, and then
     // nothing is to be named by it).
     let processor_pid = if spec.isolation.as_ref().is_some_and(|p| p.init().is_some()) {
-        crate::reaper::children(pid).first().copied().unwrap_or(pid)
+        launched
+            .pidfd
+            .as_ref()
+            .and_then(|fd| crate::isolate::worker_behind_init(fd.as_fd()))
+            .or_else(|| crate::reaper::children(pid).first().copied())
+            .unwrap_or(pid)
     } else {
         pid
     };

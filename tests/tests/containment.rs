@@ -519,3 +519,26 @@ fn jobsup_holds_a_workers_mount_namespace_so_that_its_exit_skips_the_teardown() 
         assert_eq!(run.code(), 1, "{user:?}: {run}");
     }
 }
+
+#[test]
+fn a_record_names_the_worker_by_its_host_pid_not_the_one_its_namespace_gives_it() {
+    for user in User::BOTH {
+        let token = token(12, user);
+        // Its answer, then it becomes `sleep TOKEN` under the same pid.
+        let script = format!("read -r l; echo \"$$\"; exec sleep {token}");
+        let mut bg = lines(user, &script, &[]).spawn();
+        bg.write_stdin("one\n");
+        let record = first_record(&bg, "the job's record");
+        // Inside, it is its init's first child.
+        assert_eq!(record.output(), Some("2"), "{user:?}: {record}");
+        wait_until(WAIT, "the sleeper", || !sleepers(&token).is_empty());
+        assert_eq!(
+            record.pid(),
+            sleepers(&token).first().copied(),
+            "{user:?}: {record}"
+        );
+        bg.close_stdin();
+        bg.signal(nix::sys::signal::Signal::SIGTERM);
+        bg.wait();
+    }
+}

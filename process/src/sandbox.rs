@@ -643,7 +643,7 @@ fn new_workdir(spec: &SpawnSpec) -> io::Result<tempfile::TempDir> {
     Ok(workdir)
 }
 
-/// `dir` back, for the next process of the same exec slot, if it is as [`new_workdir`]
+/// `dir` back, for the next process of the same exec slot, if it is as `new_workdir`
 /// made it: a directory (not a link), mode 0700, owned by the workers' uid (`user`'s, or
 /// jobsup's own), and empty. Otherwise `Err(dir)`, to be removed. Only for a directory whose processes are
 /// all gone, so that nothing changes it after the look.

@@ -120,6 +120,16 @@ pub fn hasten_threads(tids: &[i32]) {
     }
 }
 
+/// Puts the calling thread back in the ordinary class (`SCHED_OTHER`, its nice value
+/// unchanged), for a jobsup thread whose work nothing waits for: removing a tree a job
+/// left behind, at jobsup's real-time priority, would hold a CPU against the threads
+/// that keep the deadlines (round robin among equals gives each 100 ms slices).
+pub fn leave_real_time() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid sched_param; 0 is the calling thread. Leaving a class always works.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+}
+
 /// The calling thread's nice value.
 pub fn own_nice() -> i32 {
     // SAFETY: getpriority on the calling thread; -1 is a valid answer, so errno is cleared

@@ -44,13 +44,18 @@ fn queue() -> Option<&'static Mutex<mpsc::Sender<Leftover>>> {
                     let rx = Arc::clone(&rx);
                     std::thread::Builder::new()
                         .name("jobsup-janitor".into())
-                        .spawn(move || loop {
-                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                            let Ok(item) = next else { return };
-                            drop(item);
-                            let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
-                            *n = n.saturating_sub(1);
-                            PENDING.done.notify_all();
+                        .spawn(move || {
+                            // Nothing waits for it: it must not compete with the threads
+                            // that keep the deadlines.
+                            crate::priority::leave_real_time();
+                            loop {
+                                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                                let Ok(item) = next else { return };
+                                drop(item);
+                                let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
+                                *n = n.saturating_sub(1);
+                                PENDING.done.notify_all();
+                            }
                         })
                         .is_ok()
                 })

@@ -53,3 +53,4 @@ pub mod priority;
 pub mod process;
 pub mod reaper;
 pub mod sandbox;
+pub mod timer;

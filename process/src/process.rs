@@ -407,7 +407,18 @@ impl Process {
                     }
                 }
             };
-            if tokio::time::timeout(grace, gone).await.is_err() {
+            // No grace: one look, not a timer (tokio's rounds up to its next millisecond,
+            // which a hard kill would wait for).
+            let in_time = if grace.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = gone => true,
+                    () = std::future::ready(()) => false,
+                }
+            } else {
+                tokio::time::timeout(grace, gone).await.is_ok()
+            };
+            if !in_time {
                 self.kill();
                 killed = true;
                 if let Some(exit) = &exit {

@@ -20,7 +20,9 @@
 #![forbid(unsafe_code)]
 
 // The process machinery is its own crate; its modules keep their names here.
-pub use jobsup_process::{cgroup, guard, isolate, mounts, priority, process, reaper, sandbox};
+pub use jobsup_process::{
+    cgroup, guard, isolate, mounts, priority, process, reaper, sandbox, timer,
+};
 
 pub mod cli;
 pub mod config;

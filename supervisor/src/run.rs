@@ -202,6 +202,7 @@ impl Worker {
             let awaits_take = run.awaits_take();
             let heard = {
                 let control = &mut self.control;
+                let deadline = &mut self.deadline;
                 let live = self
                     .live
                     .as_mut()
@@ -212,7 +213,7 @@ impl Worker {
                 tokio::select! {
                     biased;
                     ctl = control.recv(), if control_open => Heard::Control(ctl),
-                    () = sleep_until_some(timer) => Heard::Timer,
+                    () = deadline.until(timer) => Heard::Timer,
                     () = sleep_until_some(cpu.as_ref().map(|c| c.next)) => Heard::CpuCheck,
                     _ = link.tx.writable(), if writing => Heard::Writable,
                     msg = link.rx.next(), if open => Heard::Said(msg),

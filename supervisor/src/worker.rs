@@ -152,6 +152,7 @@ impl WorkerHandle {
                 jobs_done: 0,
                 last_job: None,
                 spare_workdir: None,
+                deadline: crate::timer::DeadlineTimer::new(),
             };
             worker.serve().await;
         });
@@ -192,6 +193,9 @@ pub(crate) struct Worker {
     /// Exec mode: the last process's private directory, left empty and as it was made,
     /// for the next one (`Live::into_workdir`).
     pub(crate) spare_workdir: Option<tempfile::TempDir>,
+    /// What a running job's deadlines are waited on (`timer`: microseconds, not tokio's
+    /// milliseconds).
+    pub(crate) deadline: crate::timer::DeadlineTimer,
 }
 
 impl Drop for Worker {

@@ -108,3 +108,50 @@ fn absolute(at: Instant) -> Option<TimeSpec> {
     let now = Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32);
     Some(TimeSpec::from_duration(now + left))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn it_never_resolves_before_its_instant_and_can_be_moved() {
+        block_on(async {
+            let mut timer = DeadlineTimer::new();
+            assert!(timer.fd.is_some(), "a timerfd on this kernel");
+            for ms in [0_u64, 3, 1, 20] {
+                let at = Instant::now() + Duration::from_millis(ms);
+                timer.until(Some(at)).await;
+                assert!(Instant::now() >= at, "fired before {ms} ms");
+            }
+            // Armed for one instant, then moved before it fires: the new one holds.
+            let soon = Instant::now() + Duration::from_secs(5);
+            let later = Instant::now() + Duration::from_millis(30);
+            let first = tokio::select! {
+                biased;
+                () = timer.until(Some(soon)) => true,
+                () = std::future::ready(()) => false,
+            };
+            assert!(!first, "not yet due");
+            timer.until(Some(later)).await;
+            assert!(Instant::now() >= later);
+        });
+    }
+
+    #[test]
+    fn no_instant_is_never() {
+        block_on(async {
+            let mut timer = DeadlineTimer::new();
+            let waited =
+                tokio::time::timeout(Duration::from_millis(20), timer.until(None)).await;
+            assert!(waited.is_err());
+        });
+    }
+}

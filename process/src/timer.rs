@@ -149,8 +149,7 @@ mod tests {
     fn no_instant_is_never() {
         block_on(async {
             let mut timer = DeadlineTimer::new();
-            let waited =
-                tokio::time::timeout(Duration::from_millis(20), timer.until(None)).await;
+            let waited = tokio::time::timeout(Duration::from_millis(20), timer.until(None)).await;
             assert!(waited.is_err());
         });
     }

@@ -394,28 +394,26 @@ impl Process {
             // A pidfd is readable once the process has exited: that is when it ended,
             // however long the reaper takes to come to it (it may be reaping many others).
             let exit = self.exit_readiness();
-            let registration = &mut self.exit;
-            let gone = async {
-                match &exit {
-                    Some(exit) => tokio::select! {
-                        biased;
-                        _ = exit.readable() => {}
-                        _ = registration.reaped() => {}
-                    },
-                    None => {
-                        registration.reaped().await;
-                    }
-                }
-            };
             // No grace: one look, not a timer (tokio's rounds up to its next millisecond,
-            // which a hard kill would wait for).
+            // which a hard kill would wait for). The look is the pidfd's own readiness,
+            // asked of the kernel: a freshly registered `AsyncFd` says "not yet" until the
+            // runtime's next turn, and a process that has exited must not count as killed.
             let in_time = if grace.is_zero() {
-                tokio::select! {
-                    biased;
-                    () = gone => true,
-                    () = std::future::ready(()) => false,
-                }
+                exit.as_ref().is_some_and(|fd| has_exited(fd.get_ref()))
             } else {
+                let registration = &mut self.exit;
+                let gone = async {
+                    match &exit {
+                        Some(exit) => tokio::select! {
+                            biased;
+                            _ = exit.readable() => {}
+                            _ = registration.reaped() => {}
+                        },
+                        None => {
+                            registration.reaped().await;
+                        }
+                    }
+                };
                 tokio::time::timeout(grace, gone).await.is_ok()
             };
             if !in_time {
@@ -772,4 +770,15 @@ mod tests {
             );
         }
     }
+}
+
+/// Whether the process `pidfd` names has exited: its pidfd polls readable.
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    crate::fd::poll(&mut fds, Some(Duration::ZERO)).is_ok() && fds[0].revents & libc::POLLIN != 0
 }

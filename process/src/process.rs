@@ -537,6 +537,17 @@ impl Drop for Process {
     }
 }
 
+/// Whether the process `pidfd` names has exited: its pidfd polls readable.
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    crate::fd::poll(&mut fds, Some(Duration::ZERO)).is_ok() && fds[0].revents & libc::POLLIN != 0
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -770,15 +781,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Whether the process `pidfd` names has exited: its pidfd polls readable.
-fn has_exited(pidfd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fds = [libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    crate::fd::poll(&mut fds, Some(Duration::ZERO)).is_ok() && fds[0].revents & libc::POLLIN != 0
 }

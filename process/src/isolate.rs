@@ -160,20 +160,12 @@ pub fn hold_mount_namespace(
     exit: &crate::reaper::Registration,
 ) -> Option<OwnedFd> {
     if let Some(pidfd) = pidfd {
-        // SAFETY: an ioctl without an argument on an fd we borrow; a non-negative result
-        // is a new fd that nothing else owns.
-        let fd = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_MNT_NAMESPACE as _, 0) };
-        if fd >= 0 {
-            // SAFETY: see above.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // The kernel makes it close-on-exec; a worker never sees it either way, since
-            // every spawn closes all fds but those it places.
-            return Some(fd);
-        }
-        // Gone already: nothing to hold. Any other error is an older kernel: the /proc
-        // path below.
-        if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            return None;
+        match namespace_of(pidfd, PIDFD_GET_MNT_NAMESPACE) {
+            Ok(fd) => return Some(fd),
+            // Gone already: nothing to hold.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
+            // An older kernel: the /proc path below.
+            Err(_) => {}
         }
     }
     exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/mnt")))?
@@ -195,17 +187,24 @@ const NS_GET_PID_FROM_PIDNS: libc::c_ulong = 0x8004_b706;
 /// the caller then reads the init's children in `/proc`, which costs a path walk, an open
 /// and a read per spawn.
 pub fn worker_behind_init(init: BorrowedFd<'_>) -> Option<i32> {
-    // SAFETY: an ioctl without an argument on a borrowed fd; a non-negative result is a
-    // new fd that nothing else owns.
-    let ns = unsafe { libc::ioctl(init.as_raw_fd(), PIDFD_GET_PID_NAMESPACE as _, 0) };
-    if ns < 0 {
-        return None;
-    }
-    // SAFETY: see above.
-    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    let ns = namespace_of(init, PIDFD_GET_PID_NAMESPACE).ok()?;
     // SAFETY: an ioctl with an integer argument on an fd we own.
     let pid = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PID_FROM_PIDNS as _, 2) };
     (pid > 0).then_some(pid)
+}
+
+/// An fd for a namespace of the process `pidfd` names, by the pidfd ioctl `request`
+/// (`PIDFD_GET_*_NAMESPACE`). The kernel makes it close-on-exec; a worker never sees it
+/// either way, since every spawn closes all fds but those it places.
+fn namespace_of(pidfd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<OwnedFd> {
+    // SAFETY: an ioctl without an argument on an fd we borrow; a non-negative result is a
+    // new fd that nothing else owns.
+    let fd = unsafe { libc::ioctl(pidfd.as_raw_fd(), request as _, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// How much of the default containment is asked of the kernel, most first.

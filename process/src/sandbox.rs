@@ -778,11 +778,19 @@ struct ChildPlan {
 /// CPU time, measured).
 fn empty_own_bounding_set() -> bool {
     let Ok(last) = cap_last() else { return false };
-    may_set_pcap()
-        && (0..=last).all(|cap| {
-            // SAFETY: prctl on integers, for the calling thread only.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) == 0 }
-        })
+    may_set_pcap() && empty_bounding_set(last) == 0
+}
+
+/// Drops every capability up to `last` from the calling thread's bounding set: 0, or -1
+/// (errno set) at the first refusal. Async-signal-safe, for `child_setup` too.
+fn empty_bounding_set(last: libc::c_int) -> libc::c_int {
+    for cap in 0..=last {
+        // SAFETY: prctl on integers, for the calling thread only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return -1;
+        }
+    }
+    0
 }
 
 fn cap_last() -> io::Result<libc::c_int> {
@@ -954,12 +962,7 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
         //    without `--isolate`) the set cannot be dropped, and `no_new_privs` (step 11)
         //    keeps exec from granting from it.
         if plan.drop_bounding {
-            for cap in 0..=plan.cap_last {
-                at(
-                    Stage::Capabilities,
-                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
-                )?;
-            }
+            at(Stage::Capabilities, empty_bounding_set(plan.cap_last))?;
         }
 
         // 7. The user and groups of `--user`: supplementary groups, then the group, then

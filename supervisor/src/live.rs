@@ -96,7 +96,9 @@ impl Live {
         user: Option<&crate::sandbox::Identity>,
     ) -> Option<tempfile::TempDir> {
         let (dir, namespace) = self.leftovers.take()?;
-        crate::janitor::dispose(namespace);
+        if let Some(namespace) = namespace {
+            crate::janitor::dispose(namespace);
+        }
         if !self.process.tree_ended() {
             crate::janitor::dispose(dir);
             return None;

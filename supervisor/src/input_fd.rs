@@ -89,8 +89,13 @@ pub enum Fill {
 }
 
 enum How {
-    /// Peek with `tee` into the private pipe `peek_r`/`peek_w`.
-    Pipe { peek_r: File, peek_w: OwnedFd },
+    /// Peek with `tee` into the private pipe `peek_r`/`peek_w`; `full_at`: a peek of at
+    /// least this many bytes means the input pipe may be full (see `fill_peeked`).
+    Pipe {
+        peek_r: File,
+        peek_w: OwnedFd,
+        full_at: usize,
+    },
     /// Peek with `recv(MSG_PEEK)`.
     Socket,
     /// Buffered reads, the offset set back when done.
@@ -135,9 +140,18 @@ impl Input {
             if let Ok(size) = jobsup_process::fd::pipe_capacity(peek_w.as_fd()) {
                 cap = cap.min(size.max(1));
             }
+            // A pipe holds its capacity in page-sized slots: once a reader has taken part of
+            // the first, a writer may be blocked with up to a page less than that in it.
+            let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+                .ok()
+                .flatten()
+                .map_or(4096, |p| p.max(1) as usize);
+            let full_at = jobsup_process::fd::pipe_capacity(fd.as_fd())
+                .map_or(usize::MAX, |size| size.saturating_sub(page).max(1));
             How::Pipe {
                 peek_r: File::from(peek_r),
                 peek_w,
+                full_at,
             }
         } else if kind == SFlag::S_IFSOCK && is_stream_socket(fd.as_fd()) {
             How::Socket
@@ -278,7 +292,10 @@ impl Input {
             }
             // Nothing new. Either the window is all a peek can see, or the writer is in the
             // middle of a line, or it has gone.
-            if n >= self.cap || !matches!(self.queued(), Some(q) if q <= n) {
+            // (A pipe that may be full counts as the window being all a peek sees: its
+            // writer may be blocked until some of it is read, so waiting would be forever.)
+            let pipe_full = matches!(self.how, How::Pipe { full_at, .. } if n >= full_at);
+            if n >= self.cap || pipe_full || !matches!(self.queued(), Some(q) if q <= n) {
                 if self.owed == 0 {
                     return Ok(Fill::Full);
                 }

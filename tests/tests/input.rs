@@ -371,3 +371,21 @@ fn a_pipe_written_in_pieces_ends_the_run_with_every_record() {
             .collect();
     assert_eq!(outputs, expected, "{run}");
 }
+
+#[test]
+fn a_line_longer_than_a_pipe_holds_comes_through_a_pipe_between_short_ones() {
+    // Once a short line is taken from a full pipe, its writer stays blocked with up to a
+    // page less than the pipe's size in it: the reader must read on, not wait for more.
+    for len in [65_000, 100_000, 1_000_000] {
+        let long = "x".repeat(len);
+        let run = jobsup!()
+            .processor(bin!("jobsup-echo"), [] as [&str; 0])
+            .stdin(format!("a\n{long}\nb\n"))
+            .run();
+        assert_eq!(run.code(), 0, "{len}: {run}");
+        let by_seq = run.by_seq();
+        assert_eq!(by_seq.len(), 3, "{len}: {run}");
+        assert_eq!(by_seq[&2].output(), Some(long.as_str()), "{len}");
+        assert_eq!(by_seq[&3].output(), Some("b"), "{len}");
+    }
+}

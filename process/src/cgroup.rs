@@ -622,6 +622,12 @@ impl WorkerCgroup {
         pids
     }
 
+    /// Whether its kill goes through its cgroup v2 directory (`cgroup.kill`, which reaches
+    /// every process in it at once).
+    pub fn kills_atomically(&self) -> bool {
+        self.kill.is_some_and(|i| self.dirs[i].1 == Version::V2)
+    }
+
     /// The threads in its cgroup v2 directory, when that is where its kill goes
     /// (`cgroup.kill`, which reaches every process in it at once): `None` where the kill
     /// lists and signals processes one by one.

@@ -225,6 +225,8 @@ pub struct Launched {
     pub pidfd: Option<OwnedFd>,
     /// Whether it reached exec: else where and why not (it then exits with 127).
     pub started: Result<(), Failed>,
+    /// `clone3` created it inside the cgroup given to [`launch`] (`CLONE_INTO_CGROUP`).
+    pub in_cgroup: bool,
 }
 
 /// What the clone hands the child.
@@ -473,7 +475,7 @@ where
                 // `child` is kept alive until the end of file, which comes after the
                 // child's last use of it.
                 let started = after_clone(&report_r, report_w, inits, memory, pid, &old);
-                return Ok(launched(pid, pidfd, started));
+                return Ok(launched(pid, pidfd, started, true));
             }
             Err(e) => {
                 // Not known to this kernel: remembered, and said once. Any other
@@ -519,15 +521,21 @@ where
             io::Error::from_raw_os_error(e)
         );
     }
-    Ok(launched(pid, pidfd, started))
+    Ok(launched(pid, pidfd, started, false))
 }
 
-fn launched(pid: i32, pidfd: libc::c_int, started: Result<(), Failed>) -> Launched {
+fn launched(
+    pid: i32,
+    pidfd: libc::c_int,
+    started: Result<(), Failed>,
+    in_cgroup: bool,
+) -> Launched {
     Launched {
         pid,
         // SAFETY: a pidfd the kernel just made for this process alone.
         pidfd: (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
         started,
+        in_cgroup,
     }
 }
 

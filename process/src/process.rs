@@ -166,6 +166,7 @@ impl Process {
         worker: u64,
         cgroup: Option<WorkerCgroup>,
         keep_cgroup: bool,
+        born_in_cgroup: bool,
     ) -> Process {
         let handle = match (handles(), pidfd.or_else(|| exit.take_pidfd())) {
             (Handles::Pid { .. }, _) => Handle::Pid,
@@ -180,7 +181,7 @@ impl Process {
                 None => Handle::Pid,
             },
         };
-        Process::with_handle(exit, handle, worker, cgroup, keep_cgroup)
+        Process::with_handle(exit, handle, worker, cgroup, keep_cgroup, born_in_cgroup)
     }
 
     fn with_handle(
@@ -189,15 +190,20 @@ impl Process {
         worker: u64,
         cgroup: Option<WorkerCgroup>,
         keep_cgroup: bool,
+        born_in_cgroup: bool,
     ) -> Process {
         let cgroup = cgroup.map(Arc::new);
         if let Some(cgroup) = &cgroup {
             exit.kill_cgroup_first(cgroup);
         }
-        let contained = cgroup
-            .as_ref()
-            .and_then(|c| c.atomic_kill_threads())
-            .is_some_and(|threads| threads.contains(&exit.pid()));
+        // Born in the cgroup v2 directory its kill goes to, it is there (nothing of jobsup's
+        // moves it); else it joined between clone and exec, where that worked, and its
+        // directory says so.
+        let contained = cgroup.as_ref().is_some_and(|c| {
+            (born_in_cgroup && c.kills_atomically())
+                || c.atomic_kill_threads()
+                    .is_some_and(|threads| threads.contains(&exit.pid()))
+        });
         Process {
             contained,
             exit,
@@ -574,13 +580,13 @@ mod tests {
             ),
             _ => Handle::Pid,
         };
-        Process::with_handle(registration, handle, 0, None, false)
+        Process::with_handle(registration, handle, 0, None, false, false)
     }
 
     #[test]
     fn a_pidfd_is_used_where_the_kernel_offers_one() {
         let mut leader = Leader::start("read go");
-        let mut p = Process::new(leader.register(), None, 0, None, false);
+        let mut p = Process::new(leader.register(), None, 0, None, false, false);
         assert_eq!(
             matches!(p.handle, Handle::Pidfd(_)),
             *handles() == Handles::Pidfd,
@@ -651,7 +657,7 @@ mod tests {
             if kind == "pid" {
                 registry.reaped(successor.pid());
             }
-            let p = Process::with_handle(registration, handle, 0, None, false);
+            let p = Process::with_handle(registration, handle, 0, None, false, false);
             assert_eq!(p.ask(Some(Signal::SIGTERM)), Err(Errno::ESRCH), "{kind}");
             p.kill();
             drop(p);
@@ -698,7 +704,7 @@ mod tests {
         wait_until("the leader is reaped", || !exists(pid));
         let registration = leader.register();
         let mut member_status = reaper().register(member, leader.since);
-        let mut p = Process::new(registration, None, 0, None, false);
+        let mut p = Process::new(registration, None, 0, None, false, false);
         assert_eq!(p.exit(), Some(Exit::Code(5)));
         match handles() {
             // The pidfd the reaper opened on the zombie names its group still.

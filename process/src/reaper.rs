@@ -159,6 +159,7 @@ impl Reaper {
         // Said once, at start: how workers are named when they are signalled.
         tracing::debug!("process handles: {}", crate::process::handles());
         let mut signals = Signals::new([SIGCHLD])?;
+        leave_sigchld_to_the_reaper();
         let reaper = Reaper {
             registry: Arc::new(Mutex::new(Registry::default())),
         };
@@ -166,6 +167,7 @@ impl Reaper {
         std::thread::Builder::new()
             .name("jobsup-reaper".into())
             .spawn(move || {
+                let _ = sigchld().thread_unblock();
                 let reaping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     // One pass before the first signal, in case a child already exited.
                     reap_all(&registry);
@@ -201,6 +203,21 @@ impl Reaper {
         let _held = lock(&self.registry);
         kill_all(&children_of_self());
     }
+}
+
+fn sigchld() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    set
+}
+
+/// Blocks SIGCHLD in the calling thread, and so in every thread started from it from now
+/// on; the reaper thread unblocks it for itself. The kernel then delivers it to the reaper
+/// thread only: else each exit woke whichever thread it picked (the runtime's, a
+/// spawner), out of its wait, to run the handler there. Call first thing, before threads
+/// start; [`Reaper::start`] calls it too. (Children start with no signal blocked.)
+pub fn leave_sigchld_to_the_reaper() {
+    let _ = sigchld().thread_block();
 }
 
 /// A registered child: the status the reaper routes to it, and the means to act on its pid

@@ -29,7 +29,7 @@ use std::ffi::CString;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use jobsup_protocol::{ENV_MAX_FRAME, ENV_PROTOCOL, JOB_FD, PROTOCOL_VERSION, RESULT_FD};
@@ -139,6 +139,9 @@ pub struct Spawned {
     pub pipes: Pipes,
     /// Its cgroup, where the machine offers them.
     pub cgroup: Option<crate::cgroup::WorkerCgroup>,
+    /// The clone created it inside its cgroup v2 directory (`CLONE_INTO_CGROUP`), where
+    /// its kill goes: it is known to be there without reading the directory.
+    pub born_in_cgroup: bool,
     /// Its stderr.
     pub stderr: File,
     /// Its private working directory, removed on drop.
@@ -315,7 +318,38 @@ type Request = (
 /// A handle on the spawner threads.
 #[derive(Clone)]
 pub struct Spawner {
-    tx: std::sync::mpsc::Sender<Request>,
+    requests: std::sync::Arc<Requests>,
+}
+
+/// The spawn requests waiting for a spawner thread. A request wakes one idle thread, not
+/// all of them (as threads taking turns at one channel's receiver behind a lock would:
+/// each request then woke the next thread in line too, a wakeup and a futex round trip
+/// per spawn for nothing).
+#[derive(Default)]
+struct Requests {
+    queue: std::sync::Mutex<std::collections::VecDeque<Request>>,
+    ready: std::sync::Condvar,
+}
+
+impl Requests {
+    fn push(&self, request: Request) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(request);
+        self.ready.notify_one();
+    }
+
+    /// The next request, once there is one.
+    fn pop(&self) -> Request {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(request) = queue.pop_front() {
+                return request;
+            }
+            queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// What each spawner thread holds.
@@ -338,13 +372,12 @@ impl Spawner {
         reaper: Reaper,
         cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
     ) -> io::Result<Spawner> {
-        let (tx, rx) = std::sync::mpsc::channel::<Request>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let requests = std::sync::Arc::new(Requests::default());
         let supervisor_pid = std::process::id() as i32;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let fallbacks = launch::Fallbacks::from_env();
         for _ in 0..threads {
-            let rx = std::sync::Arc::clone(&rx);
+            let requests = std::sync::Arc::clone(&requests);
             let mut state = SpawnerState {
                 reaper: reaper.clone(),
                 cgroups: cgroups.clone(),
@@ -356,12 +389,11 @@ impl Spawner {
                 .name("jobsup-spawner".into())
                 .spawn(move || {
                     state.bounding_empty = empty_own_bounding_set();
+                    // Once every handle is gone, it waits here for good rather than
+                    // return, so that children spawned from this thread keep their
+                    // parent-death signal armed.
                     loop {
-                        // The lock is held only while waiting for a request.
-                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok((spec, reuse, reply)) = next else {
-                            break;
-                        };
+                        let (spec, reuse, reply) = requests.pop();
                         // A bug while spawning fails that spawn, not the thread: it must
                         // live on for the parent-death signal of the children it made.
                         let spawned =
@@ -380,14 +412,9 @@ impl Spawner {
                             });
                         let _ = reply.send(spawned);
                     }
-                    // All handles dropped: park rather than return, so that children
-                    // spawned from this thread keep their parent-death signal armed.
-                    loop {
-                        std::thread::park();
-                    }
                 })?;
         }
-        Ok(Spawner { tx })
+        Ok(Spawner { requests })
     }
 
     /// Starts a worker process; in `reuse`'s private directory, where given (one that
@@ -403,7 +430,7 @@ impl Spawner {
             program: program.display().to_string(),
             source: io::Error::other("the spawner threads are gone"),
         };
-        self.tx.send((spec, reuse, reply)).map_err(|_| gone())?;
+        self.requests.push((spec, reuse, reply));
         rx.await.map_err(|_| gone())?
     }
 }
@@ -612,6 +639,7 @@ fn spawn(
         mount_namespace,
         pidfd: launched.pidfd,
         exit,
+        born_in_cgroup: launched.in_cgroup,
         cgroup,
         pipes: Pipes {
             jobs,
@@ -655,16 +683,63 @@ pub fn reusable_workdir(
     dir: tempfile::TempDir,
     user: Option<&Identity>,
 ) -> Result<tempfile::TempDir, tempfile::TempDir> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let owner = user.map_or_else(|| nix::unistd::getuid().as_raw(), |id| id.uid);
-    let as_made = std::fs::symlink_metadata(dir.path())
-        .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == 0o700 && m.uid() == owner);
-    let empty =
-        as_made && std::fs::read_dir(dir.path()).is_ok_and(|mut entries| entries.next().is_none());
-    if empty {
+    // One open that refuses a link in its place, then questions to that fd: no second
+    // walk of the path, no allocation (this runs on the runtime's thread after every job).
+    let reusable = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir.path())
+        .is_ok_and(|opened| {
+            opened
+                .metadata()
+                .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == 0o700 && m.uid() == owner)
+                && holds_nothing(opened.as_fd())
+        });
+    if reusable {
         Ok(dir)
     } else {
         Err(dir)
+    }
+}
+
+/// Whether the directory open at `dir` lists nothing but `.` and `..` (read to its end:
+/// one batch of entries need not be all of them). False where it cannot be read.
+fn holds_nothing(dir: BorrowedFd<'_>) -> bool {
+    // `struct linux_dirent64`: inode (8 bytes), offset (8), record length (2), type (1),
+    // then the name, NUL-terminated.
+    const NAME_AT: usize = 19;
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into the live buffer.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            return false;
+        };
+        if n == 0 {
+            return true;
+        }
+        let mut at = 0;
+        while at + NAME_AT < n {
+            let len = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + NAME_AT..(at + len).min(n)];
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            if name != b"." && name != b".." {
+                return false;
+            }
+            if len == 0 {
+                return false;
+            }
+            at += len;
+        }
     }
 }
 
@@ -1071,5 +1146,58 @@ pub fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
     match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pgid, "cannot send {sig} to process group {pgid}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn private_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .expect("a temporary directory")
+    }
+
+    #[test]
+    fn an_empty_private_directory_is_reused() {
+        assert!(reusable_workdir(private_dir(), None).is_ok());
+    }
+
+    #[test]
+    fn a_directory_with_anything_in_it_is_not_reused() {
+        let dir = private_dir();
+        std::fs::write(dir.path().join("left"), "x").unwrap();
+        assert!(reusable_workdir(dir, None).is_err());
+        let dir = private_dir();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(reusable_workdir(dir, None).is_err());
+        // More entries than one read of the listing returns, the last one not removed.
+        let dir = private_dir();
+        for i in 0..200 {
+            let name = dir.path().join(format!("{i:0>100}"));
+            std::fs::write(&name, "").unwrap();
+            if i < 199 {
+                std::fs::remove_file(&name).unwrap();
+            }
+        }
+        assert!(reusable_workdir(dir, None).is_err());
+    }
+
+    #[test]
+    fn a_directory_not_as_made_is_not_reused() {
+        let dir = private_dir();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(reusable_workdir(dir, None).is_err());
+        // A link in the directory's place, to an empty private directory.
+        let elsewhere = private_dir();
+        let dir = private_dir();
+        std::fs::remove_dir(dir.path()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path()).unwrap();
+        let refused = reusable_workdir(dir, None).expect_err("a link is not the directory");
+        std::fs::remove_file(refused.path()).unwrap();
+        let _ = refused.keep();
     }
 }

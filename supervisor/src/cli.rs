@@ -267,6 +267,8 @@ pub fn main() -> ExitCode {
     if let Command::Guard(args) = &cli.command {
         return ExitCode::from(crate::guard::serve(args));
     }
+    // Before any thread starts, so that every thread but the reaper's has it blocked.
+    jobsup_process::reaper::leave_sigchld_to_the_reaper();
     crate::health::install();
     let logs = match init_logging(&cli) {
         Ok(logs) => logs,

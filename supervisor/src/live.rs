@@ -137,6 +137,7 @@ impl Live {
             id,
             spawned.cgroup.take(),
             settings.mode == crate::link::Mode::Exec,
+            spawned.born_in_cgroup,
         );
         // In a pid namespace the process jobsup started is the namespace's init.
         if settings

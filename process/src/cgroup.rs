@@ -460,7 +460,14 @@ fn was_killed(dir: &Path) -> bool {
 /// `None` when that cannot be read. Once false it stays false unless a process is put in:
 /// a process outside it cannot fork into it, and one inside it has exited.
 fn populated(dir: &Path) -> Option<bool> {
-    let events = fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    use std::io::Read;
+    // One read into a buffer on the stack: the file is two short lines, made whole at the
+    // first read (the reaper asks after every worker's exit).
+    let mut buf = [0u8; 256];
+    let n = fs::File::open(dir.join("cgroup.events"))
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    let events = std::str::from_utf8(&buf[..n]).ok()?;
     events
         .lines()
         .find_map(|l| l.strip_prefix("populated "))

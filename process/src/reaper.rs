@@ -2,8 +2,9 @@
 //!
 //! jobsup is a child subreaper, so it inherits every orphaned descendant of its workers. If
 //! two parties waited for any child, one would steal the other's exit statuses, so exactly
-//! one thread reaps: it waits for SIGCHLD and collects every exited child with `WNOHANG`,
-//! routing each worker's status to the task that registered it.
+//! one thread reaps: it sleeps in a blocking `waitid` until some child has exited (a
+//! SIGCHLD only where it has no child to wait for) and collects every exited child with
+//! `WNOHANG`, routing each worker's status to the task that registered it.
 //!
 //! # Kill, then reap
 //!
@@ -167,13 +168,8 @@ impl Reaper {
         std::thread::Builder::new()
             .name("jobsup-reaper".into())
             .spawn(move || {
-                let _ = sigchld().thread_unblock();
                 let reaping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    // One pass before the first signal, in case a child already exited.
-                    reap_all(&registry);
-                    for _ in signals.forever() {
-                        reap_all(&registry);
-                    }
+                    reap_forever(&registry, &mut signals)
                 }));
                 if reaping.is_err() {
                     // The panic hook has told the pool. Nobody may wait for a status that
@@ -212,10 +208,11 @@ fn sigchld() -> nix::sys::signal::SigSet {
 }
 
 /// Blocks SIGCHLD in the calling thread, and so in every thread started from it from now
-/// on; the reaper thread unblocks it for itself. The kernel then delivers it to the reaper
-/// thread only: else each exit woke whichever thread it picked (the runtime's, a
-/// spawner), out of its wait, to run the handler there. Call first thing, before threads
-/// start; [`Reaper::start`] calls it too. (Children start with no signal blocked.)
+/// on: the reaper wakes from its `waitid` at an exit, and unblocks SIGCHLD only to wait for
+/// one where it has no child to wait for. Else each exit woke whichever thread the kernel
+/// picked (the runtime's, a spawner), out of its wait, to run the handler there. Call
+/// first thing, before threads start; [`Reaper::start`] calls it too. (Children start with
+/// no signal blocked.)
 pub fn leave_sigchld_to_the_reaper() {
     let _ = sigchld().thread_block();
 }
@@ -538,20 +535,64 @@ fn wait_exited(
     }
 }
 
-fn reap_all(registry: &Mutex<Registry>) {
+/// The reaper thread's loop. It sleeps in a blocking `waitid` (`WNOWAIT`: the child stays
+/// a zombie for [`reap_all`]), which the kernel ends at the exit itself: no signal handler
+/// runs (SIGCHLD stays blocked in this thread as in every other) and no relay wakes it.
+/// With no child at all `waitid` cannot wait, and neither can it for a zombie it failed to
+/// reap: then, and only then, the next exit is awaited as a SIGCHLD, unblocked here for
+/// that wait alone (a child that exited meanwhile left its signal pending, delivered at
+/// the unblock).
+fn reap_forever(registry: &Mutex<Registry>, signals: &mut Signals) {
+    // One pass first, in case a child already exited.
+    let mut stuck = !reap_all(registry);
+    loop {
+        if stuck || !wait_for_an_exit() {
+            let _ = sigchld().thread_unblock();
+            let _ = signals.wait();
+            let _ = sigchld().thread_block();
+        }
+        stuck = !reap_all(registry);
+    }
+}
+
+/// Blocks until a child has exited (and leaves it unreaped); false where there is none to
+/// wait for (or the wait failed).
+fn wait_for_an_exit() -> bool {
+    loop {
+        // SAFETY: siginfo_t is plain C data, for which all zeroes is a valid value; `info`
+        // is live and writable for the duration of the call.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            return true;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::ECHILD => return false,
+            e => {
+                tracing::error!("waitid failed: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// Reaps every exited child; false if one could not be (it is still a zombie).
+fn reap_all(registry: &Mutex<Registry>) -> bool {
     crate::fault::fault("reaper");
     loop {
         // Which child has exited, leaving it a zombie: until it is reaped its pid is its own.
         let pid = match wait_exited(libc::P_ALL, 0, libc::WNOWAIT) {
             Ok(Some((pid, _))) => pid,
-            Ok(None) | Err(Errno::ECHILD) => return,
+            Ok(None) | Err(Errno::ECHILD) => return true,
             Err(e) => {
                 tracing::error!("waitid failed: {e}");
-                return;
+                return false;
             }
         };
         if !lock(registry).collect(pid, Instant::now) {
-            return;
+            return false;
         }
     }
 }

@@ -370,7 +370,7 @@ impl Sink {
 /// again right after each record would be woken once per job. While it rests, sending is
 /// just a push onto the queue, so under load it wakes at most once per interval and writes
 /// a batch; a record waits at most this long to appear.
-const COALESCE: Duration = Duration::from_millis(1);
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// The most records written between two flushes.
 const BATCH: usize = 1024;

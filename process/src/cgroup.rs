@@ -449,6 +449,52 @@ fn mark_killed(dir: &Path) {
         .insert(dir.to_path_buf());
 }
 
+/// A fresh directory for worker `id` under `base`, in place of `killed`: `killed` itself,
+/// removed and made again, where it is empty; else the first free `w{id}-{n}`.
+fn remake(base: &Path, id: u64, killed: &Path) -> io::Result<PathBuf> {
+    if fs::remove_dir(killed).is_ok() {
+        KILLED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(killed);
+        match fs::create_dir(killed) {
+            Ok(()) => return Ok(killed.to_path_buf()),
+            // Someone else's now: one of the other names.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for n in 1..=10_000u32 {
+        let dir = base.join(format!("w{id}-{n}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // The slot's own from an earlier time, no kill written to it: as good as
+                // new (one process of a slot runs at a time, and that one has ended).
+                if !was_killed(&dir) {
+                    return Ok(dir);
+                }
+                // Killed, and still busy: the next name.
+                if fs::remove_dir(&dir).is_err() {
+                    continue;
+                }
+                KILLED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&dir);
+                if fs::create_dir(&dir).is_ok() {
+                    return Ok(dir);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no fresh cgroup directory for worker {id} in {}",
+        base.display()
+    )))
+}
+
 fn was_killed(dir: &Path) -> bool {
     KILLED
         .lock()
@@ -533,12 +579,33 @@ fn remove_when_empty(dir: &Path) {
 impl WorkerCgroup {
     /// Makes (or finds) the worker's directory under `base`; returns its index in `dirs`.
     fn join_dir(&mut self, base: &Base, id: u64) -> io::Result<usize> {
-        let dir = base.dir.join(format!("w{id}"));
-        if let Some(i) = self.dirs.iter().position(|(d, _)| *d == dir) {
+        // Several limits may share one hierarchy, and so one directory.
+        if let Some(i) = self
+            .dirs
+            .iter()
+            .position(|(d, _)| d.parent() == Some(&*base.dir))
+        {
             return Ok(i);
         }
+        let mut dir = base.dir.join(format!("w{id}"));
         match fs::create_dir(&dir) {
             Ok(()) => self.fresh_v2 |= base.version == Version::V2,
+            // A cgroup v2 directory an earlier process of the slot was killed in: a process
+            // cloned into it would be killed at birth where `Cgroups::probe_clone_into`
+            // finds so, so it would have to join by a write to `cgroup.procs`. That write waits for an
+            // RCU grace period (milliseconds, tens on a busy machine) holding the cgroup
+            // mutex, and every `cgroup.kill` of another worker meanwhile waits with it: the
+            // kill rows' rare tail of 10-20 ms. So a fresh directory instead: the same one
+            // emptied and made again, or, while the killed tree is still leaving it,
+            // another name.
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && base.version == Version::V2
+                    && was_killed(&dir) =>
+            {
+                dir = remake(&base.dir, id, &dir)?;
+                self.fresh_v2 = true;
+            }
             // A leftover from an earlier process of the same exec slot: as good as new
             // where no kill has reached it.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

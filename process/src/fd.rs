@@ -11,6 +11,33 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// Grows this process's fd table now to hold fds numbered below `fds` (at most the soft
+/// `RLIMIT_NOFILE`), by placing one at the top and closing it: the table never shrinks.
+/// Call while this is the only thread. Growing a table that threads share waits for an RCU
+/// grace period (`expand_fdtable`), milliseconds on a quiet machine, and tens with every
+/// CPU busy, and every thread opening an fd meanwhile (the runtime's, arming a deadline)
+/// waits with it: with hundreds of workers the table grows while jobs run, and that stall
+/// was the hard-kill rows' rare tail.
+pub fn reserve_fd_table(fds: usize) {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let top = fds.min(usize::try_from(soft).unwrap_or(usize::MAX));
+    let Ok(top) = libc::c_int::try_from(top.saturating_sub(1)) else {
+        return;
+    };
+    if top <= 2 {
+        return;
+    }
+    // SAFETY: duplicating fd 0 (always open: see `open_closed_std_fds`) onto a free number
+    // at or above `top`, then closing that new fd, which nothing else knows of.
+    unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, top);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+}
+
 /// Bytes waiting to be read in a pipe or socket (`FIONREAD`; on a pipe, from either end).
 pub fn unread(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;

@@ -294,11 +294,19 @@ const INIT_STACK: usize = 128 * 1024;
 /// The bit that says the init has left a status in [`InitMemory::status`].
 const STATUS_SET: u64 = 1 << 32;
 
-/// Inits' memory kept for the next ones (their inits reaped): a spawn then maps nothing.
+/// Inits' memory kept for the next ones (their inits reaped): a spawn then maps nothing,
+/// and a reap unmaps nothing. That matters beyond the calls themselves: every init runs
+/// on jobsup's memory map, and so does every worker until its exec, which takes the map's
+/// lock to leave it; an unmap by the reaper waits for such a worker (an ordinary task,
+/// which among busy CPUs may wait long for its turn), and every init's exit, which takes
+/// the lock too, waits behind the unmap. With hundreds of killed workers that chain held
+/// single kills back by 10-100 ms.
 static SPARE_INITS: Mutex<Vec<InitMemory>> = Mutex::new(Vec::new());
 
-/// How many [`SPARE_INITS`] are kept at most.
-const SPARE_INITS_MAX: usize = 64;
+/// How many [`SPARE_INITS`] are kept at most: more than the workers of any run that has
+/// room in its fd table for them (each is 132 KiB of address space, a page or two of it
+/// ever touched).
+const SPARE_INITS_MAX: usize = 8192;
 
 impl InitMemory {
     fn new() -> io::Result<InitMemory> {
@@ -359,16 +367,16 @@ pub(crate) fn init_ended(pid: i32, exit: crate::reaper::Exit) -> crate::reaper::
         return exit;
     };
     let word = memory.status.load(Ordering::Acquire);
-    if word & STATUS_SET == 0 {
-        // Killed before its worker ended (or failed on its own): its own exit stands.
-        return exit;
-    }
-    let status = word as u32 as libc::c_int;
     let mut spare = SPARE_INITS.lock().unwrap_or_else(|e| e.into_inner());
     if spare.len() < SPARE_INITS_MAX {
         spare.push(memory);
     }
     drop(spare);
+    if word & STATUS_SET == 0 {
+        // Killed before its worker ended (or failed on its own): its own exit stands.
+        return exit;
+    }
+    let status = word as u32 as libc::c_int;
     if libc::WIFSIGNALED(status) {
         crate::reaper::Exit::Signal(libc::WTERMSIG(status))
     } else {

@@ -799,7 +799,7 @@ fn clone_into(
                 "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP)"
             ),
             CloneInto::Fresh => tracing::debug!(
-                "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP) unless it was killed before: this kernel kills a child created in such a cgroup, so those join it between clone and exec"
+                "workers are created in their cgroup (clone3 with CLONE_INTO_CGROUP), a fresh one after a kill: this kernel kills a child created in a cgroup that was killed"
             ),
             CloneInto::Never => tracing::debug!(
                 "workers join their cgroup between clone and exec (clone3 with CLONE_INTO_CGROUP does not work here)"

@@ -247,6 +247,10 @@ pub fn stdout_was_closed() -> bool {
     CLOSED_AT_START.load(Ordering::Relaxed) & 0b010 != 0
 }
 
+/// The fd table's size made at start ([`jobsup_process::fd::reserve_fd_table`]): a worker
+/// holds about a dozen of jobsup's fds, so this is room for several hundred.
+const FD_TABLE: usize = 8192;
+
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
 pub fn main() -> ExitCode {
     // Before anything opens a file.
@@ -267,8 +271,10 @@ pub fn main() -> ExitCode {
     if let Command::Guard(args) = &cli.command {
         return ExitCode::from(crate::guard::serve(args));
     }
-    // Before any thread starts, so that every thread but the reaper's has it blocked.
+    // Before any thread starts: so that every thread has SIGCHLD blocked, and so that the fd
+    // table is not grown while threads share it (room for hundreds of workers' fds).
     jobsup_process::reaper::leave_sigchld_to_the_reaper();
+    jobsup_process::fd::reserve_fd_table(FD_TABLE);
     crate::health::install();
     let logs = match init_logging(&cli) {
         Ok(logs) => logs,

@@ -234,6 +234,40 @@ fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
 }
 
 #[test]
+fn after_a_kill_the_slots_next_process_starts_alive_in_a_cgroup_of_its_own() {
+    let writable = own_cgroup_dir(None).is_some_and(|d| can_make_dir_in(&d));
+    assert!(
+        jobsup_tests::running_as_root() && writable,
+        "cannot test cgroup placement here: it needs root and a writable cgroup v2 hierarchy"
+    );
+    // Jobs 1 and 3 outlive their ttl and are killed through the cgroup; a process created
+    // in a killed cgroup is killed at birth by this kernel, so the next ones must each get
+    // a fresh directory (the same name made again, or `w1-N` while the old one empties).
+    let script = r#"if [ "$1" = hang ]; then exec sleep 30; fi; cat /proc/self/cgroup"#;
+    let run = jobsup_as!(User::Invoker)
+        .args(["--mode", "exec", "-j", "1", "--isolate", "none"])
+        .args(["--ttl", "300ms", "--cleanup", "0"])
+        .processor("sh", ["-c", script, "sh", "{}"])
+        .stdin("hang\na\nhang\nb\nc\n")
+        .run();
+    let records = run.records();
+    assert_eq!(records.len(), 5, "{run}");
+    for r in &records {
+        if ["1", "3"].contains(&r.id()) {
+            assert_eq!(r.outcome(), "killed", "{r}\n{run}");
+            continue;
+        }
+        assert_eq!(r.outcome(), "ok", "{r}\n{run}");
+        let line = v2_line(r);
+        let dir = line.rsplit('/').next().unwrap_or_default();
+        assert!(
+            line.contains("/jobsup-") && (dir == "w1" || dir.starts_with("w1-")),
+            "not in its slot's cgroup: {line:?}\n{r}"
+        );
+    }
+}
+
+#[test]
 fn the_pid_namespace_init_holds_nothing_of_jobsups() {
     // If the init kept the report pipe, jobsup would take the worker's start for
     // unfinished until the worker exited: the first job would never be handed over while

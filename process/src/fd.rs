@@ -38,6 +38,21 @@ pub fn reserve_fd_table(fds: usize) {
     }
 }
 
+/// Keeps the allocator from giving memory back to the kernel, or mapping big blocks of
+/// their own, while jobsup runs: each such call takes the memory map's lock for writing,
+/// and that lock is shared with every pid namespace's init and every worker until its exec
+/// (they run on jobsup's memory, see `launch`), ordinary tasks that on busy CPUs may hold
+/// it for milliseconds; whoever takes it after a waiting writer waits too, the exits of
+/// killed inits among them. Memory freed is reused for later allocations instead.
+pub fn keep_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes plain integers and changes only the allocator's thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
 /// Bytes waiting to be read in a pipe or socket (`FIONREAD`; on a pipe, from either end).
 pub fn unread(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;

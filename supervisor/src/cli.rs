@@ -275,6 +275,7 @@ pub fn main() -> ExitCode {
     // table is not grown while threads share it (room for hundreds of workers' fds).
     jobsup_process::reaper::leave_sigchld_to_the_reaper();
     jobsup_process::fd::reserve_fd_table(FD_TABLE);
+    jobsup_process::fd::keep_freed_memory();
     crate::health::install();
     let logs = match init_logging(&cli) {
         Ok(logs) => logs,

@@ -452,37 +452,18 @@ fn mark_killed(dir: &Path) {
 /// A fresh directory for worker `id` under `base`, in place of `killed`: `killed` itself,
 /// removed and made again, where it is empty; else the first free `w{id}-{n}`.
 fn remake(base: &Path, id: u64, killed: &Path) -> io::Result<PathBuf> {
-    if fs::remove_dir(killed).is_ok() {
-        KILLED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(killed);
-        match fs::create_dir(killed) {
-            Ok(()) => return Ok(killed.to_path_buf()),
-            // Someone else's now: one of the other names.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+    if made_again(killed) {
+        return Ok(killed.to_path_buf());
     }
     for n in 1..=10_000u32 {
         let dir = base.join(format!("w{id}-{n}"));
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
+            // The slot's own from an earlier time, no kill written to it: as good as new
+            // (one process of a slot runs at a time, and that one has ended). Killed and
+            // still busy: the next name.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // The slot's own from an earlier time, no kill written to it: as good as
-                // new (one process of a slot runs at a time, and that one has ended).
-                if !was_killed(&dir) {
-                    return Ok(dir);
-                }
-                // Killed, and still busy: the next name.
-                if fs::remove_dir(&dir).is_err() {
-                    continue;
-                }
-                KILLED
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&dir);
-                if fs::create_dir(&dir).is_ok() {
+                if !was_killed(&dir) || made_again(&dir) {
                     return Ok(dir);
                 }
             }
@@ -493,6 +474,16 @@ fn remake(base: &Path, id: u64, killed: &Path) -> io::Result<PathBuf> {
         "no fresh cgroup directory for worker {id} in {}",
         base.display()
     )))
+}
+
+/// Removes a killed directory and makes it again, fresh, where it has emptied (and nobody
+/// took the name meanwhile).
+fn made_again(dir: &Path) -> bool {
+    if fs::remove_dir(dir).is_err() {
+        return false;
+    }
+    KILLED.lock().unwrap_or_else(|e| e.into_inner()).remove(dir);
+    fs::create_dir(dir).is_ok()
 }
 
 fn was_killed(dir: &Path) -> bool {

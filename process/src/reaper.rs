@@ -429,7 +429,7 @@ impl Registry {
             // it is a zombie a pidfd still names it, and so its group, for its owner.
             None => leader = self.leader_pidfd(pid),
         }
-        let exit = match wait_exited(libc::P_PID, pid as libc::id_t, 0) {
+        let exit = match wait_exited(libc::P_PID, pid as libc::id_t, libc::WNOHANG) {
             // A pid namespace's init ends the way its worker did.
             Ok(Some((_, exit))) => crate::launch::init_ended(pid, exit),
             failed => {
@@ -496,9 +496,9 @@ impl Registry {
     }
 }
 
-/// One exited child, from `waitid(idtype, id, WEXITED | WNOHANG | flags)`: its pid and how
-/// it ended, or `None` if no child (of those named) has exited. With `WNOWAIT` in `flags`
-/// the child is left a zombie.
+/// One exited child, from `waitid(idtype, id, WEXITED | flags)`: its pid and how it ended,
+/// or, with `WNOHANG` in `flags`, `None` if no child (of those named) has exited yet
+/// (without it, the call waits for one). With `WNOWAIT` the child is left a zombie.
 ///
 /// Read from the raw `siginfo_t`: a child killed by a real-time signal is a status like
 /// any other (a conversion to a known `Signal` would fail on it, and lose it).
@@ -512,8 +512,7 @@ fn wait_exited(
         // si_pid 0 is how WNOHANG says "none").
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: `info` is a live, writable siginfo_t for the duration of the call.
-        let rc =
-            unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::WNOHANG | flags) };
+        let rc = unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | flags) };
         if rc < 0 {
             match Errno::last() {
                 Errno::EINTR => continue,
@@ -558,22 +557,12 @@ fn reap_forever(registry: &Mutex<Registry>, signals: &mut Signals) {
 /// Blocks until a child has exited (and leaves it unreaped); false where there is none to
 /// wait for (or the wait failed).
 fn wait_for_an_exit() -> bool {
-    loop {
-        // SAFETY: siginfo_t is plain C data, for which all zeroes is a valid value; `info`
-        // is live and writable for the duration of the call.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 {
-            return true;
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::ECHILD => return false,
-            e => {
-                tracing::error!("waitid failed: {e}");
-                return false;
-            }
+    match wait_exited(libc::P_ALL, 0, libc::WNOWAIT) {
+        Ok(found) => found.is_some(),
+        Err(Errno::ECHILD) => false,
+        Err(e) => {
+            tracing::error!("waitid failed: {e}");
+            false
         }
     }
 }
@@ -583,7 +572,7 @@ fn reap_all(registry: &Mutex<Registry>) -> bool {
     crate::fault::fault("reaper");
     loop {
         // Which child has exited, leaving it a zombie: until it is reaped its pid is its own.
-        let pid = match wait_exited(libc::P_ALL, 0, libc::WNOWAIT) {
+        let pid = match wait_exited(libc::P_ALL, 0, libc::WNOHANG | libc::WNOWAIT) {
             Ok(Some((pid, _))) => pid,
             Ok(None) | Err(Errno::ECHILD) => return true,
             Err(e) => {

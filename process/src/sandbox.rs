@@ -730,12 +730,14 @@ fn holds_nothing(dir: BorrowedFd<'_>) -> bool {
         let mut at = 0;
         while at + NAME_AT < n {
             let len = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            // A record too short to hold a name is not one the kernel writes: not empty,
+            // rather than a slice out of bounds or a loop that never advances.
+            if len <= NAME_AT {
+                return false;
+            }
             let name = &buf[at + NAME_AT..(at + len).min(n)];
             let name = name.split(|&b| b == 0).next().unwrap_or_default();
             if name != b"." && name != b".." {
-                return false;
-            }
-            if len == 0 {
                 return false;
             }
             at += len;

@@ -4,11 +4,43 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A pipe whose both ends are close-on-exec (a child gets its copies through dup2).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// The `RLIMIT_NOFILE` jobsup was started with (soft, hard), where
+/// [`raise_open_files_limit`] raised its soft limit: what every worker gets back.
+static STARTED_WITH: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// The most fds a raised soft limit asks for: the kernel's default `fs.nr_open`, above
+/// which `setrlimit` fails whatever the hard limit says.
+const OPEN_FILES_MAX: u64 = 1 << 20;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (at most [`OPEN_FILES_MAX`]), once, at
+/// start. Each worker holds about a dozen of jobsup's fds, so the soft limit most
+/// sessions start with (1024) runs out at about 80 workers; the hard limit is what the
+/// administrator allows, and the soft one only a default for programs that use
+/// `select` (which jobsup does not). Workers get the limit jobsup started with back
+/// ([`started_with_open_files`]), so a processor sees what it would have seen started
+/// by hand. Returns the limits before and after, where it raised them.
+pub fn raise_open_files_limit() -> Option<((u64, u64), u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let raised = hard.min(OPEN_FILES_MAX);
+    if raised <= soft || setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_err() {
+        return None;
+    }
+    let _ = STARTED_WITH.set((soft, hard));
+    Some(((soft, hard), raised))
+}
+
+/// The `RLIMIT_NOFILE` (soft, hard) jobsup started with, where it raised its own.
+pub fn started_with_open_files() -> Option<(u64, u64)> {
+    STARTED_WITH.get().copied()
 }
 
 /// Grows this process's fd table now to hold fds numbered below `fds` (at most the soft

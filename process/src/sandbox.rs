@@ -551,6 +551,7 @@ fn spawn(
         cwd: launch::c_string(spec.cwd.as_deref().unwrap_or(workdir.path()).as_os_str())
             .map_err(other)?,
         limits,
+        started_with_open_files: crate::fd::started_with_open_files(),
         cgroup_procs: cgroup.as_ref().map(|c| c.procs()).unwrap_or_default(),
         cgroup_procs_v1: cgroup.as_ref().map(|c| c.procs_v1()).unwrap_or_default(),
         cgroup_required: state.cgroups.as_ref().is_some_and(|c| c.has_limits()),
@@ -822,6 +823,9 @@ struct ChildPlan {
     placed: usize,
     cwd: CString,
     limits: Limits,
+    /// The `RLIMIT_NOFILE` jobsup started with, where it raised its own: the worker's,
+    /// unless `--open-files` sets one.
+    started_with_open_files: Option<(u64, u64)>,
     /// `cgroup.procs` of every cgroup the child joins...
     cgroup_procs: Vec<CString>,
     /// ...or only those of its cgroup v1 hierarchies, when it was created in its v2 one.
@@ -1076,6 +1080,8 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
         }
         if let Some(n) = plan.limits.open_files {
             set(libc::RLIMIT_NOFILE, n, n)?;
+        } else if let Some((soft, hard)) = plan.started_with_open_files {
+            set(libc::RLIMIT_NOFILE, soft, hard)?;
         }
         // The hard limit a second later: SIGXCPU first, which a process may catch to
         // clean up; SIGKILL if it does not stop.

@@ -247,8 +247,9 @@ pub fn stdout_was_closed() -> bool {
     CLOSED_AT_START.load(Ordering::Relaxed) & 0b010 != 0
 }
 
-/// The fd table's size made at start ([`jobsup_process::fd::reserve_fd_table`]): a worker
-/// holds about a dozen of jobsup's fds, so this is room for several hundred.
+/// The fd table's size made at start ([`jobsup_process::fd::reserve_fd_table`], after the
+/// soft open-files limit is raised to the hard one): a worker holds about ten of jobsup's
+/// fds, so this is room for several hundred.
 const FD_TABLE: usize = 8192;
 
 /// The binary's entry point: parses the command line, runs, and returns the exit code.
@@ -274,6 +275,7 @@ pub fn main() -> ExitCode {
     // Before any thread starts: so that every thread has SIGCHLD blocked, and so that the fd
     // table is not grown while threads share it (room for hundreds of workers' fds).
     jobsup_process::reaper::leave_sigchld_to_the_reaper();
+    let raised = jobsup_process::fd::raise_open_files_limit();
     jobsup_process::fd::reserve_fd_table(FD_TABLE);
     jobsup_process::fd::keep_freed_memory();
     crate::health::install();
@@ -284,6 +286,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::JOBSUP_ERROR);
         }
     };
+    if let Some(((soft, hard), to)) = raised {
+        tracing::debug!(
+            "open files: soft limit raised from {soft} to {to} (hard {hard}); workers get {soft} back"
+        );
+    }
     let (code, summary) = match cli.command {
         Command::Run(args) => match run(args, cli.quiet) {
             Ok(done) => done,

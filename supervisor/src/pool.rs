@@ -68,6 +68,30 @@ impl RetryPolicy {
     }
 }
 
+/// jobsup's own fds per worker, about (its slot's deadline timer, its pipes' ends, pidfd,
+/// cgroup files: 8 to 10 counted in `/proc/PID/fd` in exec and native mode).
+const FDS_PER_WORKER: u64 = 10;
+
+/// Says at start when `workers` will not fit in the open-files limit jobsup has (already
+/// raised to the hard one, see `fd::raise_open_files_limit`): the workers past it would
+/// each fail to start with EMFILE, a job at a time, which is a poor way to learn it.
+fn warn_if_fds_run_short(workers: usize) {
+    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
+    let needed = (workers as u64)
+        .saturating_mul(FDS_PER_WORKER)
+        .saturating_add(64);
+    if needed > soft {
+        tracing::warn!(
+            "{workers} workers need about {needed} open files, and the limit is {soft} \
+             (`ulimit -n`): some will fail to start, each failing its job; raise the hard \
+             limit (`ulimit -Hn`, or `LimitNOFILE=` in a systemd unit) or lower -j"
+        );
+    }
+}
+
 /// What a pool needs.
 pub struct PoolConfig {
     /// How many workers run at once.
@@ -129,6 +153,7 @@ impl Slot {
 /// Runs the pool until the input is done (or the run is interrupted) and every worker is
 /// gone. Returns how the run ended and its statistics.
 pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) -> (RunEnd, Stats) {
+    warn_if_fds_run_short(cfg.workers.max(1));
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut pool = Pool {
         settings: cfg.settings,

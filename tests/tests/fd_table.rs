@@ -181,8 +181,9 @@ fn a_worker_is_in_its_cgroup_from_its_first_instruction() {
             "cannot test cgroup placement here: it needs root and a writable cgroup v2 hierarchy"
         );
     }
-    // Exec mode: each job a new process in the slot's one cgroup (the first one created
-    // there, the later ones in a cgroup killed after each job). Native mode: workers in
+    // Exec mode: each job a new process in the slot's cgroup, which the last job's
+    // process has left (and which the reaper killed where something of its tree was still
+    // in it). Native mode: workers in
     // fresh cgroups of their own. With JOBSUP_FALLBACK=clone3: all joined in the child.
     for (mode, fallback) in [
         ("exec", None),
@@ -352,6 +353,34 @@ fn a_failed_start_is_reported_with_the_step_it_failed_at() {
                 run.stderr.contains("open_files") && run.stderr.contains("2000000000"),
                 "{case}\n{run}"
             );
+        }
+    }
+}
+
+#[test]
+fn a_low_soft_open_files_limit_is_raised_for_jobsup_and_given_back_to_each_job() {
+    // 40 workers hold some 400 of jobsup's fds (and 40 deadline timers from the start):
+    // far past a soft limit of 64, which jobsup raises to the hard one. Each job must see
+    // the 64 it would have had, started by hand.
+    for user in User::BOTH {
+        for mode in ["exec", "native"] {
+            let j = jobsup_as!(user).through("sh", ["-c", "ulimit -Sn 64 && exec \"$@\"", "sh"]);
+            let j = if mode == "exec" {
+                j.args(["--mode", "exec", "-j", "40"])
+                    .processor("sh", ["-c", "ulimit -Sn; sleep 0.2", "sh", "{}"])
+            } else {
+                j.args(["-j", "40"])
+                    .processor(bin!("fx-fds"), ["open-files"])
+            };
+            let run = j.stdin(jobsup_tests::lines(80, |i| i.to_string())).run();
+            let case = format!("{user:?} --mode {mode}");
+            assert_eq!(run.code(), 0, "{case}\n{run}");
+            let records = run.records();
+            assert_eq!(records.len(), 80, "{case}\n{run}");
+            for r in &records {
+                assert_eq!(r.outcome(), "ok", "{case}: {r}");
+                assert_eq!(r.output().map(str::trim_end), Some("64"), "{case}: {r}");
+            }
         }
     }
 }

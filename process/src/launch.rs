@@ -247,6 +247,21 @@ struct InitArgs {
     worker_stack: *mut libc::c_void,
     status: *const AtomicU64,
     fd_method: FdMethod,
+    /// The init starts in the ordinary class already ([`children_start_ordinary_here`]).
+    ordinary: bool,
+}
+
+std::thread_local! {
+    /// This thread's children start in the ordinary class ([`children_start_ordinary_here`]).
+    static CHILDREN_ORDINARY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the calling thread's children start outside the real-time class
+/// ([`crate::priority::children_start_ordinary`]) and remembers it, so that the inits it
+/// clones skip that step. For a thread that starts no threads (the spawners).
+pub(crate) fn children_start_ordinary_here() {
+    let ordinary = crate::priority::children_start_ordinary();
+    CHILDREN_ORDINARY.with(|c| c.set(ordinary));
 }
 
 /// Which part of the setup a child runs (see [`launch`]).
@@ -432,6 +447,7 @@ where
         worker_stack: top,
         status: &*m.status as *const AtomicU64,
         fd_method: fallbacks.fd_method(),
+        ordinary: CHILDREN_ORDINARY.with(|c| c.get()),
     });
     // The init runs on its own stack, the others on the spawning thread's.
     let (entry, base, size): (Entry, _, _) = match &memory {
@@ -989,9 +1005,12 @@ where
         libc::prctl(libc::PR_SET_NAME, c"jobsup-init".as_ptr(), 0, 0, 0);
         // Out of the real-time class the spawning thread may be in (see
         // `crate::priority`): nothing of a worker's, its init included, competes with
-        // jobsup. (The worker makes its own step, with `--nice` and `--sched`.)
-        let ordinary = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary);
+        // jobsup. (The worker makes its own step, with `--nice` and `--sched`.) Where the
+        // spawning thread has its children reset at the clone, that is done already.
+        if !args.ordinary {
+            let ordinary = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary);
+        }
         // Not CLONE_VFORK: nothing here waits for the worker's exec (which would cost this
         // process a wakeup, and the spawn a scheduling delay on a busy machine). The
         // worker has its own copy of the fd table, and uses the spawning thread's stack,

@@ -120,6 +120,30 @@ pub fn hasten_threads(tids: &[i32]) {
     }
 }
 
+/// Makes every child the calling thread clones from now on start in the ordinary class
+/// (`SCHED_RESET_ON_FORK`), where the thread is real-time; whether its children are
+/// ordinary, so that a pid namespace's init need not leave the class itself (a
+/// `sched_setscheduler` per spawn, about 12 µs of the init's CPU). For the spawner threads,
+/// which start no threads of their own (a thread would be reset too).
+pub fn children_start_ordinary() -> bool {
+    // SAFETY: sched_getscheduler and sched_getparam on the calling thread, into a local.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        if policy < 0 {
+            return false;
+        }
+        if policy & libc::SCHED_RESET_ON_FORK != 0 {
+            return true;
+        }
+        if policy != libc::SCHED_RR && policy != libc::SCHED_FIFO {
+            return true;
+        }
+        let mut param = libc::sched_param { sched_priority: 0 };
+        libc::sched_getparam(0, &mut param) == 0
+            && libc::sched_setscheduler(0, policy | libc::SCHED_RESET_ON_FORK, &param) == 0
+    }
+}
+
 /// Puts the calling thread back in the ordinary class (`SCHED_OTHER`, its nice value
 /// unchanged), for a jobsup thread whose work nothing waits for: removing a tree a job
 /// left behind, at jobsup's real-time priority, would hold a CPU against the threads

@@ -389,6 +389,7 @@ impl Spawner {
                 .name("jobsup-spawner".into())
                 .spawn(move || {
                     state.bounding_empty = empty_own_bounding_set();
+                    launch::children_start_ordinary_here();
                     // Once every handle is gone, it waits here for good rather than
                     // return, so that children spawned from this thread keep their
                     // parent-death signal armed.

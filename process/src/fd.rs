@@ -20,7 +20,7 @@ static STARTED_WITH: OnceLock<(u64, u64)> = OnceLock::new();
 /// which `setrlimit` fails whatever the hard limit says.
 const OPEN_FILES_MAX: u64 = 1 << 20;
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard one (at most [`OPEN_FILES_MAX`]), once, at
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (at most 2^20, `fs.nr_open`), once, at
 /// start. Each worker holds about a dozen of jobsup's fds, so the soft limit most
 /// sessions start with (1024) runs out at about 80 workers; the hard limit is what the
 /// administrator allows, and the soft one only a default for programs that use

@@ -372,6 +372,17 @@ impl Drop for InitMemory {
 /// it however soon the init ends.
 static INITS: Mutex<BTreeMap<i32, InitMemory>> = Mutex::new(BTreeMap::new());
 
+/// Whether `pid`, a child not yet reaped, is a pid namespace's init: once it has exited,
+/// nothing it started is left anywhere (the kernel ended the namespace, waiting for every
+/// member, before the init became a zombie), so neither its group nor its cgroup needs a
+/// kill. (An init's entry is in before its clone's lock is let go, see [`INITS`].)
+pub(crate) fn is_init(pid: i32) -> bool {
+    INITS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&pid)
+}
+
 /// How a reaped child ended, for its owner: for a pid namespace's init, how its worker
 /// ended (which the init left in its memory before it exited: as PID 1 it cannot die of
 /// the same signal), unless the init itself was killed first. Frees an init's memory.

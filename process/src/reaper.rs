@@ -85,7 +85,8 @@ pub struct Reaped {
     /// SIGKILL went to its process group while it was still an unreaped zombie. False when
     /// it was reaped before it was registered (or the reaper failed).
     pub group_killed: bool,
-    /// Its cgroup was killed at that moment too.
+    /// Nothing of its tree is left in its cgroup: the cgroup was killed at that moment too,
+    /// or it was a pid namespace's init, whose namespace the kernel ended with it.
     pub cgroup_killed: bool,
 }
 
@@ -417,6 +418,9 @@ impl Registry {
         let mut cgroup_killed = false;
         let mut leader = None;
         match &entry {
+            // Nothing of a pid namespace's init is left to kill (`launch::is_init`): no
+            // `cgroup.events` to open, no kill to send, after each exec job.
+            Some(_) if crate::launch::is_init(pid) => cgroup_killed = true,
             Some(entry) => {
                 crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 if let Some(cgroup) = entry.cgroup.get() {

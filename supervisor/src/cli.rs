@@ -575,7 +575,7 @@ pub(crate) fn run_pool(
     } else {
         (pool.limits, None)
     };
-    let mut settings = WorkerSettings {
+    let settings = WorkerSettings {
         pool: Arc::from(pool.name.as_str()),
         slow: pool.slow,
         idle_timeout: pool.idle_timeout,
@@ -680,14 +680,10 @@ pub(crate) fn run_pool(
         }
     };
     // After the guard, which should not inherit it; before every thread that should.
-    let unraised_nice = crate::priority::own_nice();
+    // The workers' nice value was resolved before (`worker_priority`): from the one jobsup
+    // was started with, not the one it may take now.
     let raised = crate::priority::raise_supervisor(!args.no_realtime);
     tracing::debug!("jobsup's scheduling priority: {raised}");
-    // A real-time jobsup is ahead of its workers anyway: they keep its own nice value
-    // unless `--nice` says otherwise.
-    if pool.priority.0.is_none() && matches!(raised, crate::priority::Raised::RealTime(_)) {
-        settings.spawn.priority.nice = unraised_nice;
-    }
     // The reaper and the spawner are threads that live until the process exits.
     let reaper = Reaper::start().map_err(|e| anyhow::anyhow!("cannot start the reaper: {e}"))?;
     if let Some(guard) = &mut guard {

@@ -342,9 +342,10 @@ pub struct PoolSpec {
     #[arg(long, value_name = "USER[:GROUP]")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Run the workers this many nice levels below jobsup (0 to 19), so that jobsup's
-    /// deadlines keep time when they keep every CPU busy [default: 0 where jobsup runs
-    /// real-time, else 10].
+    /// Run the workers this many nice levels below the nice value jobsup was started with
+    /// (0 to 19): below other work on the machine. Not by default, and not to keep
+    /// jobsup's deadlines: a worker being killed must get a CPU to die, and a lower one
+    /// waits longer for it [default: 0].
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=19))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nice: Option<u8>,
@@ -437,9 +438,12 @@ fn merge_env(under: Option<&[EnvVar]>, mine: Option<Vec<EnvVar>>) -> Option<Vec<
     }
 }
 
-/// The workers' nice levels below jobsup when none is given and jobsup could not take the
-/// real-time class (with it, the workers need no handicap: they stay at jobsup's own).
-pub const DEFAULT_NICE: u8 = 10;
+/// The workers' nice levels below jobsup's starting nice value when none is given: none.
+/// Measured unprivileged (no real-time class, no way to raise a worker being killed), 10
+/// levels down made a killed CPU-bound worker die 5-12 times later (p99) than one at
+/// jobsup's own level, which dies about when one under `timeout -k` does (see the README's
+/// Performance section).
+pub const DEFAULT_NICE: u8 = 0;
 
 /// The workers' scheduling class when none is given.
 pub const DEFAULT_SCHED: Sched = Sched::Other;
@@ -605,8 +609,7 @@ pub struct Pool {
     pub user: Option<crate::sandbox::Identity>,
     /// What `user` was given as, for `jobsup check`.
     pub user_name: Option<String>,
-    /// The workers' nice levels below jobsup (`None`: the default, which depends on
-    /// whether jobsup gets the real-time class), and their class.
+    /// The workers' nice levels below jobsup (`None`: [`DEFAULT_NICE`]), and their class.
     pub priority: (Option<u8>, Sched),
     /// The `cwd` key, as written (`--cwd` takes precedence; `cli` resolves it).
     pub cwd: Option<PathBuf>,
@@ -883,7 +886,7 @@ impl Pool {
             self.user_name.as_deref().unwrap_or("-"),
             self.priority
                 .0
-                .map_or(format!("{DEFAULT_NICE} unless real-time"), |n| n.to_string()),
+                .unwrap_or(DEFAULT_NICE),
             self.priority.1,
         ) + &self.describe_place()
     }

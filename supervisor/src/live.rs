@@ -62,6 +62,12 @@ pub enum StartError {
         /// What was wrong.
         reason: String,
     },
+    /// The run stopped while it was starting, and it was ended: no failure of its own.
+    #[error("processor {program} was stopped during its handshake")]
+    Stopped {
+        /// The program.
+        program: String,
+    },
 }
 
 /// A worker process as its task holds it.
@@ -122,6 +128,7 @@ impl Live {
         args: Vec<OsString>,
         current_job: &Arc<AtomicU64>,
         workdir: Option<tempfile::TempDir>,
+        stop: impl std::future::Future<Output = ()>,
     ) -> Result<Live, StartError> {
         let mut spec = settings.spawn.clone();
         spec.worker_id = id;
@@ -184,24 +191,39 @@ impl Live {
             leftovers: Some((spawned.workdir, spawned.mount_namespace)),
         };
         if settings.mode == Mode::Native {
-            live.handshake(program, settings.start_timeout).await?;
+            live.handshake(program, settings.start_timeout, stop)
+                .await?;
         }
         tracing::debug!(worker = id, pid, "worker ready");
         Ok(live)
     }
 
-    async fn handshake(&mut self, program: String, timeout: Duration) -> Result<(), StartError> {
+    /// Waits for the hello, at most `timeout`, and ends the process if it does not come or
+    /// `stop` resolves first (a run interrupted while its workers start need not wait for
+    /// their start timeout).
+    async fn handshake(
+        &mut self,
+        program: String,
+        timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StartError> {
         enum Greeting {
             Frame(Result<Option<FromWorker>, LinkError>),
             Exited,
             Silent,
+            Stopped,
         }
         let greeting = tokio::select! {
             biased;
             msg = self.link.next() => Greeting::Frame(msg),
             _ = self.process.exited() => Greeting::Exited,
+            () = stop => Greeting::Stopped,
             _ = tokio::time::sleep(timeout) => Greeting::Silent,
         };
+        if matches!(greeting, Greeting::Stopped) {
+            self.process.end(Duration::ZERO).await;
+            return Err(StartError::Stopped { program });
+        }
         let broke = |reason: String| StartError::Handshake {
             program: program.clone(),
             reason,
@@ -228,7 +250,9 @@ impl Live {
                 Some(broke(format!("protocol error: {e}")))
             }
             // It closed its pipe, exited or said nothing: its exit and stderr tell the rest.
-            Greeting::Frame(Ok(None)) | Greeting::Exited | Greeting::Silent => None,
+            Greeting::Frame(Ok(None)) | Greeting::Exited | Greeting::Silent | Greeting::Stopped => {
+                None
+            }
         };
         // A process that closed its pipe has usually exited; give it a moment to say how.
         let grace = if failure.is_none() && closed_pipe {

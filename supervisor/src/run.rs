@@ -138,6 +138,8 @@ impl Worker {
                 args,
                 &self.current_job,
                 self.spare_workdir.take(),
+                // No handshake in exec mode: nothing to stop.
+                std::future::pending(),
             )
             .await
             {

@@ -117,14 +117,26 @@ impl WorkerHandle {
         events: mpsc::UnboundedSender<Event>,
         tasks: &mut JoinSet<()>,
     ) -> WorkerHandle {
-        let (tx, control) = mpsc::unbounded_channel();
+        let (tx, mut control) = mpsc::unbounded_channel();
         let task = tasks.spawn(async move {
             let current_job = Arc::new(AtomicU64::new(0));
             // In exec mode the process comes with the job.
             let live = if settings.mode.reuses_processes() {
                 let args = settings.spawn.args.clone();
-                match Live::start(id, &settings, &spawner, args, &current_job, None).await {
+                // Before it is ready, a worker is only ever told to stop (shut down, or
+                // stop what it runs): either ends its start at once.
+                let stop = async {
+                    control.recv().await;
+                };
+                match Live::start(id, &settings, &spawner, args, &current_job, None, stop).await {
                     Ok(live) => Some(live),
+                    Err(StartError::Stopped { .. }) => {
+                        let _ = events.send(Event::Exited {
+                            worker: id,
+                            start_error: None,
+                        });
+                        return;
+                    }
                     Err(e) => {
                         let _ = events.send(Event::Exited {
                             worker: id,

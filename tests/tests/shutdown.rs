@@ -135,3 +135,37 @@ fn sigusr1_drains_the_run_and_exits_138() {
 fn sigusr2_drains_the_run_and_exits_140() {
     first_signal_drains(Signal::SIGUSR2, 140);
 }
+
+/// A signal while the workers are still starting (a processor that never says hello, with
+/// a start timeout far longer than any test) ends the run at once: the starting workers
+/// are killed rather than waited for, and that is the signal's exit code, not a processor
+/// that "cannot start".
+#[test]
+fn a_signal_during_the_workers_start_ends_the_run_without_waiting_for_them() {
+    let bg = jobsup!()
+        .args(["-j", "2", "--start-timeout", "3600s"])
+        .processor("sleep", ["3600"])
+        .stdin("1\n2\n")
+        .spawn();
+    bg.wait_for_handler(Signal::SIGTERM);
+    wait_until(WAIT, "jobsup has started two workers", || {
+        bg.children().len() >= 2
+    });
+    let starting = bg.children();
+    bg.signal_delivered(Signal::SIGTERM);
+    // Without the fix this waits for the hour-long start timeout: `wait` gives up first.
+    let run = bg.wait();
+    assert_eq!(run.code(), 143, "{run}");
+    assert!(
+        !run.stderr.contains("handshake"),
+        "a stopped start is no failure of the processor\n{run}"
+    );
+    for r in run.records() {
+        assert_eq!(r.outcome(), "cancelled", "{r}");
+    }
+    let alive: Vec<i32> = starting.into_iter().filter(|&p| pid_alive(p)).collect();
+    assert!(
+        alive.is_empty(),
+        "workers outlived jobsup: {alive:?}\n{run}"
+    );
+}

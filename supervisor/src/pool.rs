@@ -72,25 +72,42 @@ impl RetryPolicy {
 /// cgroup files: 8 to 10 counted in `/proc/PID/fd` in exec and native mode).
 const FDS_PER_WORKER: u64 = 10;
 
-/// Says at start when `workers` will not fit in the open-files limit jobsup has (already
-/// raised to the hard one, see `fd::raise_open_files_limit`): the workers past it would
-/// each fail to start with EMFILE, a job at a time, which is a poor way to learn it.
-fn warn_if_fds_run_short(workers: usize) {
-    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+/// How many of `workers` fit in the open-files limit jobsup has (already raised to the
+/// hard one, see `fd::raise_open_files_limit`), said at start when that is fewer: the
+/// workers past it would fail to start with EMFILE (in exec mode a job at a time; in
+/// native and lines modes ending the run). As GNU parallel does, the run goes on with the
+/// workers that fit.
+pub(crate) fn workers_that_fit(workers: usize) -> usize {
+    let workers = workers.max(1);
+    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     else {
-        return;
+        return workers;
     };
-    let needed = (workers as u64)
-        .saturating_mul(FDS_PER_WORKER)
-        .saturating_add(64);
-    if needed > soft {
+    let fit = fitting(workers, limit);
+    if fit < workers {
+        let needed = (workers as u64)
+            .saturating_mul(FDS_PER_WORKER)
+            .saturating_add(FDS_OF_ITS_OWN);
         tracing::warn!(
-            "{workers} workers need about {needed} open files, and the limit is {soft} \
-             (`ulimit -n`): some will fail to start, each failing its job; raise the hard \
-             limit (`ulimit -Hn`, or `LimitNOFILE=` in a systemd unit) or lower -j"
+            "{workers} workers need about {needed} open files, and the limit is {limit} \
+             (`ulimit -n`): running {fit} at a time; raise the hard limit (`ulimit -Hn`, \
+             or `LimitNOFILE=` in a systemd unit) for more"
         );
     }
+    fit
 }
+
+/// The workers, of `workers`, whose fds fit in `limit` besides jobsup's own (at least one).
+fn fitting(workers: usize, limit: u64) -> usize {
+    let room = limit.saturating_sub(FDS_OF_ITS_OWN) / FDS_PER_WORKER;
+    workers
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+/// jobsup's fds that are no worker's (standard streams, the runtime's, the reader's and
+/// writer's, the reaper's, logs), with room to spare.
+const FDS_OF_ITS_OWN: u64 = 64;
 
 /// What a pool needs.
 pub struct PoolConfig {
@@ -153,11 +170,11 @@ impl Slot {
 /// Runs the pool until the input is done (or the run is interrupted) and every worker is
 /// gone. Returns how the run ended and its statistics.
 pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) -> (RunEnd, Stats) {
-    warn_if_fds_run_short(cfg.workers.max(1));
+    let workers = workers_that_fit(cfg.workers);
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut pool = Pool {
         settings: cfg.settings,
-        size: cfg.workers.max(1),
+        size: workers,
         spawner,
         events_tx,
         events,
@@ -175,7 +192,7 @@ pub async fn run(cfg: PoolConfig, spawner: Spawner, source: Source, sink: Sink) 
         idle: VecDeque::new(),
         pending: VecDeque::new(),
         next_worker: 1,
-        missing: cfg.workers.max(1),
+        missing: workers,
         respawn_at: None,
         ever_ready: false,
         start_failures: 0,
@@ -956,6 +973,16 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_are_cut_to_what_the_open_files_limit_holds_but_never_to_none() {
+        assert_eq!(fitting(100, 300), 23);
+        assert_eq!(fitting(100, 20_000), 100);
+        assert_eq!(fitting(4096, 20_000), 1993);
+        // A limit too low for even one worker still runs one (its start then says why).
+        assert_eq!(fitting(8, 16), 1);
+        assert_eq!(fitting(1, u64::MAX), 1);
+    }
 
     #[test]
     fn the_ledger_takes_each_job_once_and_stays_small() {

@@ -165,7 +165,7 @@ pub async fn run(
     redis_tasks.spawn(finisher(opts.clone(), finish_rx, from_redis_tx));
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut serve = Serve {
-        size: opts.workers.max(1),
+        size: crate::pool::workers_that_fit(opts.workers),
         opts,
         settings,
         spawner,

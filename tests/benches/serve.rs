@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench -p jobsup-tests --bench serve`. It prints numbers and asserts
 //! nothing about speed. `JOBSUP_BENCH_JOBS` sets the jobs per run (default 20000),
-//! `JOBSUP_BENCH_WORKERS` the `-j` of each serve (default 2).
+//! `JOBSUP_BENCH_WORKERS` the `-j` of each serve (default 2), `JOBSUP_BENCH_FLAGS` adds
+//! flags to each `serve` (`--no-realtime`, say).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,12 +34,14 @@ fn jobsup() -> Command {
 /// serve processes started at the same time.
 fn through_redis(jobs: usize, serves: usize, workers: usize, input: &std::path::Path) -> f64 {
     let redis = RedisServer::start();
+    let flags = std::env::var("JOBSUP_BENCH_FLAGS").unwrap_or_default();
     let started = Instant::now();
     let mut children: Vec<_> = (0..serves)
         .map(|i| {
             jobsup()
                 .args(["-q", "serve", "--redis", &redis.url(), "--stream", "b"])
                 .args(["--consumer", &format!("c{i}"), "-j", &workers.to_string()])
+                .args(flags.split_whitespace())
                 .args(["--summary", "none", "--", bin!("jobsup-echo")])
                 .spawn()
                 .expect("cannot start serve")

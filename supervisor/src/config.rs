@@ -727,6 +727,9 @@ impl Pool {
                 out_of_range("concurrency", "must be from 1 to 4096"),
             );
         }
+        if spec.nice.is_some_and(|n| n > 19) {
+            problem(Some("nice"), out_of_range("nice", "must be from 0 to 19"));
+        }
         if spec.max_jobs_per_worker == Some(0) {
             problem(
                 Some("max_jobs_per_worker"),
@@ -1279,6 +1282,16 @@ mod tests {
         for (line, want) in lines.iter().zip(wanted) {
             assert!(line.contains(want), "{want:?} in {line:?}\n{e}");
         }
+    }
+
+    #[test]
+    fn a_nice_value_the_flag_refuses_is_refused_in_a_file_too() {
+        let (_d, path) = write("[pools.a]\ncommand = \"cat\"\nnice = 99\n");
+        let e = check(&path).unwrap_err();
+        assert!(e.contains(":3:1: pool \"a\": key `nice`"), "{e}");
+        assert!(e.contains("0 to 19"), "{e}");
+        let (_d, path) = write("[pools.a]\ncommand = \"cat\"\nnice = 19\n");
+        check(&path).unwrap();
     }
 
     #[test]

@@ -377,8 +377,19 @@ fn sigterm_drains_finishing_running_jobs_and_releasing_the_rest() {
     let redis = RedisServer::start();
     let ids = ids(6);
     enqueue(&redis, "q", "ndjson", &ndjson(&ids, |_| "1000".into()));
-    let a = serve(&redis, "q", "a", &["-j", "2"], bin!("jobsup-sleepy"), &[]);
-    wait_until(LONG, "a runs two jobs", || redis.pending_of("q", "a") == 2);
+    let a = serve(
+        &redis,
+        "q",
+        "a",
+        &["-j", "2", "--slow", "100ms"],
+        bin!("jobsup-sleepy"),
+        &[],
+    );
+    // Taken from Redis is not yet running (a take whose answer the supervisor reads after
+    // the signal is released, not run): each job that runs says it is slow 100 ms in.
+    wait_until(LONG, "a runs two jobs", || {
+        redis.pending_of("q", "a") == 2 && a.stderr_so_far().matches("slow job:").count() == 2
+    });
     let a = drain(a);
     // The two it ran finished; it took nothing more after the signal.
     assert_eq!(redis.xlen("q:results"), 2, "{a}");

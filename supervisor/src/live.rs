@@ -220,10 +220,6 @@ impl Live {
             () = stop => Greeting::Stopped,
             _ = tokio::time::sleep(timeout) => Greeting::Silent,
         };
-        if matches!(greeting, Greeting::Stopped) {
-            self.process.end(Duration::ZERO).await;
-            return Err(StartError::Stopped { program });
-        }
         let broke = |reason: String| StartError::Handshake {
             program: program.clone(),
             reason,
@@ -249,10 +245,12 @@ impl Live {
             Greeting::Frame(Err(LinkError::Protocol(e) | LinkError::Overflow(e))) => {
                 Some(broke(format!("protocol error: {e}")))
             }
+            // Ended like one that broke the handshake, but no failure of its own.
+            Greeting::Stopped => Some(StartError::Stopped {
+                program: program.clone(),
+            }),
             // It closed its pipe, exited or said nothing: its exit and stderr tell the rest.
-            Greeting::Frame(Ok(None)) | Greeting::Exited | Greeting::Silent | Greeting::Stopped => {
-                None
-            }
+            Greeting::Frame(Ok(None)) | Greeting::Exited | Greeting::Silent => None,
         };
         // A process that closed its pipe has usually exited; give it a moment to say how.
         let grace = if failure.is_none() && closed_pipe {

@@ -740,19 +740,45 @@ impl WorkerCgroup {
     /// process left in it (the usual case once an exec job's process has exited) is not
     /// written to: nothing could be killed, and a directory no `cgroup.kill` has reached
     /// can have the slot's next process created inside it (see [`Self::v2_fresh`]), rather
-    /// than moved in, which costs the kernel a wait for every CPU.
-    pub fn kill(&self) {
+    /// than moved in, which costs the kernel a wait for every CPU. Returns whether its
+    /// kill cgroup was killed (it was, or may have been, populated).
+    pub fn kill(&self) -> bool {
+        let mut killed = false;
         if let Some(i) = self.kill {
             let (dir, version) = &self.dirs[i];
             if *version == Version::V1 || populated(dir) != Some(false) {
                 mark_killed(dir);
                 kill_dir(dir);
+                killed = true;
             }
         }
         for (i, (dir, _)) in self.dirs.iter().enumerate() {
             if Some(i) != self.kill {
                 kill_dir(dir);
             }
+        }
+        killed
+    }
+
+    /// Waits, at most `limit`, until no process is left in its cgroup v2 kill directory
+    /// (after a kill: SIGKILL takes effect when each process next runs, which among busy
+    /// CPUs may take a while, and one in an uninterruptible sleep waits for its I/O).
+    /// Whether it emptied; true at once where the kill is not a v2 directory's. A look
+    /// at `cgroup.events` every millisecond: this runs only after a kill that found
+    /// processes left, and they are dying already.
+    pub async fn emptied(&self, limit: std::time::Duration) -> bool {
+        let Some((dir, Version::V2)) = self.kill.map(|i| &self.dirs[i]) else {
+            return true;
+        };
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if populated(dir) != Some(true) {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 
@@ -822,6 +848,42 @@ mod tests {
 4:memory:/docker/abc/job
 1:name=systemd:/
 0::/user.slice/session-1.scope";
+
+    #[test]
+    fn emptied_waits_for_a_killed_member_to_die_and_not_for_a_live_one() {
+        // Root with a writable cgroup v2, as CI runs; elsewhere there is nothing to test.
+        let (Some(cgroups), _) = Cgroups::detect(Wanted::default()) else {
+            return;
+        };
+        let Ok(worker) = cgroups.worker(1) else {
+            return;
+        };
+        let Some(dir) = worker.v2_dir().map(Path::to_path_buf) else {
+            return;
+        };
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let short = std::time::Duration::from_millis(20);
+        assert!(
+            !runtime.block_on(worker.emptied(short)),
+            "a live member is waited for"
+        );
+        assert!(worker.kill(), "a populated cgroup is killed");
+        assert!(runtime.block_on(worker.emptied(std::time::Duration::from_secs(30))));
+        assert_eq!(populated(&dir), Some(false));
+        assert!(!worker.kill(), "an empty cgroup is not written to");
+        // Reaped here, unless another test's reaper got to it.
+        let _ = sleeper.wait();
+        worker.remove();
+        cgroups.remove_all();
+    }
 
     #[test]
     fn own_paths_are_found_per_hierarchy() {

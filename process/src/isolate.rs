@@ -90,6 +90,23 @@ impl Prepared {
         self.init
     }
 
+    /// The init of a slot's namespaces' holder (`crate::sandbox`'s `Holder`), where a
+    /// slot's processes can share them: jobsup is root (a thread may enter a pid
+    /// namespace, not a user namespace), and neither `--isolate fs` (a private `/tmp`
+    /// per process) nor `net` is asked for. `None` otherwise: each process then gets
+    /// namespaces of its own, behind its own init.
+    pub(crate) fn holder_init(&self) -> Option<Init> {
+        let init = self.init?;
+        let shareable = !self.user_ns && self.fs.is_none() && init.flags == libc::CLONE_NEWPID;
+        shareable.then_some(Init { hold: true, ..init })
+    }
+
+    /// Whether a slot's processes may share its namespaces (a holder's, see `holder_init`),
+    /// where its cgroup can kill what each leaves behind.
+    pub fn shareable(&self) -> bool {
+        self.holder_init().is_some()
+    }
+
     /// Whether the child makes a user namespace (jobsup is not root): it then holds
     /// every capability there.
     pub fn user_namespace(&self) -> bool {
@@ -173,6 +190,32 @@ pub fn hold_mount_namespace(
         .map(OwnedFd::from)
 }
 
+/// The pid namespace (and the mount namespace, with `mount`) of a holder just started
+/// (see [`crate::holder`]): through its pidfd where the kernel has the ioctls, else through
+/// `/proc/<pid>/ns` while the reaper holds off, so that the pid is still the holder's.
+pub(crate) fn holder_namespaces(
+    pid: i32,
+    pidfd: Option<BorrowedFd<'_>>,
+    exit: &crate::reaper::Registration,
+    mount: bool,
+) -> io::Result<crate::holder::Namespaces> {
+    let of = |request, name: &str| -> io::Result<OwnedFd> {
+        if let Some(fd) = pidfd.and_then(|p| namespace_of(p, request).ok()) {
+            return Ok(fd);
+        }
+        exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/{name}")))
+            .ok_or_else(|| io::Error::other("the namespaces' holder ended at its start"))?
+            .map(OwnedFd::from)
+    };
+    Ok(crate::holder::Namespaces {
+        pid: of(PIDFD_GET_PID_NAMESPACE, "pid")?,
+        mnt: match mount {
+            true => Some(of(PIDFD_GET_MNT_NAMESPACE, "mnt")?),
+            false => None,
+        },
+    })
+}
+
 /// `ioctl(pidfd, PIDFD_GET_PID_NAMESPACE)` (Linux 6.11): an fd for the pid namespace of
 /// the process the pidfd names.
 const PIDFD_GET_PID_NAMESPACE: libc::c_ulong = 0xff05;
@@ -235,6 +278,7 @@ fn prepare(what: &[Isolate], level: Level, fs: Option<&crate::mounts::Layout>) -
         (
             Some(Init {
                 flags: libc::CLONE_NEWPID | user | net_flag,
+                hold: false,
             }),
             0,
         )
@@ -396,17 +440,31 @@ fn map_user(p: &Prepared) -> io::Result<()> {
 /// namespaces it unshares itself. The worker of an init ([`Part::Worker`]) has nothing to
 /// do: it was born in them.
 ///
+/// A child started into a holder's pid namespace (`joined`: the holder's mount namespace,
+/// if it made one) enters its mount namespace and makes a cgroup namespace of its own,
+/// rooted at the cgroup it is in by now, as an init does for its worker.
+///
 /// # Safety
 /// Only between clone and exec: async-signal-safe calls on data prepared before.
 pub(crate) unsafe fn enter(
     p: &Prepared,
     part: Part,
     fs: Option<&crate::mounts::Plan>,
+    joined: Option<Option<std::os::fd::RawFd>>,
 ) -> io::Result<()> {
     // SAFETY: plain system calls on buffers prepared before the clone.
     unsafe {
         match part {
             Part::Worker => Ok(()),
+            Part::Whole if joined.is_some() => {
+                if let Some(Some(mnt)) = joined {
+                    check(libc::setns(mnt, libc::CLONE_NEWNS))?;
+                }
+                if p.after_cgroups & libc::CLONE_NEWCGROUP != 0 {
+                    check(libc::unshare(libc::CLONE_NEWCGROUP))?;
+                }
+                Ok(())
+            }
             Part::Whole => {
                 if p.user_ns {
                     check(libc::unshare(libc::CLONE_NEWUSER))?;
@@ -613,7 +671,7 @@ fn probe(prepared: &Prepared) -> io::Result<()> {
     };
     let setup = |_born, part| {
         // SAFETY: between clone and exec, as `enter` requires.
-        unsafe { enter(prepared, part, fs.as_ref()) }
+        unsafe { enter(prepared, part, fs.as_ref(), None) }
             .map_err(|e| crate::launch::StageError::of(crate::launch::Stage::Namespaces, &e))
     };
     // SAFETY: `setup` only makes `enter`'s async-signal-safe calls.

@@ -249,6 +249,8 @@ struct InitArgs {
     fd_method: FdMethod,
     /// The init starts in the ordinary class already ([`children_start_ordinary_here`]).
     ordinary: bool,
+    /// [`Init::hold`]: no worker; the init holds its namespaces open.
+    hold: bool,
 }
 
 std::thread_local! {
@@ -282,6 +284,11 @@ pub struct Init {
     /// The namespaces the clone creates: `CLONE_NEWPID` and those that must come with it
     /// (`CLONE_NEWUSER` for an unprivileged jobsup, `CLONE_NEWNET`).
     pub flags: libc::c_int,
+    /// The init clones no worker: once set up it closes every fd and waits for good,
+    /// the namespaces' holder, into which later children are started (see
+    /// `crate::sandbox`'s `Holder`). Orphans it is handed are reaped by the kernel
+    /// (SIGCHLD ignored). It ends by SIGKILL only, or with the namespace's parent.
+    pub hold: bool,
 }
 
 /// Whether `clone3` with `CLONE_INTO_CGROUP` may work here: false once the kernel said it
@@ -459,6 +466,7 @@ where
         status: &*m.status as *const AtomicU64,
         fd_method: fallbacks.fd_method(),
         ordinary: CHILDREN_ORDINARY.with(|c| c.get()),
+        hold: init.is_some_and(|i| i.hold),
     });
     // The init runs on its own stack, the others on the spawning thread's.
     let (entry, base, size): (Entry, _, _) = match &memory {
@@ -1022,6 +1030,9 @@ where
             let ordinary = libc::sched_param { sched_priority: 0 };
             libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary);
         }
+        if args.hold {
+            hold(report, args.fd_method);
+        }
         // Not CLONE_VFORK: nothing here waits for the worker's exec (which would cost this
         // process a wakeup, and the spawn a scheduling delay on a busy machine). The
         // worker has its own copy of the fd table, and uses the spawning thread's stack,
@@ -1055,6 +1066,41 @@ where
             if reaped < 0 {
                 libc::_exit(126);
             }
+        }
+    }
+}
+
+/// A holder's life ([`Init::hold`]): its children's exits are discarded by the kernel
+/// (SIGCHLD ignored: no zombie is left for anybody to reap), every fd goes, the report
+/// pipe last (its end of file tells the spawning thread the holder is ready), and it waits
+/// for good. No signal from inside the namespace reaches a PID 1 that handles none, and
+/// `pause` returns only after a handler ran: only SIGKILL from outside, or the
+/// parent-death signal, ends it.
+///
+/// # Safety
+/// In a pid namespace's init, after its setup, with `report` its report pipe.
+unsafe fn hold(report: RawFd, method: FdMethod) -> ! {
+    let ignore = KernelSigaction {
+        handler: libc::SIG_IGN,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: system calls on a live local and on this process's own fds.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::SIGCHLD,
+            &ignore as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        );
+        if close_all_but(report, method).is_err() {
+            libc::_exit(126);
+        }
+        libc::close(report);
+        loop {
+            libc::pause();
         }
     }
 }
@@ -1459,6 +1505,7 @@ mod tests {
         let mut ways = vec![None];
         if root {
             ways.push(Some(Init {
+                hold: false,
                 flags: libc::CLONE_NEWPID,
             }));
         }

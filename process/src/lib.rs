@@ -46,6 +46,7 @@ pub mod cgroup;
 pub mod fault;
 pub mod fd;
 pub mod guard;
+pub(crate) mod holder;
 pub mod isolate;
 pub(crate) mod launch;
 pub mod mounts;

@@ -114,6 +114,10 @@ fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: c_int, flags: c_uint) -> Result
     }
 }
 
+/// How long [`Process::end`] waits for what a worker left in its cgroup to die, once
+/// killed (see [`crate::cgroup::WorkerCgroup::emptied`]).
+const LEFTOVERS_DIE: Duration = Duration::from_secs(2);
+
 /// How a [`Process`] is named when it is signalled.
 enum Handle {
     /// The kernel's reference to it: its group is signalled through this, whatever becomes
@@ -456,6 +460,15 @@ impl Process {
         if let Some(cgroup) = &self.cgroup {
             if !reaped.cgroup_killed {
                 cgroup.kill();
+            }
+            // What the tree left behind dies before the job is over, as it would have
+            // with its own pid namespace: the slot's next process must not meet it (an
+            // exec slot's processes share their cgroup, and maybe their namespaces).
+            if reaped.left_behind && self.contained && !cgroup.emptied(LEFTOVERS_DIE).await {
+                tracing::warn!(
+                    pid = self.pid(),
+                    "what the worker left behind was killed but has not died in {LEFTOVERS_DIE:?}"
+                );
             }
             self.limits_hit = cgroup.limits_hit();
             // Kept ones go at the end of the run.

@@ -88,6 +88,9 @@ pub struct Reaped {
     /// Nothing of its tree is left in its cgroup: the cgroup was killed at that moment too,
     /// or it was a pid namespace's init, whose namespace the kernel ended with it.
     pub cgroup_killed: bool,
+    /// Its cgroup still held processes of its tree when it was reaped (which the cgroup's
+    /// kill then reached): they may still be dying.
+    pub left_behind: bool,
 }
 
 impl Reaped {
@@ -97,6 +100,7 @@ impl Reaped {
             exit,
             group_killed: false,
             cgroup_killed: false,
+            left_behind: false,
         }
     }
 }
@@ -416,6 +420,7 @@ impl Registry {
     fn collect(&mut self, pid: i32, now: impl FnOnce() -> Instant) -> bool {
         let entry = self.waiting.remove(&pid);
         let mut cgroup_killed = false;
+        let mut left_behind = false;
         let mut leader = None;
         match &entry {
             // Nothing of a pid namespace's init is left to kill (`launch::is_init`): no
@@ -424,7 +429,7 @@ impl Registry {
             Some(entry) => {
                 crate::sandbox::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 if let Some(cgroup) = entry.cgroup.get() {
-                    cgroup.kill();
+                    left_behind = cgroup.kill();
                     cgroup_killed = true;
                 }
             }
@@ -453,6 +458,7 @@ impl Registry {
                         exit,
                         group_killed: true,
                         cgroup_killed,
+                        left_behind,
                     });
                 }
             }

@@ -104,6 +104,9 @@ pub struct SpawnSpec {
     pub user: Option<Identity>,
     /// Its scheduling class and nice value (`--nice`, `--sched`).
     pub priority: crate::priority::WorkerPriority,
+    /// The slot's processes share its namespaces, held open between them (exec mode, where
+    /// a slot starts one per job; see the `holder` module), where the containment allows it.
+    pub share_namespaces: bool,
 }
 
 /// Resource limits set on a worker before it runs: rlimits (inherited by its children), or
@@ -146,6 +149,9 @@ pub struct Spawned {
     pub stderr: File,
     /// Its private working directory, removed on drop.
     pub workdir: tempfile::TempDir,
+    /// `pid` is a pid namespace's init, whose first child is the processor
+    /// (`processor_pid`); false for a process started into its slot's namespaces.
+    pub behind_init: bool,
     /// A hold on its mount namespace ([`crate::isolate::hold_mount_namespace`]), to be
     /// dropped once its exit has been seen, where nothing waits for the teardown.
     pub mount_namespace: Option<OwnedFd>,
@@ -319,6 +325,7 @@ type Request = (
 #[derive(Clone)]
 pub struct Spawner {
     requests: std::sync::Arc<Requests>,
+    holders: std::sync::Arc<crate::holder::Holders>,
 }
 
 /// The spawn requests waiting for a spawner thread. A request wakes one idle thread, not
@@ -363,6 +370,11 @@ struct SpawnerState {
     /// This thread's own capability bounding set is empty ([`empty_own_bounding_set`]), so
     /// a child that makes no user namespace inherits it so.
     bounding_empty: bool,
+    /// The slots' namespaces ([`crate::holder`]), shared by the spawner threads.
+    holders: std::sync::Arc<crate::holder::Holders>,
+    /// This thread's own pid namespace, to come back to after starting a child in a
+    /// holder's; `None` where it cannot be opened (no holder is used then).
+    own_pid_ns: Option<OwnedFd>,
 }
 
 impl Spawner {
@@ -376,6 +388,7 @@ impl Spawner {
         let supervisor_pid = std::process::id() as i32;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let fallbacks = launch::Fallbacks::from_env();
+        let holders = std::sync::Arc::new(crate::holder::Holders::default());
         for _ in 0..threads {
             let requests = std::sync::Arc::clone(&requests);
             let mut state = SpawnerState {
@@ -384,12 +397,19 @@ impl Spawner {
                 stack: launch::Stack::default(),
                 fallbacks,
                 bounding_empty: false,
+                holders: std::sync::Arc::clone(&holders),
+                own_pid_ns: None,
             };
             std::thread::Builder::new()
                 .name("jobsup-spawner".into())
                 .spawn(move || {
                     state.bounding_empty = empty_own_bounding_set();
                     launch::children_start_ordinary_here();
+                    state.own_pid_ns = crate::holder::own_pid_namespace()
+                        .map_err(|e| {
+                            tracing::debug!("no holders of namespaces: {e}");
+                        })
+                        .ok();
                     // Once every handle is gone, it waits here for good rather than
                     // return, so that children spawned from this thread keep their
                     // parent-death signal armed.
@@ -415,7 +435,13 @@ impl Spawner {
                     }
                 })?;
         }
-        Ok(Spawner { requests })
+        Ok(Spawner { requests, holders })
+    }
+
+    /// Slot `worker_id` starts no more processes: the holder of its namespaces, if it has
+    /// one, ends ([`SpawnSpec::share_namespaces`]).
+    pub fn release(&self, worker_id: u64) {
+        self.holders.release(worker_id);
     }
 
     /// Starts a worker process; in `reuse`'s private directory, where given (one that
@@ -442,7 +468,6 @@ fn spawn(
     spec: &SpawnSpec,
     reuse: Option<tempfile::TempDir>,
 ) -> Result<Spawned, SpawnError> {
-    let reaper = &state.reaper;
     let err = |e: io::Error| SpawnError::from_io(&spec.program, e);
     let other = |e: io::Error| SpawnError::Other {
         program: spec.program.display().to_string(),
@@ -534,6 +559,28 @@ fn spawn(
                 .open(dir)
                 .ok()
         });
+    // The slot's namespaces, where its processes share them (see `crate::holder`); else
+    // each gets its own, behind its own init. A holder that cannot be started, or
+    // entered, costs only that: the spawn goes on that way.
+    let shared = match (
+        spec.share_namespaces,
+        crate::holder::holder_init(spec.isolation.as_ref(), cgroup.as_ref()),
+        state.own_pid_ns.is_some(),
+    ) {
+        (true, Some(init), true) => {
+            let holders = std::sync::Arc::clone(&state.holders);
+            let started = holders.for_slot(spec.worker_id, || start_holder(state, spec, init));
+            started.map_err(|e| say_once_no_holder(&e)).ok()
+        }
+        _ => None,
+    };
+    let children_in = match (&shared, &state.own_pid_ns) {
+        (Some(ns), Some(own)) => crate::holder::ChildrenIn::enter(ns.pid.as_fd(), own.as_fd())
+            .map_err(|e| say_once_no_holder(&e))
+            .ok(),
+        _ => None,
+    };
+    let shared = shared.filter(|_| children_in.is_some());
     let mut fds = [-1; 5];
     fds[..3].copy_from_slice(&[
         stdin.0.as_raw_fd(),
@@ -546,7 +593,11 @@ fn spawn(
         fds[4] = res_w.as_raw_fd();
     }
     let child = ChildPlan {
-        supervisor_pid,
+        // A child born in a holder's pid namespace sees its parent, outside, as 0.
+        parent: if shared.is_some() { 0 } else { supervisor_pid },
+        joined: shared
+            .as_ref()
+            .map(|ns| ns.mnt.as_ref().map(|fd| fd.as_raw_fd())),
         fds,
         placed: if protocol.is_some() { 5 } else { 3 },
         cwd: launch::c_string(spec.cwd.as_deref().unwrap_or(workdir.path()).as_os_str())
@@ -589,14 +640,20 @@ fn spawn(
             &mut state.stack,
             into_cgroup.as_ref().map(|f| f.as_fd()),
             state.fallbacks,
-            spec.isolation.as_ref().and_then(|p| p.init()),
+            spec.isolation
+                .as_ref()
+                .and_then(|p| p.init())
+                .filter(|_| shared.is_none()),
             &setup,
         )
-    }
-    .map_err(other)?;
+    };
+    drop(children_in);
+    let launched = launched.map_err(other)?;
     let pid = launched.pid;
+    let behind_init =
+        shared.is_none() && spec.isolation.as_ref().is_some_and(|p| p.init().is_some());
     // Registered even when the exec failed, so that the reaper's record of it is claimed.
-    let exit = reaper.register(pid, since);
+    let exit = state.reaper.register(pid, since);
     launched
         .started
         .map_err(|failed| match failed.stage.failed() {
@@ -620,7 +677,7 @@ fn spawn(
     };
     // An init's first child is its worker, which has exec'd by now (or has exited, and then
     // nothing is to be named by it).
-    let processor_pid = if spec.isolation.as_ref().is_some_and(|p| p.init().is_some()) {
+    let processor_pid = if behind_init {
         launched
             .pidfd
             .as_ref()
@@ -630,7 +687,9 @@ fn spawn(
     } else {
         pid
     };
-    let mount_namespace = if spec.isolation.as_ref().is_some_and(|p| p.mount_namespace()) {
+    let mount_namespace = if behind_init
+        && spec.isolation.as_ref().is_some_and(|p| p.mount_namespace())
+    {
         crate::isolate::hold_mount_namespace(pid, launched.pidfd.as_ref().map(|f| f.as_fd()), &exit)
     } else {
         None
@@ -651,7 +710,87 @@ fn spawn(
         },
         stderr: File::from(stderr_r),
         workdir,
+        behind_init,
     })
+}
+
+/// Starts slot `spec.worker_id`'s holder ([`crate::holder`]): a pid namespace's init that
+/// makes the mount namespace as every init does, in jobsup's own cgroup (outside the
+/// slot's, whose kill must not reach it), and waits there.
+fn start_holder(
+    state: &mut SpawnerState,
+    spec: &SpawnSpec,
+    init: launch::Init,
+) -> io::Result<crate::holder::Started> {
+    let isolation = spec
+        .isolation
+        .as_ref()
+        .ok_or_else(|| io::Error::other("no namespaces to hold"))?;
+    // Never exec'd: the holder stops after its setup.
+    let plan = launch::Plan::new(std::ffi::OsStr::new("/"), &[], [])?;
+    // SAFETY: async-signal-safe calls on data prepared before the clone (see
+    // `holder_setup`), which is `launch`'s contract.
+    let setup = |_born: Born, part: Part| unsafe { holder_setup(isolation, part) };
+    let since = std::time::Instant::now();
+    // SAFETY: `setup` keeps the contract (see above).
+    let launched = unsafe {
+        launch::launch(
+            &plan,
+            &mut state.stack,
+            None,
+            state.fallbacks,
+            Some(init),
+            &setup,
+        )
+    }?;
+    let exit = state.reaper.register(launched.pid, since);
+    if let Err(failed) = launched.started {
+        let what = failed.stage.failed().unwrap_or("setting up");
+        return Err(io::Error::new(
+            failed.error.kind(),
+            format!("the slot's namespaces: {what}: {}", failed.error),
+        ));
+    }
+    let namespaces = crate::isolate::holder_namespaces(
+        launched.pid,
+        launched.pidfd.as_ref().map(|f| f.as_fd()),
+        &exit,
+        isolation.mount_namespace(),
+    )?;
+    tracing::debug!(
+        worker = spec.worker_id,
+        pid = launched.pid,
+        "namespaces' holder started"
+    );
+    Ok(crate::holder::Started {
+        exit,
+        pidfd: launched.pidfd,
+        namespaces,
+    })
+}
+
+/// A holder's setup, steps 1, 2 and 4 of [`child_setup`]'s (it joins no cgroup): its own
+/// session, the parent-death signal (`launch` checks that jobsup is still there), and the
+/// namespaces an init makes.
+///
+/// # Safety
+/// As [`child_setup`].
+unsafe fn holder_setup(isolation: &crate::isolate::Prepared, part: Part) -> Result<(), StageError> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        at(Stage::Session, libc::setsid())?;
+        arm_parent_death()?;
+        crate::isolate::enter(isolation, part, None, None)
+            .map_err(|e| StageError::of(Stage::Namespaces, &e))
+    }
+}
+
+/// Says, once per run, why a slot's processes get namespaces of their own after all.
+fn say_once_no_holder(e: &io::Error) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!("exec slots keep no namespaces open, each job gets its own: {e}");
+    }
 }
 
 /// A worker's private directory, made for it: 0700, in `--workdirs` (else the temporary
@@ -816,8 +955,12 @@ fn clone_into(
 /// Everything the child's setup needs, made before the clone: the child may share
 /// jobsup's memory and must not allocate.
 struct ChildPlan {
-    /// jobsup's pid, which the child's parent must be.
-    supervisor_pid: i32,
+    /// What `getppid` must say while jobsup is there: its pid, or 0 for a child born in
+    /// a holder's pid namespace (its parent is outside).
+    parent: i32,
+    /// A child born in its slot's holder's pid namespace, with the holder's mount
+    /// namespace where it made one (see `crate::holder`).
+    joined: Option<Option<RawFd>>,
     /// What goes on fds 0, 1 and 2 and, in native mode, 3 and 4 (the protocol pipes).
     fds: [RawFd; 5],
     /// How many of `fds` are placed: 3, or 5 in native mode.
@@ -979,7 +1122,7 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
             //    armed, and then nobody would send it: check. (An init's parent is outside
             //    its namespace, where `getppid` says 0: `launch` checks it another way.)
             arm_parent_death()?;
-            if part == Part::Whole && libc::getppid() != plan.supervisor_pid {
+            if part == Part::Whole && libc::getppid() != plan.parent {
                 libc::_exit(1);
             }
 
@@ -1005,7 +1148,7 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
         //    unshares its own (`--isolate net` where no pid namespace can be had). Early,
         //    so that every later step applies inside them.
         if let Some(p) = &plan.isolation {
-            crate::isolate::enter(p, part, plan.fs.as_ref())
+            crate::isolate::enter(p, part, plan.fs.as_ref(), plan.joined)
                 .map_err(|e| StageError::of(Stage::Namespaces, &e))?;
         }
         if part == Part::Init {
@@ -1142,7 +1285,7 @@ unsafe fn child_setup(plan: &ChildPlan, born: Born, part: Part) -> Result<(), St
         //     when its init dies, the kernel kills everything in the namespace.
         if part == Part::Whole && (plan.isolation.is_some() || plan.identity.is_some()) {
             arm_parent_death()?;
-            if libc::getppid() != plan.supervisor_pid {
+            if libc::getppid() != plan.parent {
                 libc::_exit(1);
             }
         }

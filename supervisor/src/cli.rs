@@ -601,6 +601,8 @@ pub(crate) fn run_pool(
                 .map_err(|e| anyhow::anyhow!(e))?,
             user: pool.user.clone(),
             priority: worker_priority(pool.priority),
+            // An exec slot starts a process per job: they share the slot's namespaces.
+            share_namespaces: pool.mode == Mode::Exec,
         },
         start_timeout: pool.start_timeout,
         max_jobs: pool.max_jobs_per_worker,
@@ -650,13 +652,22 @@ pub(crate) fn run_pool(
         .isolation
         .as_ref()
         .is_some_and(|p| p.init().is_some());
+    let shared = settings.spawn.share_namespaces
+        && found.kill.starts_with("cgroup.kill")
+        && settings
+            .spawn
+            .isolation
+            .as_ref()
+            .is_some_and(|p| p.shareable());
     tracing::info!(
         kill = %found.kill,
         namespaces = namespaces.as_deref().unwrap_or("none"),
         memory = found.memory.as_deref().unwrap_or("-"),
         max_procs = found.max_procs.as_deref().unwrap_or("-"),
         "sandbox: workers get their own session, directory and environment; hard kill through {}",
-        if pid_namespace {
+        if pid_namespace && shared {
+            "their cgroup (an exec slot's processes share its pid and mount namespaces, one job at a time)"
+        } else if pid_namespace {
             "their pid namespace"
         } else if cgroups.as_ref().is_some_and(|c| c.can_kill()) {
             "their cgroup"

@@ -146,13 +146,8 @@ impl Live {
             settings.mode == crate::link::Mode::Exec,
             spawned.born_in_cgroup,
         );
-        // In a pid namespace the process jobsup started is the namespace's init.
-        if settings
-            .spawn
-            .isolation
-            .as_ref()
-            .is_some_and(|i| i.init().is_some())
-        {
+        // In a pid namespace of its own, the process jobsup started is the namespace's init.
+        if spawned.behind_init {
             process.behind_init(pid);
         }
         let origin = Origin {

@@ -216,6 +216,8 @@ impl Drop for Worker {
         if let Some(dir) = self.spare_workdir.take() {
             crate::janitor::dispose(dir);
         }
+        // An exec slot's namespaces are held open between its jobs, until the slot ends.
+        self.spawner.release(self.id);
     }
 }
 

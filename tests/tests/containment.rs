@@ -542,3 +542,99 @@ fn a_record_names_the_worker_by_its_host_pid_not_the_one_its_namespace_gives_it(
         bg.wait();
     }
 }
+
+/// The processes named `comm` among `pid`'s children.
+fn children_named(pid: i32, comm: &str) -> Vec<i32> {
+    jobsup_tests::children_of(pid)
+        .into_iter()
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == comm)
+        })
+        .collect()
+}
+
+#[test]
+fn an_exec_slots_jobs_share_its_namespaces_but_none_meets_what_another_left() {
+    for user in User::BOTH {
+        let token = token(13, user);
+        // Each job names its pid namespace and lists what else it sees; then it tries to
+        // kill PID 1 and everything else, and leaves a daemon behind. Line `hang` ignores
+        // the cleanup request and is killed at the hard deadline, its daemon with it.
+        let script = format!(
+            r#"read -r line
+            readlink /proc/self/ns/pid
+            for d in /proc/[0-9]*; do
+                p=${{d#/proc/}}; [ "$p" = "$$" ] && continue
+                echo "seen $(cat "$d/comm" 2>/dev/null)"
+            done
+            kill -9 1 2>/dev/null; kill -9 -1 2>/dev/null
+            ( setsid env -i sleep {token} & )
+            if [ "$line" = hang ]; then trap '' TERM; while :; do sleep 1; done; fi"#
+        );
+        let input = "one\ntwo\nhang\nfour\nfive\nsix\n";
+        let mut bg = jobsup_as!(user)
+            .args([
+                "--mode",
+                "exec",
+                "-j",
+                "2",
+                "--ttl",
+                "2s",
+                "--cleanup",
+                "100ms",
+            ])
+            .processor("sh", ["-c", &script])
+            .keep_stdin_open()
+            .spawn();
+        bg.write_stdin(input);
+        wait_until(WAIT, "six records", || bg.records_so_far().len() == 6);
+        let holders = children_named(bg.pid(), "jobsup-init");
+        bg.close_stdin();
+        let run = bg.wait();
+        let records = run.records();
+        assert_eq!(records.len(), 6, "{user:?}: {run}");
+        let mut namespaces: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for r in &records {
+            let out = r.output().unwrap_or_default();
+            let mut lines = out.lines();
+            let ns = lines.next().unwrap_or_default().to_string();
+            assert!(ns.starts_with("pid:["), "{user:?}: {r}");
+            // Only its PID 1: nothing of another job's, this slot's or another's, even
+            // the daemons every job before it left, and the one a killed job left.
+            let seen: Vec<&str> = lines.collect();
+            assert_eq!(seen, ["seen jobsup-init"], "{user:?}: {r}");
+            let expected = if r.seq() == 3 { "killed" } else { "ok" };
+            assert_eq!(r.outcome(), expected, "{user:?}: {r}");
+            namespaces
+                .entry(r.worker().expect("a worker"))
+                .or_default()
+                .push(ns);
+        }
+        // Nothing left behind anywhere, and every slot's holder ended with the run.
+        wait_until(WAIT, "every daemon is gone", || sleepers(&token).is_empty());
+        for holder in &holders {
+            wait_until(WAIT, "the holder ended with the run", || {
+                !pid_alive(*holder)
+            });
+        }
+        if user == User::Invoker && nix::unistd::geteuid().is_root() {
+            // Root: each slot keeps one pid namespace for all its jobs (a job cannot kill
+            // its PID 1, nor does a hard kill through the slot's cgroup reach it), and two
+            // slots never share one.
+            assert!(
+                !holders.is_empty(),
+                "no holder among jobsup's children: {run}"
+            );
+            let per_slot: Vec<&String> = namespaces
+                .values()
+                .map(|all| {
+                    assert!(all.iter().all(|ns| ns == &all[0]), "{all:?}: {run}");
+                    &all[0]
+                })
+                .collect();
+            if let [a, b] = per_slot.as_slice() {
+                assert_ne!(a, b, "two slots share a pid namespace: {run}");
+            }
+        }
+    }
+}

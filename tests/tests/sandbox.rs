@@ -181,9 +181,18 @@ fn the_containment_in_use_is_logged_once_at_start() {
         sandbox_line(&run.stderr)
     };
     let default = run(User::Invoker, &[]);
+    // As root with cgroup v2, an exec slot's processes share its namespaces.
+    let expected = if jobsup_tests::running_as_root() && cgroup_v2_writable() {
+        "hard kill through their cgroup (an exec slot's processes share its pid and mount namespaces"
+    } else {
+        "hard kill through their pid namespace"
+    };
+    assert!(default.contains(expected), "{default}");
+    // A network namespace is not shared: each job gets its own, behind its own init.
+    let net = run(User::Invoker, &["--isolate", "net"]);
     assert!(
-        default.contains("hard kill through their pid namespace"),
-        "{default}"
+        net.contains("hard kill through their pid namespace"),
+        "{net}"
     );
     let default = run(User::Invoker, &["--isolate", "none"]);
     let expected = if cgroup_v2_writable() {

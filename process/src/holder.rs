@@ -88,10 +88,11 @@ impl Drop for Holder {
     }
 }
 
-/// Every slot's holder, by worker id.
+/// Every slot's holder, by worker id. Each slot's entry has a lock of its own, so that a
+/// holder being started (a clone and its setup) holds up no other slot's spawn.
 #[derive(Default)]
 pub(crate) struct Holders {
-    by_slot: Mutex<HashMap<u64, Holder>>,
+    by_slot: Mutex<HashMap<u64, Arc<Mutex<Option<Holder>>>>>,
 }
 
 /// A holder just started: its registration with the reaper, its pidfd, and its
@@ -110,34 +111,41 @@ impl Holders {
         id: u64,
         start: impl FnOnce() -> io::Result<Started>,
     ) -> io::Result<Arc<Namespaces>> {
-        let mut by_slot = self.by_slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(holder) = by_slot.get_mut(&id) {
+        let entry = Arc::clone(
+            self.by_slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id)
+                .or_default(),
+        );
+        let mut slot = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(holder) = slot.as_mut() {
             if holder.alive() {
                 return Ok(Arc::clone(&holder.namespaces));
             }
-            by_slot.remove(&id);
         }
+        // Dead (or never started): a new one, the old one's registration let go.
+        *slot = None;
         let started = start()?;
         let namespaces = Arc::new(started.namespaces);
-        by_slot.insert(
-            id,
-            Holder {
-                exit: started.exit,
-                pidfd: started.pidfd,
-                namespaces: Arc::clone(&namespaces),
-            },
-        );
+        *slot = Some(Holder {
+            exit: started.exit,
+            pidfd: started.pidfd,
+            namespaces: Arc::clone(&namespaces),
+        });
         Ok(namespaces)
     }
 
     /// Ends slot `id`'s holder, if it has one.
     pub(crate) fn release(&self, id: u64) {
-        let holder = self
+        let entry = self
             .by_slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        drop(holder);
+        if let Some(entry) = entry {
+            entry.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
     }
 }
 

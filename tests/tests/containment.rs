@@ -638,3 +638,49 @@ fn an_exec_slots_jobs_share_its_namespaces_but_none_meets_what_another_left() {
         }
     }
 }
+
+#[test]
+fn an_exec_slot_whose_holder_was_killed_from_outside_gets_a_new_one() {
+    if !jobsup_tests::running_as_root() {
+        // Unprivileged, every job has namespaces of its own: there is no holder.
+        return;
+    }
+    let mut bg = jobsup_as!(User::Invoker)
+        .args(["--mode", "exec", "-j", "1"])
+        .processor(
+            "sh",
+            [
+                "-c",
+                "readlink /proc/self/ns/pid; ls /proc | grep -c '^[0-9]'",
+            ],
+        )
+        .keep_stdin_open()
+        .spawn();
+    bg.write_stdin("one\n");
+    wait_until(WAIT, "the first record", || bg.records_so_far().len() == 1);
+    let holders = children_named(bg.pid(), "jobsup-init");
+    assert_eq!(holders.len(), 1, "one slot, one holder: {holders:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holders[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the holder");
+    wait_until(WAIT, "the holder is gone", || !pid_alive(holders[0]));
+    bg.write_stdin("two\n");
+    wait_until(WAIT, "the second record", || bg.records_so_far().len() == 2);
+    let now = children_named(bg.pid(), "jobsup-init");
+    bg.close_stdin();
+    let run = bg.wait();
+    assert_eq!(run.code(), 0, "{run}");
+    for r in run.records() {
+        assert_eq!(r.outcome(), "ok", "{r}");
+        let out = r.output().unwrap_or_default().to_string();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("pid:["), "{r}");
+        // Still in a pid namespace of its own: its PID 1, the shell, `ls` and `grep`.
+        let visible: usize = lines[1].parse().expect("a count");
+        assert!(visible <= 4, "sees {visible} processes: {r}");
+    }
+    assert_eq!(now.len(), 1, "a new holder: {now:?}");
+    assert_ne!(now, holders, "the dead holder is not reused");
+}

@@ -906,23 +906,11 @@ unsafe fn fail(report: RawFd, e: StageError) -> ! {
 /// # Safety
 /// In a child before exec: async-signal-safe calls on locals.
 unsafe fn reset_signals() {
-    let default = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
     // SAFETY: rt_sigaction and sigprocmask on live locals.
     unsafe {
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &default as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                );
+                set_disposition(sig, libc::SIG_DFL);
             }
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
@@ -1080,21 +1068,9 @@ where
 /// # Safety
 /// In a pid namespace's init, after its setup, with `report` its report pipe.
 unsafe fn hold(report: RawFd, method: FdMethod) -> ! {
-    let ignore = KernelSigaction {
-        handler: libc::SIG_IGN,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    // SAFETY: system calls on a live local and on this process's own fds.
+    // SAFETY: system calls on this process's own dispositions and fds.
     unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            libc::SIGCHLD,
-            &ignore as *const KernelSigaction,
-            std::ptr::null_mut::<KernelSigaction>(),
-            8usize,
-        );
+        set_disposition(libc::SIGCHLD, libc::SIG_IGN);
         if close_all_but(report, method).is_err() {
             libc::_exit(126);
         }
@@ -1102,6 +1078,30 @@ unsafe fn hold(report: RawFd, method: FdMethod) -> ! {
         loop {
             libc::pause();
         }
+    }
+}
+
+/// `sig`'s disposition set to `handler` (`SIG_DFL` or `SIG_IGN`), through the system call
+/// itself (see [`reset_signals`]), with no flag and no mask.
+///
+/// # Safety
+/// In a child before exec, or an init: async-signal-safe.
+unsafe fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) {
+    let action = KernelSigaction {
+        handler,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction on a live local; the old action is not asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        );
     }
 }
 

@@ -334,6 +334,12 @@ impl Cgroups {
         self.kill.is_some()
     }
 
+    /// Whether the hard kill goes through cgroup v2's `cgroup.kill`, which reaches every
+    /// process of a worker's cgroup at once.
+    pub fn kills_atomically(&self) -> bool {
+        self.kill.as_ref().is_some_and(|b| b.version == Version::V2)
+    }
+
     /// Every directory jobsup made (`jobsup-<pid>` in each hierarchy).
     pub fn bases(&self) -> &[PathBuf] {
         &self.bases

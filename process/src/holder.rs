@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use crate::launch::Init;
@@ -66,16 +66,7 @@ impl Drop for Holder {
     fn drop(&mut self) {
         match &self.pidfd {
             Some(fd) => {
-                // SAFETY: a signal through a pidfd we own; no memory is passed.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.as_raw_fd(),
-                        libc::SIGKILL,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
+                let _ = crate::process::pidfd_send_signal(fd.as_fd(), libc::SIGKILL, 0);
             }
             None => {
                 let pid = self.exit.pid();

@@ -176,37 +176,43 @@ pub fn hold_mount_namespace(
     pidfd: Option<BorrowedFd<'_>>,
     exit: &crate::reaper::Registration,
 ) -> Option<OwnedFd> {
+    namespace_fd(pid, pidfd, exit, PIDFD_GET_MNT_NAMESPACE, "mnt").ok()
+}
+
+/// An fd for namespace `name` (`mnt`, `pid`) of the just-spawned process `pid`: through
+/// its pidfd by `request` where the kernel has the ioctl (no race: it names the process
+/// even once reaped, and then fails with ESRCH, which is the answer), else through
+/// `/proc/<pid>/ns/<name>` while the reaper holds off, so that the pid is still its own.
+fn namespace_fd(
+    pid: i32,
+    pidfd: Option<BorrowedFd<'_>>,
+    exit: &crate::reaper::Registration,
+    request: libc::c_ulong,
+    name: &str,
+) -> io::Result<OwnedFd> {
     if let Some(pidfd) = pidfd {
-        match namespace_of(pidfd, PIDFD_GET_MNT_NAMESPACE) {
-            Ok(fd) => return Some(fd),
-            // Gone already: nothing to hold.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
+        match namespace_of(pidfd, request) {
+            Ok(fd) => return Ok(fd),
+            // Gone already: nothing to take.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(e),
             // An older kernel: the /proc path below.
             Err(_) => {}
         }
     }
-    exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/mnt")))?
-        .ok()
+    exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/{name}")))
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?
         .map(OwnedFd::from)
 }
 
 /// The pid namespace (and the mount namespace, with `mount`) of a holder just started
-/// (see [`crate::holder`]): through its pidfd where the kernel has the ioctls, else through
-/// `/proc/<pid>/ns` while the reaper holds off, so that the pid is still the holder's.
+/// (see [`crate::holder`]).
 pub(crate) fn holder_namespaces(
     pid: i32,
     pidfd: Option<BorrowedFd<'_>>,
     exit: &crate::reaper::Registration,
     mount: bool,
 ) -> io::Result<crate::holder::Namespaces> {
-    let of = |request, name: &str| -> io::Result<OwnedFd> {
-        if let Some(fd) = pidfd.and_then(|p| namespace_of(p, request).ok()) {
-            return Ok(fd);
-        }
-        exit.while_unreaped(|_| std::fs::File::open(format!("/proc/{pid}/ns/{name}")))
-            .ok_or_else(|| io::Error::other("the namespaces' holder ended at its start"))?
-            .map(OwnedFd::from)
-    };
+    let of = |request, name| namespace_fd(pid, pidfd, exit, request, name);
     Ok(crate::holder::Namespaces {
         pid: of(PIDFD_GET_PID_NAMESPACE, "pid")?,
         mnt: match mount {

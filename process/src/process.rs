@@ -95,7 +95,11 @@ pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
 }
 
 /// `pidfd_send_signal(pidfd, sig, NULL, flags)`.
-fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: c_int, flags: c_uint) -> Result<(), Errno> {
+pub(crate) fn pidfd_send_signal(
+    pidfd: BorrowedFd<'_>,
+    sig: c_int,
+    flags: c_uint,
+) -> Result<(), Errno> {
     // SAFETY: a descriptor borrowed for the call, a signal number, no siginfo (a null
     // pointer: the kernel fills it in as for kill(2)) and flags; nothing of ours is written.
     let rc = unsafe {

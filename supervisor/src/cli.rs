@@ -653,7 +653,7 @@ pub(crate) fn run_pool(
         .as_ref()
         .is_some_and(|p| p.init().is_some());
     let shared = settings.spawn.share_namespaces
-        && found.kill.starts_with("cgroup.kill")
+        && cgroups.as_ref().is_some_and(|c| c.kills_atomically())
         && settings
             .spawn
             .isolation

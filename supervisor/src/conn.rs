@@ -357,7 +357,16 @@ impl Writer {
             return;
         };
         while !self.pending.is_empty() {
-            match tx.try_write(&self.pending) {
+            // tokio writes only once its reactor has seen the pipe writable, a turn after a
+            // fresh pipe (an exec job's stdin) is registered: such a pipe takes the bytes
+            // now, so the write is tried anyway.
+            let wrote = match tx.try_write(&self.pending) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    nix::unistd::write(tx, &self.pending).map_err(io::Error::from)
+                }
+                wrote => wrote,
+            };
+            match wrote {
                 Ok(n) => self.pending.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {

@@ -179,8 +179,7 @@ impl Link {
             Reader::Output(_) => {
                 // The payload is a line of the input: it goes in as one, newline included,
                 // so that line-reading programs (`read`, `wc -l`) see a whole line.
-                self.tx.send(&spec.payload);
-                self.tx.send(b"\n");
+                self.tx.send_all(&[&spec.payload, b"\n"]);
                 self.tx.close_when_flushed();
                 Ok(())
             }

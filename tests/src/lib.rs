@@ -560,6 +560,8 @@ impl Background {
     pub fn children(&self) -> Vec<i32> {
         children_of(self.pid())
             .into_iter()
+            // A zombie (a probe's child, say, until the reaper's next sweep) runs no more.
+            .filter(|&pid| pid_alive(pid))
             .map(|pid| match is_namespace_init(pid) {
                 true => children_of(pid).first().copied().unwrap_or(pid),
                 false => pid,

@@ -9,11 +9,11 @@
 //!   caller of [`Registration::try_reaped`]) then collects it itself, exactly as the reaper
 //!   thread would (`Registry::collect`). So an exit wakes only the task waiting for it:
 //!   before, it woke the reaper thread, which then woke the runtime, two thread wakeups per
-//!   exec job that cost about 7% of exec mode's throughput on a 2-CPU machine.
+//!   exec job that cost about 5% of exec mode's throughput on a 2-CPU machine.
 //! - **By the reaper thread**, everything else: orphans it adopted, probes, children whose
 //!   owner never waited. Where owners reap (`owners_reap`: pidfds can be opened), it
-//!   sweeps every `SWEEP` (20 ms) and no exit wakes it; such a zombie meanwhile holds only its
-//!   pid. Where they cannot, it sleeps in a blocking `waitid` until some child has exited
+//!   sweeps every `SWEEP` (20 ms) and no exit wakes it; such a zombie meanwhile holds only
+//!   its pid. Where they cannot, it sleeps in a blocking `waitid` until some child has exited
 //!   (a SIGCHLD only where it has no child to wait for) and collects every exited child
 //!   with `WNOHANG`, routing each worker's status to the task that registered it.
 //!
@@ -33,8 +33,8 @@
 //!
 //! Every reap, an owner's too, happens with the registry locked. Whoever holds the lock
 //! therefore sees no child of jobsup reaped meanwhile: a pid still registered is still its
-//! worker's, and so is the process group it leads. [`Registration::while_unreaped`] is how the rest of jobsup
-//! signals a group by number safely (where a pidfd cannot do it, see
+//! worker's, and so is the process group it leads. [`Registration::while_unreaped`] is how
+//! the rest of jobsup signals a group by number safely (where a pidfd cannot do it, see
 //! [`crate::process::handles`]), and [`Registration::holding_reaper`] how it kills children
 //! of jobsup by pid.
 //!

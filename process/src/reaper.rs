@@ -747,6 +747,9 @@ fn wait_for_an_exit() -> bool {
 fn reap_all(registry: &Mutex<Registry>) -> bool {
     crate::fault::fault("reaper");
     loop {
+        // Peeked with the registry locked: an owner may reap its own child at any other
+        // moment, and the zombie seen must still be there when it is collected.
+        let mut registry = lock(registry);
         // Which child has exited, leaving it a zombie: until it is reaped its pid is its own.
         let pid = match wait_exited(libc::P_ALL, 0, libc::WNOHANG | libc::WNOWAIT) {
             Ok(Some((pid, _))) => pid,
@@ -756,7 +759,7 @@ fn reap_all(registry: &Mutex<Registry>) -> bool {
                 return false;
             }
         };
-        if !lock(registry).collect(pid, Instant::now) {
+        if !registry.collect(pid, Instant::now) {
             return false;
         }
     }

@@ -276,19 +276,22 @@ impl OwnPidfd {
         if tokio::runtime::Handle::try_current().is_err() {
             return None;
         }
-        if let OwnPidfd::Open(_) = self {
-            let OwnPidfd::Open(fd) = std::mem::replace(self, OwnPidfd::Refused) else {
-                unreachable!("matched above")
-            };
-            // SAFETY: the AsyncFd owns `fd`, which stays open, and the same file, for as
-            // long as it lives.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            };
-            match registered {
-                Ok(ready) => *self = OwnPidfd::Registered(Arc::new(ready)),
-                Err(e) => tracing::debug!("a child's pidfd cannot be awaited: {e}"),
+        match std::mem::replace(self, OwnPidfd::Refused) {
+            OwnPidfd::Open(fd) => {
+                // SAFETY: the AsyncFd owns `fd`, which stays open, and the same file, for
+                // as long as it lives.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                match registered {
+                    Ok(ready) => *self = OwnPidfd::Registered(Arc::new(ready)),
+                    Err(e) => tracing::debug!("a child's pidfd cannot be awaited: {e}"),
+                }
             }
+            other => *self = other,
         }
         match self {
             OwnPidfd::Registered(ready) => Some(Arc::clone(ready)),
@@ -373,7 +376,11 @@ impl Registration {
             return reaped;
         }
         if let Some(ready) = self.own.as_mut().and_then(OwnPidfd::readiness) {
-            return self.reaped_by_owner(&ready).await;
+            if let Some(reaped) = self.reaped_by_owner(&ready).await {
+                return reaped;
+            }
+            // Not to be told: the sweep brings the status.
+            self.own = Some(OwnPidfd::Refused);
         }
         let reaped = match self.rx.as_mut() {
             // The reaper only drops a sender after sending, or when its thread failed.
@@ -386,30 +393,24 @@ impl Registration {
 
     /// [`Registration::reaped`] by the owner: awaits the pidfd's readiness, then reaps the
     /// child here (unless the reaper's sweep came first: its status is then in the
-    /// channel). Cancel-safe: the registered pidfd stays.
-    async fn reaped_by_owner(&mut self, ready: &tokio::io::unix::AsyncFd<OwnedFd>) -> Reaped {
+    /// channel). `None` if the readiness cannot be awaited. Cancel-safe: the registered
+    /// pidfd stays.
+    async fn reaped_by_owner(
+        &mut self,
+        ready: &tokio::io::unix::AsyncFd<OwnedFd>,
+    ) -> Option<Reaped> {
         loop {
             // A pidfd that was readable at its registration is reported at the runtime's
             // next turn: no look before the wait.
             match ready.readable().await {
                 Ok(mut guard) => {
                     if let Some(reaped) = self.try_reaped() {
-                        return reaped;
+                        return Some(reaped);
                     }
                     // Readable before the exit: not for a pidfd, but never spin on it.
                     guard.clear_ready();
                 }
-                // Not to be told: the sweep brings the status.
-                Err(_) => {
-                    self.own = Some(OwnPidfd::Refused);
-                    let rx = self.rx.as_mut();
-                    let reaped = match rx {
-                        Some(rx) => rx.await.unwrap_or_else(|_| Reaper::failed()),
-                        None => Reaper::failed(),
-                    };
-                    self.got(reaped);
-                    return reaped;
-                }
+                Err(_) => return None,
             }
         }
     }

@@ -300,12 +300,6 @@ impl Writer {
         Ok(len)
     }
 
-    /// Queues bytes and writes as much as the pipe takes now.
-    pub fn send(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        self.write_some();
-    }
-
     /// Queues several pieces as one message and writes as much as the pipe takes now.
     pub fn send_all(&mut self, pieces: &[&[u8]]) -> usize {
         let len = pieces.iter().map(|p| p.len()).sum();

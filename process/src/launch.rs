@@ -456,7 +456,10 @@ pub unsafe fn launch<F>(
 where
     F: Fn(Born, Part) -> Result<(), StageError>,
 {
-    let (report_r, report_w) = report_pipe()?;
+    // A child that shares this thread's wait (`CLONE_VFORK`) has written whatever it had
+    // to report by the time the clone returns, so that report is read without waiting
+    // (see `read_report`); an init's worker execs later, and its report is waited for.
+    let (report_r, report_w) = report_pipe(init.is_none())?;
     let report = report_w.as_raw_fd();
     let (stack_base, stack_size) = stack.bounds();
     let top = stack_base.wrapping_byte_add(stack_size);
@@ -583,8 +586,8 @@ fn launched(
 }
 
 /// After a clone that made `pid`: registers an init's memory (from then on the reaper may
-/// collect it), reads the child's report to its end of file with signals still blocked
-/// (see [`launch`]), then restores the signal mask.
+/// collect it), reads the child's report with signals still blocked (see [`launch`] and
+/// [`read_report`]), then restores the signal mask.
 fn after_clone(
     report_r: &OwnedFd,
     report_w: OwnedFd,
@@ -604,9 +607,16 @@ fn after_clone(
 }
 
 /// The report pipe, close-on-exec, its write end at or above [`PLACED_FDS`] so that the
-/// child's setup cannot place an fd over it.
-fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = crate::fd::pipe()?;
+/// child's setup cannot place an fd over it; non-blocking where the clone itself waits
+/// for the child (`vforked`), whose report is then in the pipe or never comes. (The
+/// child's one write of eight bytes goes into an empty pipe, which never blocks.)
+fn report_pipe(vforked: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let flags = if vforked {
+        nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK
+    } else {
+        nix::fcntl::OFlag::O_CLOEXEC
+    };
+    let (r, w) = nix::unistd::pipe2(flags).map_err(io::Error::from)?;
     if w.as_raw_fd() >= PLACED_FDS {
         return Ok((r, w));
     }
@@ -619,9 +629,15 @@ fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, unsafe { OwnedFd::from_raw_fd(high) }))
 }
 
-/// Reads what the child said: nothing (end-of-file: it exec'd) or its stage and errno.
-/// Read to the end of file in either case: only then has every process that was given
-/// the spawning thread's stack (a child, or the worker of an init) stopped using it.
+/// Reads what the child said: nothing (it exec'd) or its stage and errno.
+///
+/// An init's report is read to its end of file: only then has its worker, which was given
+/// the spawning thread's stack, stopped using it. A `CLONE_VFORK` child has stopped using
+/// this memory when the clone returns (at its exec, or its exit), and had written its
+/// report before: the pipe is non-blocking then ([`report_pipe`]), and nothing in it yet
+/// (`EAGAIN`: the end of file comes at its exec's close-on-exec, an instant later) means
+/// it exec'd. Waiting for that end of file cost the spawning thread a sleep and a wakeup
+/// per spawn.
 fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
     let mut report = [0u8; 8];
     let mut got = 0;
@@ -639,6 +655,9 @@ fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
             0 => break,
             n if n > 0 => got = (got + n as usize).min(report.len()),
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            // Only a non-blocking pipe says so: a vforked child that exec'd (or left no
+            // report, as at a kill) and whose end is not closed yet.
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => break,
             _ => {
                 return Err(Failed {
                     stage: Stage::Exec,

@@ -430,7 +430,7 @@ pub fn report(args: &ReportArgs) -> Result<String, String> {
     }
     Ok(match args.summary {
         SummaryFormat::Json => format!("{}\n", stats.to_json(None)),
-        SummaryFormat::Text => stats.render(None),
+        SummaryFormat::Text => stats.render(None, None),
         SummaryFormat::None => String::new(),
     })
 }
@@ -761,11 +761,15 @@ pub(crate) fn run_pool(
     ) || stats.total() > 0
         || broken.is_some();
     let elapsed = Some(started.elapsed());
+    let cpu = crate::summary::Cpu::used_so_far();
     let mut summary = match args.summary {
         _ if !ran => None,
-        SummaryFormat::Text => Some(stats.render(elapsed)),
+        SummaryFormat::Text => Some(stats.render(elapsed, cpu.as_ref())),
         SummaryFormat::Json => {
             let mut json = stats.to_json(elapsed);
+            if let (Some(cpu), Some(map)) = (cpu, json.as_object_mut()) {
+                map.insert("cpu_s".into(), crate::summary::cpu_json(&cpu));
+            }
             if let (Some(what), Some(map)) = (broken, json.as_object_mut()) {
                 map.insert("internal_error".into(), what.into());
             }

@@ -21,6 +21,37 @@ pub const NO_KIND: &str = "(none)";
 /// One of the slowest jobs: duration in microseconds, seq, id.
 type Slow = (u64, u64, String);
 
+/// The CPU time a run used (user and system together): jobsup's own threads, and the
+/// processes it started and reaped (workers, their inits and holders, what they left).
+/// The supervisor's share is its overhead: what a run costs beyond the jobs themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu {
+    /// jobsup's own threads (`RUSAGE_SELF`).
+    pub supervisor: Duration,
+    /// Every child reaped so far, with the descendants each reaped (`RUSAGE_CHILDREN`).
+    pub processes: Duration,
+}
+
+impl Cpu {
+    /// What the process has used up to now; `None` where the kernel does not say.
+    pub fn used_so_far() -> Option<Cpu> {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let total = |who| {
+            getrusage(who).ok().map(|u| {
+                let us = |t: nix::sys::time::TimeVal| {
+                    Duration::from_secs(t.tv_sec().max(0) as u64)
+                        + Duration::from_micros(t.tv_usec().max(0) as u64)
+                };
+                us(u.user_time()) + us(u.system_time())
+            })
+        };
+        Some(Cpu {
+            supervisor: total(UsageWho::RUSAGE_SELF)?,
+            processes: total(UsageWho::RUSAGE_CHILDREN)?,
+        })
+    }
+}
+
 /// Totals for a set of jobs.
 struct Tally {
     counts: BTreeMap<Outcome, u64>,
@@ -182,8 +213,9 @@ impl Stats {
             .collect()
     }
 
-    /// The summary as text. `elapsed` is the run's wall time, when known.
-    pub fn render(&self, elapsed: Option<Duration>) -> String {
+    /// The summary as text. `elapsed` is the run's wall time and `cpu` its CPU time,
+    /// when known.
+    pub fn render(&self, elapsed: Option<Duration>, cpu: Option<&Cpu>) -> String {
         let mut s = String::new();
         let total = self.total();
         match elapsed {
@@ -220,6 +252,9 @@ impl Stats {
             );
             let names: Vec<String> = t.slowest().iter().map(slow_text).collect();
             let _ = writeln!(s, "  slowest: {}", names.join(", "));
+        }
+        if let Some(cpu) = cpu {
+            s.push_str(&self.render_cpu(cpu));
         }
         // A table per kind is worth its lines once there is more than "no kind".
         if self.kinds.keys().any(|k| k != NO_KIND) {
@@ -263,6 +298,21 @@ impl Stats {
         s
     }
 
+    /// The summary's line on CPU time: totals, and per job where there were jobs.
+    fn render_cpu(&self, cpu: &Cpu) -> String {
+        let per_job = |d: Duration| match self.total() {
+            0 => String::new(),
+            n => format!(" ({:.3}ms per job)", d.as_secs_f64() * 1000.0 / n as f64),
+        };
+        format!(
+            "  cpu: jobsup {:.3}s{}, the processes it ran {:.3}s{}\n",
+            cpu.supervisor.as_secs_f64(),
+            per_job(cpu.supervisor),
+            cpu.processes.as_secs_f64(),
+            per_job(cpu.processes)
+        )
+    }
+
     /// The summary as one JSON object. `elapsed` is the run's wall time, when known.
     pub fn to_json(&self, elapsed: Option<Duration>) -> Value {
         let mut v = self.all.to_json();
@@ -287,6 +337,15 @@ impl Stats {
         );
         v
     }
+}
+
+/// The CPU times as the JSON summary's `cpu_s`: seconds, to the microsecond.
+pub fn cpu_json(cpu: &Cpu) -> Value {
+    let seconds = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e6;
+    json!({
+        "supervisor": seconds(cpu.supervisor),
+        "processes": seconds(cpu.processes),
+    })
 }
 
 fn ms_text(ms: f64) -> String {
@@ -332,7 +391,7 @@ mod tests {
             s.observe(&r);
             s.observe(&r);
         }
-        assert!(s.render(None).contains("x"));
+        assert!(s.render(None, None).contains("x"));
         assert!(s.to_json(None)["kinds"].is_array());
     }
 
@@ -352,7 +411,17 @@ mod tests {
         assert_eq!(sum, 12);
         assert_eq!(kinds[0]["slowest"][0]["id"], "j20");
         assert_eq!(kinds[1]["outcomes"]["ok"], 10);
-        let text = s.render(None);
+        let cpu = Cpu {
+            supervisor: Duration::from_millis(24),
+            processes: Duration::from_millis(1200),
+        };
+        assert_eq!(
+            s.render_cpu(&cpu),
+            "  cpu: jobsup 0.024s (2.000ms per job), the processes it ran 1.200s (100.000ms per job)\n"
+        );
+        assert_eq!(cpu_json(&cpu)["supervisor"], 0.024);
+        let text = s.render(None, Some(&cpu));
+        assert!(text.contains("  cpu: jobsup 0.024s"), "{text}");
         let export = text.find("export").unwrap();
         let mail = text.find("send_mail").unwrap();
         assert!(export < mail, "{text}");

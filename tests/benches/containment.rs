@@ -10,20 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use jobsup_tests::{jobsup, lines};
+use jobsup_tests::{children_cpu, jobsup, lines, median};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// CPU time used so far by this process's waited-for descendants (jobsup, and through it
-/// every init and worker it reaped).
-fn children_cpu() -> f64 {
-    // SAFETY: getrusage fills a live struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
-    t(usage.ru_utime) + t(usage.ru_stime)
-}
 
 /// Wall-clock and CPU microseconds per job of `n` exec-mode `/bin/true` jobs at `-j K`
 /// with `flags`. The CPU time (jobsup's and its children's) is what a busy machine blurs
@@ -55,11 +44,6 @@ fn per_spawn(n: usize, k: usize, flags: &[&str]) -> Result<(f64, f64), Error> {
         return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
     }
     Ok((elapsed.as_secs_f64() * 1e6 / n as f64, cpu / n as f64))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() -> Result<(), Error> {

@@ -27,7 +27,7 @@ use std::ffi::OsString;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use jobsup_tests::{bin, interpreter, jobsup, lines, repo_file};
+use jobsup_tests::{bin, interpreter, jobsup, lines, median, repo_file};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -122,11 +122,6 @@ fn direct(argv: &[OsString], n: usize, k: usize) -> Result<f64, Error> {
         h.join().map_err(|_| "driver thread panicked")??;
     }
     Ok((per * k) as f64 / start.elapsed().as_secs_f64())
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn env_or(name: &str, default: usize) -> usize {

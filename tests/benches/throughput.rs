@@ -15,7 +15,10 @@
 //!    and a tenth of that (its own `VmHWM`): it should not grow with the input.
 //! 4. `--mode exec`: `jobsup run --mode exec -j K -- /bin/true` on `JOBSUP_BENCH_EXEC_JOBS`
 //!    jobs (default 2000), against `xargs -P K -n 1 /bin/true` on as many lines and one
-//!    thread spawning `/bin/true` and waiting for it, one at a time.
+//!    thread spawning `/bin/true` and waiting for it, one at a time. Then the CPU time
+//!    per job of the same two runs, each with every process it ran (`RUSAGE_CHILDREN`),
+//!    and jobsup's split of its own (the summary's `cpu_s`): where jobs/s fall short of
+//!    xargs on a machine the jobs keep busy, this says which side the time goes to.
 //! 5. `--mode lines`: `jobsup run --mode lines -j K -- stdbuf -oL cat` (or a `python3 -u`
 //!    echo loop without stdbuf) on the same number of jobs as 1 and 2, against K threads
 //!    that each drive the same program directly with write-line/read-line round trips.
@@ -27,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use jobsup_tests::{bin, lines};
+use jobsup_tests::{bin, children_cpu, lines, median};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -141,6 +144,67 @@ fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Resul
         .args(["--output", "/dev/null"])
         .processor(&argv[0], &argv[1..]);
     timed_run(j, n)
+}
+
+/// CPU microseconds per job (user and system) of `n` exec jobs at `-j K`: jobsup with every
+/// process it ran, and its own threads' share as its summary reports it.
+fn jobsup_exec_cpu(n: usize, k: usize) -> Result<(f64, f64), Error> {
+    let j = jobsup_run().timeout(Duration::from_secs(600));
+    let input = job_file(&j, n);
+    let j = j
+        .args(["--mode", "exec", "--summary", "json", "-j", &k.to_string()])
+        .arg("--input")
+        .arg(&input)
+        .args(["--output", "/dev/null"])
+        .processor("/bin/true", [] as [&str; 0]);
+    let before = children_cpu();
+    let run = j.run();
+    let tree = children_cpu() - before;
+    if run.code() != 0 {
+        return Err(format!("jobsup exited {}: {}", run.code(), run.stderr.trim()).into());
+    }
+    let own = run.json_summary()["cpu_s"]["supervisor"]
+        .as_f64()
+        .ok_or("no cpu_s.supervisor in the summary")?;
+    Ok((tree / n as f64, own * 1e6 / n as f64))
+}
+
+/// CPU microseconds per job of `xargs -P K -n 1 /bin/true` on `n` lines, with its
+/// processes.
+fn xargs_exec_cpu(n: usize, k: usize) -> Result<f64, Error> {
+    let before = children_cpu();
+    through_runner(
+        &["xargs", "-P", &k.to_string(), "-n", "1", "/bin/true"].map(String::from),
+        n,
+    )?;
+    Ok((children_cpu() - before) / n as f64)
+}
+
+/// Prints, per K, the median CPU per exec job of jobsup (whole tree, and its own share)
+/// and of xargs over `rounds` alternating rounds, and the median ratio of the trees.
+fn exec_cpu_rows(n: usize, rounds: usize) {
+    for k in [1, 2] {
+        let (mut tree, mut own, mut xargs, mut ratios) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            if let (Ok((t, o)), Ok(x)) = (jobsup_exec_cpu(n, k), xargs_exec_cpu(n, k)) {
+                tree.push(t);
+                own.push(o);
+                xargs.push(x);
+                ratios.push(t / x);
+            }
+        }
+        if ratios.is_empty() {
+            println!("| exec `-j {k}`, CPU per job | unavailable | | |");
+            continue;
+        }
+        let (t, o) = (median(tree), median(own));
+        println!(
+            "| exec `-j {k}`, CPU per job (user + system, with every process run) | {t:.0} µs: jobsup itself {o:.0} µs, the processes it ran {:.0} µs | `xargs -P{k}` with its processes: {:.0} µs | {:.3} (CPU, lower is better) |",
+            t - o,
+            median(xargs),
+            median(ratios)
+        );
+    }
 }
 
 /// Exec baseline: `n` sequential spawns of `argv` (no input, no output), each waited for.
@@ -449,6 +513,8 @@ fn main() {
             m[0], m[1], m[2]
         );
     }
+
+    exec_cpu_rows(exec_jobs, rounds);
 
     let small = rss_jobs / 10;
     match (peak_rss(small, 64), peak_rss(rss_jobs, 64)) {

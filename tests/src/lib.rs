@@ -124,6 +124,24 @@ impl User {
     }
 }
 
+/// The middle value of a benchmark's samples (the upper one of an even count); NaN for none.
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// CPU time (user and system, in microseconds) used so far by this process's waited-for
+/// descendants: a benchmark's jobsup or runner, and through it every process it reaped.
+/// Taken before and after a run, the difference is that run's whole tree.
+pub fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills a live struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
 /// Whether the tests run as root (so that an unprivileged run means dropping to nobody).
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid cannot fail.

@@ -422,6 +422,11 @@ fn json_summary_counts_add_up_overall_and_per_kind() {
     for key in ["elapsed_s", "jobs_per_s", "total_ms"] {
         assert!(number(&s[key], key) >= 0.0, "{s}");
     }
+    // CPU time: the supervisor's own, and that of the processes it ran and reaped; both
+    // ran, so neither can be zero.
+    for key in ["supervisor", "processes"] {
+        assert!(number(&s["cpu_s"][key], key) > 0.0, "{s}");
+    }
     let p: Vec<f64> = ["p50_ms", "p95_ms", "p99_ms", "max_ms"]
         .iter()
         .map(|k| number(&s[k], k))
@@ -507,6 +512,7 @@ fn text_summary_names_every_kind_and_none_prints_no_summary() {
     assert_eq!(run.code(), MIXED_EXIT, "{run}");
     assert!(run.stderr.contains("jobs in"), "{run}");
     assert!(run.stderr.contains("outcomes:"), "{run}");
+    assert!(run.stderr.contains("  cpu: jobsup "), "{run}");
     for kind in ["send_mail", "export_csv", "resize", NO_KIND] {
         assert!(
             run.stderr.contains(kind),
@@ -516,11 +522,12 @@ fn text_summary_names_every_kind_and_none_prints_no_summary() {
     // The kind table comes last, after the overall lines.
     let table = run.stderr.find("by kind").expect("a table by kind");
     assert!(run.stderr.find("outcomes:").unwrap() < table, "{run}");
+    assert!(run.stderr.find("  cpu: ").unwrap() < table, "{run}");
 
     let quiet = run_mixed(&["--summary", "none"]);
     assert_eq!(quiet.code(), MIXED_EXIT, "{quiet}");
     assert_eq!(quiet.records().len(), run.records().len(), "{quiet}");
-    for marker in ["jobs in", "outcomes", "by kind", "{\"", "send_mail"] {
+    for marker in ["jobs in", "outcomes", "cpu:", "by kind", "{\"", "send_mail"] {
         assert!(!quiet.stderr.contains(marker), "{marker:?} in\n{quiet}");
     }
 }
@@ -623,7 +630,9 @@ fn report_on_a_results_file_matches_the_runs_own_summary() {
     let mut summary = run.json_summary();
     // What only the run itself knows.
     let obj = summary.as_object_mut().unwrap();
-    assert!(obj.remove("elapsed_s").is_some() && obj.remove("jobs_per_s").is_some());
+    for key in ["elapsed_s", "jobs_per_s", "cpu_s"] {
+        assert!(obj.remove(key).is_some(), "{key} is in the run's summary");
+    }
 
     let results = run.dir().join("results.ndjson");
     std::fs::write(&results, &run.stdout).unwrap();

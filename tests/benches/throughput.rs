@@ -194,12 +194,12 @@ fn exec_cpu_rows(n: usize, rounds: usize) {
             }
         }
         if ratios.is_empty() {
-            println!("| exec `-j {k}`, CPU per job | unavailable | | |");
+            println!("| `--mode exec -- /bin/true`, `-j {k}`, CPU per job | unavailable | | |");
             continue;
         }
         let (t, o) = (median(tree), median(own));
         println!(
-            "| exec `-j {k}`, CPU per job (user + system, with every process run) | {t:.0} µs: jobsup itself {o:.0} µs, the processes it ran {:.0} µs | `xargs -P{k}` with its processes: {:.0} µs | {:.3} (CPU, lower is better) |",
+            "| `--mode exec -- /bin/true`, `-j {k}`, CPU per job (user + system, every process included) | {t:.0} µs: jobsup itself {o:.0} µs, the processes it ran {:.0} µs | `xargs -P{k}` with its processes: {:.0} µs | {:.3} of xargs' CPU (lower is better) |",
             t - o,
             median(xargs),
             median(ratios)

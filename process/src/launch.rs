@@ -37,7 +37,8 @@
 //!
 //! A failure in the child is reported through a close-on-exec pipe: the child writes the
 //! stage it was at and its errno, and exits with 127; end-of-file means the exec
-//! happened.
+//! happened. A `CLONE_VFORK` child has written its report, if any, by the time the clone
+//! returns, so that pipe is read once without waiting; an init's is read to its end.
 //!
 //! With the `fault-injection` feature, `JOBSUP_FALLBACK` (a comma-separated list of
 //! `clone3`, `close-range`, `proc`) makes jobsup behave as on a kernel without that, so

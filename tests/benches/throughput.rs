@@ -14,8 +14,10 @@
 //! 3. Peak RSS of jobsup at `-j 64` over `JOBSUP_BENCH_RSS_JOBS` jobs (default a million)
 //!    and a tenth of that (its own `VmHWM`): it should not grow with the input.
 //! 4. `--mode exec`: `jobsup run --mode exec -j K -- /bin/true` on `JOBSUP_BENCH_EXEC_JOBS`
-//!    jobs (default 2000), against `xargs -P K -n 1 /bin/true` on as many lines and one
-//!    thread spawning `/bin/true` and waiting for it, one at a time. Then the CPU time
+//!    jobs (default 2000), against `xargs -P K -n 1 /bin/true` on as many lines, one
+//!    thread spawning `/bin/true` and waiting for it, one at a time, and K threads each
+//!    doing what jobsup does per exec job (stdin, stdout and stderr on pipes, spawn,
+//!    wait) with no hop between threads: the floor of the design. Then the CPU time
 //!    per job of the same two runs, each with every process it ran (`RUSAGE_CHILDREN`),
 //!    and jobsup's split of its own (the summary's `cpu_s`): where jobs/s fall short of
 //!    xargs on a machine the jobs keep busy, this says which side the time goes to.
@@ -217,6 +219,31 @@ fn spawn_and_wait_worker(argv: &[String], n: usize, _first_id: usize) -> Result<
             .status()?;
         if !status.success() {
             return Err(format!("{argv:?}: {status}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Exec floor: `n` jobs on this thread as jobsup runs each (its line on a stdin pipe,
+/// stdout and stderr on pipes read to their end, the exit waited for), through `std`'s
+/// spawn (`posix_spawn`: a `vfork`-style clone, as jobsup's). K of these on K threads is
+/// a supervisor with a thread per slot and no hop between threads per job: what jobsup's
+/// exec path could come to without its containment (which the `containment` bench
+/// prices).
+fn spawn_with_pipes_worker(argv: &[String], n: usize, first_id: usize) -> Result<(), Error> {
+    for i in 0..n {
+        let mut child = command(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A processor that exits without reading closes the pipe first: not an error.
+            let _ = writeln!(stdin, "payload {}", first_id + i);
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(format!("{argv:?}: {}", out.status).into());
         }
     }
     Ok(())
@@ -497,6 +524,9 @@ fn main() {
         Contender::new("spawn+wait", |_| {
             on_threads(exec_jobs, 1, spawn_and_wait_worker, &truth)
         }),
+        Contender::new("threads", |k| {
+            on_threads(exec_jobs, k, spawn_with_pipes_worker, &truth)
+        }),
     ];
     let mut exec_one = None;
     for k in [1, 2] {
@@ -509,8 +539,8 @@ fn main() {
             Some(one) => format!("; {:.2}x jobsup at `-j 1`", m[0] / one),
         };
         println!(
-            "| `--mode exec -- /bin/true`, `-j {k}` | {:.0}/s | `xargs -P{k} -n1 /bin/true` {:.0}/s; spawn+wait one at a time {:.0}/s | {ratio:.3} of xargs{scaling} |",
-            m[0], m[1], m[2]
+            "| `--mode exec -- /bin/true`, `-j {k}` | {:.0}/s | `xargs -P{k} -n1 /bin/true` {:.0}/s; spawn+wait one at a time {:.0}/s; a thread per slot spawning with pipes, {k} at a time, {:.0}/s ({:.3} of it) | {ratio:.3} of xargs{scaling} |",
+            m[0], m[1], m[2], m[3], m[0] / m[3]
         );
     }
 

@@ -21,11 +21,17 @@ use crate::record::Record;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A gauge of seconds.
+type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// What a serve counts.
 pub struct Metrics {
     registry: Registry,
     jobs: Family<Labels, Counter>,
     duration: Histogram,
+    /// CPU time so far, by `who`: jobsup itself, and the processes it ran and reaped; read
+    /// anew at each scrape.
+    cpu: Family<Labels, Seconds>,
     /// Jobs on a worker now.
     pub in_flight: Gauge,
     /// Worker processes now.
@@ -59,9 +65,11 @@ impl Metrics {
         let jobs = Family::<Labels, Counter>::default();
         // 1 ms to about 9 hours.
         let duration = Histogram::new(exponential_buckets(0.001, 4.0, 16));
+        let cpu = Family::<Labels, Seconds>::default();
         let m = Metrics {
             jobs: jobs.clone(),
             duration: duration.clone(),
+            cpu: cpu.clone(),
             in_flight: Gauge::default(),
             workers: Gauge::default(),
             renewals: Counter::default(),
@@ -80,6 +88,11 @@ impl Metrics {
             "jobsup_job_duration_seconds",
             "How long jobs with a stored result ran",
             duration,
+        );
+        registry.register(
+            "jobsup_cpu_seconds",
+            "CPU time (user and system) so far of jobsup itself (who=supervisor) and of the processes it ran and reaped (who=processes)",
+            cpu,
         );
         if !serve {
             return Metrics { registry, ..m };
@@ -130,6 +143,13 @@ impl Metrics {
 
     /// The Prometheus text.
     pub fn render(&self) -> String {
+        if let Some(cpu) = crate::summary::Cpu::used_so_far() {
+            for (who, used) in [("supervisor", cpu.supervisor), ("processes", cpu.processes)] {
+                self.cpu
+                    .get_or_create(&vec![("who", who.to_string())])
+                    .set(used.as_secs_f64());
+            }
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

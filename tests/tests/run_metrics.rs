@@ -62,6 +62,16 @@ fn metrics_during_a_run_count_the_records_written_so_far() {
         body.contains("jobsup_job_duration_seconds_count 3\n"),
         "{body}"
     );
+    // CPU time so far: jobsup's own, and its three finished jobs' processes'.
+    for who in ["supervisor", "processes"] {
+        let prefix = format!("jobsup_cpu_seconds{{who=\"{who}\"}} ");
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}\n{body}"));
+        assert!(value > 0.0, "{who}: {value}\n{body}");
+    }
     assert_eq!(
         http_get(&addr, "/other").lines().next(),
         Some("HTTP/1.1 404 Not Found")

@@ -345,6 +345,21 @@ impl Cgroups {
         &self.bases
     }
 
+    /// The CPU time (user and system) used so far by every process that ran in the
+    /// workers' cgroups, counted by the kernel in jobsup's cgroup v2 directory
+    /// (`cpu.stat`'s `usage_usec`), which keeps the time of the worker directories it
+    /// removed: running, reaped, or killed with their pid namespace's init (which the
+    /// kernel then releases without adding their time to anyone's). `None` without a
+    /// cgroup v2 directory, or where it cannot be read.
+    pub fn cpu_used(&self) -> Option<std::time::Duration> {
+        let base = self.kill.as_ref().filter(|b| b.version == Version::V2)?;
+        let stat = fs::read_to_string(base.dir.join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .map(std::time::Duration::from_micros)
+    }
+
     /// Makes worker `id`'s cgroups, with the run's limits set.
     pub fn worker(&self, id: u64) -> io::Result<WorkerCgroup> {
         let mut w = WorkerCgroup {

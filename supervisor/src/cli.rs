@@ -629,6 +629,9 @@ pub(crate) fn run_pool(
     });
     // Said once, at info level: which mechanisms contain the workers on this machine.
     let cgroups = cgroups.map(Arc::new);
+    if let Some(c) = &cgroups {
+        crate::summary::count_cpu_in(Arc::clone(c));
+    }
     if let Some(why) = found.max_procs_refused {
         if let Some(c) = &cgroups {
             c.remove_all();
@@ -740,6 +743,9 @@ pub(crate) fn run_pool(
         };
         anyhow::Ok(pool::run(cfg, spawner, source, sink).await)
     })?;
+    // Taken while the workers' cgroups, which count their processes' time, are there
+    // (the guard's final pass removes them).
+    let cpu = crate::summary::Cpu::used_so_far();
     // The guard's final pass first: killing the remaining children would kill it too.
     if let Some(guard) = guard {
         finish_guard(guard);
@@ -761,7 +767,6 @@ pub(crate) fn run_pool(
     ) || stats.total() > 0
         || broken.is_some();
     let elapsed = Some(started.elapsed());
-    let cpu = crate::summary::Cpu::used_so_far();
     let mut summary = match args.summary {
         _ if !ran => None,
         SummaryFormat::Text => Some(stats.render(elapsed, cpu.as_ref())),

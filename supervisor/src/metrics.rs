@@ -29,8 +29,8 @@ pub struct Metrics {
     registry: Registry,
     jobs: Family<Labels, Counter>,
     duration: Histogram,
-    /// CPU time so far, by `who`: jobsup itself, and the processes it ran and reaped; read
-    /// anew at each scrape.
+    /// CPU time so far, by `who`: jobsup itself, and the processes it ran
+    /// ([`crate::summary::Cpu`]); read anew at each scrape.
     cpu: Family<Labels, Seconds>,
     /// Jobs on a worker now.
     pub in_flight: Gauge,
@@ -91,7 +91,7 @@ impl Metrics {
         );
         registry.register(
             "jobsup_cpu_seconds",
-            "CPU time (user and system) so far of jobsup itself (who=supervisor) and of the processes it ran and reaped (who=processes)",
+            "CPU time (user and system) so far of jobsup itself (who=supervisor) and of the processes it ran (who=processes)",
             cpu,
         );
         if !serve {

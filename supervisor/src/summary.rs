@@ -22,18 +22,32 @@ pub const NO_KIND: &str = "(none)";
 type Slow = (u64, u64, String);
 
 /// The CPU time a run used (user and system together): jobsup's own threads, and the
-/// processes it started and reaped (workers, their inits and holders, what they left).
-/// The supervisor's share is its overhead: what a run costs beyond the jobs themselves.
+/// processes it ran. The supervisor's share is its overhead: what a run costs beyond the
+/// jobs themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cpu {
     /// jobsup's own threads (`RUSAGE_SELF`).
     pub supervisor: Duration,
-    /// Every child reaped so far, with the descendants each reaped (`RUSAGE_CHILDREN`).
+    /// The processes it ran: all that ran in the workers' cgroups where they are cgroup v2
+    /// ([`count_cpu_in`]); else every child reaped so far, with the descendants each
+    /// reaped (`RUSAGE_CHILDREN`), which misses a worker killed with its pid namespace's
+    /// init.
     pub processes: Duration,
 }
 
+/// The run's cgroups, whose CPU count [`Cpu::used_so_far`] takes for the processes' share.
+static RUN_CGROUPS: std::sync::OnceLock<std::sync::Arc<crate::cgroup::Cgroups>> =
+    std::sync::OnceLock::new();
+
+/// Counts the processes' CPU time in `cgroups` from now on (once per process: a run has
+/// one set of cgroups).
+pub fn count_cpu_in(cgroups: std::sync::Arc<crate::cgroup::Cgroups>) {
+    let _ = RUN_CGROUPS.set(cgroups);
+}
+
 impl Cpu {
-    /// What the process has used up to now; `None` where the kernel does not say.
+    /// What the process has used up to now; `None` where the kernel does not say. Before
+    /// the run's cgroups are removed, for their count to be taken.
     pub fn used_so_far() -> Option<Cpu> {
         use nix::sys::resource::{getrusage, UsageWho};
         let total = |who| {
@@ -45,9 +59,13 @@ impl Cpu {
                 us(u.user_time()) + us(u.system_time())
             })
         };
+        let in_cgroups = RUN_CGROUPS.get().and_then(|c| c.cpu_used());
         Some(Cpu {
             supervisor: total(UsageWho::RUSAGE_SELF)?,
-            processes: total(UsageWho::RUSAGE_CHILDREN)?,
+            processes: match in_cgroups {
+                Some(used) => used,
+                None => total(UsageWho::RUSAGE_CHILDREN)?,
+            },
         })
     }
 }

@@ -180,6 +180,46 @@ fn assert_no_live_worker(seen: impl IntoIterator<Item = i32>, run: &Run) {
 }
 
 #[test]
+fn the_summary_counts_the_cpu_of_a_worker_killed_with_its_namespace() {
+    // A native worker behind its pid namespace's init, killed while it spins: the kernel
+    // releases it without adding its time to anyone's, so only its cgroup has it.
+    let bg = jobsup!()
+        .args(["-j", "1", "--ttl", "60s", "--cleanup", "300ms"])
+        .args(["--shutdown-timeout", "300ms", "--summary", "json"])
+        .processor(bin!("jobsup-flaky"), [] as [&str; 0])
+        .stdin(lines(3, |i| match i {
+            1 => "ok:first".into(),
+            2 => "spin".into(),
+            _ => "ok:never run".into(),
+        }))
+        .timeout(SHORT_RUN)
+        .spawn();
+    bg.wait_for_handler(Signal::SIGTERM);
+    let worker = wait_for_spin(&bg);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let seen = cpu_ticks(worker).expect("the spinning worker is alive") as f64 / hz;
+    bg.signal_delivered(Signal::SIGTERM);
+    let run = bg.wait();
+    let by_seq = run.by_seq();
+    assert_eq!(by_seq[&2].outcome(), "cancelled", "{run}");
+    let processes = run.json_summary()["cpu_s"]["processes"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no cpu_s.processes\n{run}"));
+    let v2 = jobsup_tests::own_cgroup_dir(None).is_some_and(|d| jobsup_tests::can_make_dir_in(&d));
+    if jobsup_tests::running_as_root() && v2 {
+        assert!(
+            processes >= seen,
+            "the spin job alone had used {seen}s, the summary counts {processes}s\n{run}"
+        );
+    } else {
+        // Without a cgroup v2 of jobsup's, the count is what the kernel gave jobsup's
+        // reaped children, which may miss the killed worker.
+        assert!(processes >= 0.0, "{run}");
+    }
+}
+
+#[test]
 fn shutdown_timeout_cancels_a_job_that_would_run_on_after_a_single_sigterm() {
     let bg = jobsup!()
         .args(["-j", "1", "--ttl", "60s", "--cleanup", "300ms"])

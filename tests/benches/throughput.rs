@@ -136,30 +136,36 @@ fn job_file(j: &jobsup_tests::Jobsup, n: usize) -> std::path::PathBuf {
     j.write_file("jobs.txt", lines(n, |i| format!("payload {i}")))
 }
 
-/// Jobs per second through `jobsup run --mode MODE -j K -- ARGV` on `n` jobs.
-fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Result<f64, Error> {
+/// `jobsup run --mode MODE -j K FLAGS -- ARGV` on a file of `n` jobs, its records to
+/// `/dev/null`, ready to run.
+fn jobsup_mode(
+    mode: &str,
+    flags: &[&str],
+    argv: &[String],
+    n: usize,
+    k: usize,
+) -> jobsup_tests::Jobsup {
     let j = jobsup_run().timeout(Duration::from_secs(600));
     let input = job_file(&j, n);
-    let j = j
-        .args(["--mode", mode, "-q", "-j", &k.to_string(), "--input"])
+    j.args(["--mode", mode, "-j", &k.to_string()])
+        .args(flags)
+        .arg("--input")
         .arg(&input)
         .args(["--output", "/dev/null"])
-        .processor(&argv[0], &argv[1..]);
-    timed_run(j, n)
+        .processor(&argv[0], &argv[1..])
+}
+
+/// Jobs per second through `jobsup run --mode MODE -j K -- ARGV` on `n` jobs.
+fn through_jobsup_mode(mode: &str, argv: &[String], n: usize, k: usize) -> Result<f64, Error> {
+    timed_run(jobsup_mode(mode, &["-q"], argv, n, k), n)
 }
 
 /// CPU microseconds per job (user and system) of `n` exec jobs at `-j K`: jobsup with every
 /// process it ran, and its own threads' share as its summary reports it (`None` from a
 /// jobsup too old to say).
 fn jobsup_exec_cpu(n: usize, k: usize) -> Result<(f64, Option<f64>), Error> {
-    let j = jobsup_run().timeout(Duration::from_secs(600));
-    let input = job_file(&j, n);
-    let j = j
-        .args(["--mode", "exec", "--summary", "json", "-j", &k.to_string()])
-        .arg("--input")
-        .arg(&input)
-        .args(["--output", "/dev/null"])
-        .processor("/bin/true", [] as [&str; 0]);
+    let truth = ["/bin/true".to_string()];
+    let j = jobsup_mode("exec", &["--summary", "json"], &truth, n, k);
     let before = children_cpu();
     let run = j.run();
     let tree = children_cpu() - before;

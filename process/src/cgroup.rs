@@ -21,10 +21,11 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The limits a run asks cgroups for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,6 +61,38 @@ pub struct Cgroups {
     /// Every directory made (the above may share one), for [`Cgroups::remove_all`] and the
     /// guard.
     bases: Vec<PathBuf>,
+    /// The open files of each worker's cgroup v2 kill directory, by worker id, kept while
+    /// no kill has reached it: an exec slot's next process goes into the same directory,
+    /// and its spawn then makes no directory and opens no file (each an allocation the
+    /// kernel charges, on every job). Until [`Cgroups::forget`].
+    kept: std::sync::Mutex<std::collections::HashMap<u64, (PathBuf, Arc<DirFiles>)>>,
+}
+
+/// A cgroup v2 directory's files that jobsup reads or names at every process of a slot.
+#[derive(Debug)]
+pub struct DirFiles {
+    /// The directory itself (`O_PATH`), where `clone3` can create the process.
+    dir: Option<OwnedFd>,
+    /// `cgroup.procs`, read again from offset 0 for its members anew.
+    procs: Option<fs::File>,
+    /// `cgroup.events`, read again from offset 0 for whether anything is left in it.
+    events: Option<fs::File>,
+}
+
+impl DirFiles {
+    fn open(dir: &Path) -> DirFiles {
+        use std::os::unix::fs::OpenOptionsExt;
+        DirFiles {
+            dir: fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(dir)
+                .ok()
+                .map(OwnedFd::from),
+            procs: fs::File::open(dir.join("cgroup.procs")).ok(),
+            events: fs::File::open(dir.join("cgroup.events")).ok(),
+        }
+    }
 }
 
 /// What [`Cgroups::detect`] found, in words, for the one start-up log line.
@@ -94,10 +127,10 @@ pub struct WorkerCgroup {
     /// Its cgroup v2 directory was made for it (not left by an earlier process of the
     /// same exec slot): nothing ever killed it.
     fresh_v2: bool,
-    /// The `cgroup.procs` of its kill directory, kept open: read again from offset 0 it
-    /// lists the members anew, without an open and a close each time (it is read after
-    /// every job of a kept worker).
-    procs_file: std::sync::OnceLock<Option<fs::File>>,
+    /// The open files of its kill directory, where that is cgroup v2 ([`DirFiles`]): its
+    /// `cgroup.procs` is read after every job of a kept worker, its `cgroup.events` after
+    /// every exit.
+    kill_files: Option<Arc<DirFiles>>,
 }
 
 /// Which cgroup limits the kernel enforced on a worker (each with its value).
@@ -213,6 +246,7 @@ impl Cgroups {
             memory: None,
             pids: None,
             bases: Vec::new(),
+            kept: Default::default(),
         };
         let (mounts, own) = match (
             mounts(),
@@ -370,15 +404,14 @@ impl Cgroups {
             pids: None,
             baseline: (0, 0),
             fresh_v2: false,
-            procs_file: std::sync::OnceLock::new(),
+            kill_files: None,
         };
         if let Some(base) = &self.kill {
-            let i = w.join_dir(base, id)?;
+            let i = match base.version {
+                Version::V2 => self.join_kept(&mut w, base, id)?,
+                Version::V1 => w.join_dir(base, id)?,
+            };
             w.kill = Some(i);
-            // Opened now, so that every worker holds one such descriptor from the start.
-            let _ = w
-                .procs_file
-                .set(fs::File::open(w.dirs[i].0.join("cgroup.procs")).ok());
         }
         if let Some((base, bytes)) = &self.memory {
             let i = w.join_dir(base, id)?;
@@ -403,6 +436,39 @@ impl Cgroups {
         }
         w.baseline = w.counts();
         Ok(w)
+    }
+
+    /// Joins worker `id`'s cgroup v2 kill directory: the one its slot's previous process
+    /// left, with its files still open, where no kill has reached it; else as
+    /// [`WorkerCgroup::join_dir`] finds or makes it, with its files opened now (so that
+    /// every worker holds them from the start).
+    fn join_kept(&self, w: &mut WorkerCgroup, base: &Base, id: u64) -> io::Result<usize> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let first = base.dir.join(format!("w{id}"));
+        if let Some((dir, files)) = kept
+            .get(&id)
+            .filter(|(dir, _)| *dir == first && !was_killed(dir))
+        {
+            // One process of a slot runs at a time, and the last one has ended.
+            w.fresh_v2 = true;
+            w.kill_files = Some(Arc::clone(files));
+            w.add_dir(dir.clone(), Version::V2)?;
+            return Ok(w.dirs.len() - 1);
+        }
+        let i = w.join_dir(base, id)?;
+        let files = Arc::new(DirFiles::open(&w.dirs[i].0));
+        kept.insert(id, (w.dirs[i].0.clone(), Arc::clone(&files)));
+        w.kill_files = Some(files);
+        Ok(i)
+    }
+
+    /// Worker `id` starts no more processes: the files kept open on its cgroup v2 kill
+    /// directory ([`DirFiles`]) close.
+    pub fn forget(&self, id: u64) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     /// Asks `runs` (does a child that `clone3` creates in the cgroup whose `O_PATH` fd it is
@@ -518,13 +584,16 @@ fn was_killed(dir: &Path) -> bool {
 /// `None` when that cannot be read. Once false it stays false unless a process is put in:
 /// a process outside it cannot fork into it, and one inside it has exited.
 fn populated(dir: &Path) -> Option<bool> {
-    use std::io::Read;
+    populated_in(&fs::File::open(dir.join("cgroup.events")).ok()?)
+}
+
+/// [`populated`], from its `cgroup.events` open (read from offset 0, it says it anew).
+fn populated_in(events: &fs::File) -> Option<bool> {
+    use std::os::unix::fs::FileExt;
     // One read into a buffer on the stack: the file is two short lines, made whole at the
     // first read (the reaper asks after every worker's exit).
     let mut buf = [0u8; 256];
-    let n = fs::File::open(dir.join("cgroup.events"))
-        .and_then(|mut f| f.read(&mut buf))
-        .ok()?;
+    let n = events.read_at(&mut buf, 0).ok()?;
     let events = std::str::from_utf8(&buf[..n]).ok()?;
     events
         .lines()
@@ -629,12 +698,17 @@ impl WorkerCgroup {
         if base.version == Version::V1 {
             let _ = fs::write(dir.join("pids.max"), "max");
         }
+        self.add_dir(dir, base.version)?;
+        Ok(self.dirs.len() - 1)
+    }
+
+    fn add_dir(&mut self, dir: PathBuf, version: Version) -> io::Result<()> {
         self.procs.push(
             CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
                 .map_err(io::Error::other)?,
         );
-        self.dirs.push((dir, base.version));
-        Ok(self.dirs.len() - 1)
+        self.dirs.push((dir, version));
+        Ok(())
     }
 
     /// Joins the calling process to these cgroups, between clone and exec: async-signal-safe
@@ -678,6 +752,12 @@ impl WorkerCgroup {
             .filter(|((_, version), _)| *version == Version::V1)
             .map(|(_, procs)| procs.clone())
             .collect()
+    }
+
+    /// Its cgroup v2 kill directory open as `O_PATH`, where it is kept open: where
+    /// `clone3` can create the process.
+    pub fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.kill_files.as_ref()?.dir.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Its cgroup v2 directory, where it has one (where the kill goes, and the v2
@@ -735,10 +815,7 @@ impl WorkerCgroup {
         let Some(i) = self.kill else {
             return Vec::new();
         };
-        let file = self
-            .procs_file
-            .get_or_init(|| fs::File::open(self.dirs[i].0.join("cgroup.procs")).ok());
-        let Some(file) = file else {
+        let Some(file) = self.kill_files.as_ref().and_then(|f| f.procs.as_ref()) else {
             return procs_of(&self.dirs[i].0);
         };
         let mut buf = [0u8; 4096];
@@ -767,7 +844,7 @@ impl WorkerCgroup {
         let mut killed = false;
         if let Some(i) = self.kill {
             let (dir, version) = &self.dirs[i];
-            if *version == Version::V1 || populated(dir) != Some(false) {
+            if *version == Version::V1 || self.populated(dir) != Some(false) {
                 mark_killed(dir);
                 kill_dir(dir);
                 killed = true;
@@ -793,13 +870,21 @@ impl WorkerCgroup {
         };
         let until = std::time::Instant::now() + limit;
         loop {
-            if populated(dir) != Some(true) {
+            if self.populated(dir) != Some(true) {
                 return true;
             }
             if std::time::Instant::now() >= until {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// [`populated`], through the kill directory's `cgroup.events` kept open.
+    fn populated(&self, dir: &Path) -> Option<bool> {
+        match self.kill_files.as_ref().and_then(|f| f.events.as_ref()) {
+            Some(events) => populated_in(events),
+            None => populated(dir),
         }
     }
 

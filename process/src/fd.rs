@@ -12,6 +12,16 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// Makes a fresh pipe end non-blocking: `O_NONBLOCK` is then its only status flag, as
+/// the other flags `F_SETFL` sets are never on a pipe `pipe` made.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFL sets an open fd's status flags; no memory is passed.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The `RLIMIT_NOFILE` jobsup was started with (soft, hard), where
 /// [`raise_open_files_limit`] raised its soft limit: what every worker gets back.
 static STARTED_WITH: OnceLock<(u64, u64)> = OnceLock::new();

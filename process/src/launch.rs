@@ -230,11 +230,36 @@ pub struct Launched {
     pub in_cgroup: bool,
 }
 
+/// Where a child says why it could not exec.
+#[derive(Clone, Copy)]
+enum Report {
+    /// The report pipe's write end: for a pid namespace's init and its worker, whose exec
+    /// comes after the clone has returned.
+    Pipe(RawFd),
+    /// A word of the spawning thread's, which a `CLONE_VFORK` child shares until its exec
+    /// or its exit, and so has written by the time the clone returns: no pipe to make,
+    /// read and close per spawn.
+    Memory(*const AtomicU64),
+}
+
+/// Set in [`Report::Memory`]'s word once a child wrote its failure there.
+const REPORTED: u64 = 1 << 63;
+
+impl Report {
+    /// The pipe's fd (-1, which no call accepts, for a report in memory).
+    fn fd(self) -> RawFd {
+        match self {
+            Report::Pipe(fd) => fd,
+            Report::Memory(_) => -1,
+        }
+    }
+}
+
 /// What the clone hands the child.
 struct Child<'a, F> {
     plan: &'a Plan,
     setup: &'a F,
-    report: RawFd,
+    report: Report,
     born: Born,
     /// For a pid namespace's init: the top of the stack its worker is cloned on (the
     /// spawning thread's, which waits until the worker has exec'd or exited), where the
@@ -458,10 +483,14 @@ where
     F: Fn(Born, Part) -> Result<(), StageError>,
 {
     // A child that shares this thread's wait (`CLONE_VFORK`) has written whatever it had
-    // to report by the time the clone returns, so that report is read without waiting
-    // (see `read_report`); an init's worker execs later, and its report is waited for.
-    let (report_r, report_w) = report_pipe(init.is_none())?;
-    let report = report_w.as_raw_fd();
+    // to report by the time the clone returns, into this thread's memory; an init's
+    // worker execs later, and its report is waited for on a pipe.
+    let reported = AtomicU64::new(0);
+    let pipe = init.map(|_| report_pipe()).transpose()?;
+    let report = match &pipe {
+        Some((_, w)) => Report::Pipe(w.as_raw_fd()),
+        None => Report::Memory(&reported),
+    };
     let (stack_base, stack_size) = stack.bounds();
     let top = stack_base.wrapping_byte_add(stack_size);
     let memory = init.map(|_| InitMemory::new()).transpose()?;
@@ -521,7 +550,7 @@ where
             Ok(pid) => {
                 // `child` is kept alive until the end of file, which comes after the
                 // child's last use of it.
-                let started = after_clone(&report_r, report_w, inits, memory, pid, &old);
+                let started = after_clone(pipe, &reported, inits, memory, pid, &old);
                 return Ok(launched(pid, pidfd, started, true));
             }
             Err(e) => {
@@ -561,7 +590,7 @@ where
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
         return Err(clone_error);
     }
-    let started = after_clone(&report_r, report_w, inits, memory, pid, &old);
+    let started = after_clone(pipe, &reported, inits, memory, pid, &old);
     if let Some(e) = clone3_refused {
         tracing::debug!(
             "clone3 with CLONE_INTO_CGROUP refused ({}): workers join their cgroup between clone and exec",
@@ -590,8 +619,8 @@ fn launched(
 /// collect it), reads the child's report with signals still blocked (see [`launch`] and
 /// [`read_report`]), then restores the signal mask.
 fn after_clone(
-    report_r: &OwnedFd,
-    report_w: OwnedFd,
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    reported: &AtomicU64,
     inits: Option<MutexGuard<'_, BTreeMap<i32, InitMemory>>>,
     memory: Option<InitMemory>,
     pid: i32,
@@ -600,24 +629,22 @@ fn after_clone(
     if let (Some(mut inits), Some(memory)) = (inits, memory) {
         inits.insert(pid, memory);
     }
-    drop(report_w);
-    let started = read_report(report_r);
+    let started = match pipe {
+        Some((report_r, report_w)) => {
+            drop(report_w);
+            read_report(&report_r)
+        }
+        None => memory_report(reported.load(Ordering::Acquire)),
+    };
     // SAFETY: restores the mask the caller saved.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
     started
 }
 
 /// The report pipe, close-on-exec, its write end at or above [`PLACED_FDS`] so that the
-/// child's setup cannot place an fd over it; non-blocking where the clone itself waits
-/// for the child (`vforked`), whose report is then in the pipe or never comes. (The
-/// child's one write of eight bytes goes into an empty pipe, which never blocks.)
-fn report_pipe(vforked: bool) -> io::Result<(OwnedFd, OwnedFd)> {
-    let flags = if vforked {
-        nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK
-    } else {
-        nix::fcntl::OFlag::O_CLOEXEC
-    };
-    let (r, w) = nix::unistd::pipe2(flags).map_err(io::Error::from)?;
+/// child's setup cannot place an fd over it.
+fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     if w.as_raw_fd() >= PLACED_FDS {
         return Ok((r, w));
     }
@@ -630,15 +657,9 @@ fn report_pipe(vforked: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, unsafe { OwnedFd::from_raw_fd(high) }))
 }
 
-/// Reads what the child said: nothing (it exec'd) or its stage and errno.
-///
-/// An init's report is read to its end of file: only then has its worker, which was given
-/// the spawning thread's stack, stopped using it. A `CLONE_VFORK` child has stopped using
-/// this memory when the clone returns (at its exec, or its exit), and had written its
-/// report before: the pipe is non-blocking then ([`report_pipe`]), and nothing in it yet
-/// (`EAGAIN`: the end of file comes at its exec's close-on-exec, an instant later) means
-/// it exec'd. Waiting for that end of file cost the spawning thread a sleep and a wakeup
-/// per spawn.
+/// Reads what the child said: nothing (it exec'd) or its stage and errno. The report is
+/// read to its end of file: only then has an init's worker, which was given the spawning
+/// thread's stack, stopped using it.
 fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
     let mut report = [0u8; 8];
     let mut got = 0;
@@ -656,9 +677,6 @@ fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
             0 => break,
             n if n > 0 => got = (got + n as usize).min(report.len()),
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            // Only a non-blocking pipe says so: a vforked child that exec'd (or left no
-            // report, as at a kill) and whose end is not closed yet.
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => break,
             _ => {
                 return Err(Failed {
                     stage: Stage::Exec,
@@ -681,6 +699,19 @@ fn read_report(report_r: &OwnedFd) -> Result<(), Failed> {
     Err(Failed {
         stage: Stage::from_code(word(0)),
         error: io::Error::from_raw_os_error(word(4)),
+    })
+}
+
+/// What a `CLONE_VFORK` child left in [`Report::Memory`]'s word: nothing (it exec'd, or
+/// was killed before it could say) or its stage and errno.
+fn memory_report(word: u64) -> Result<(), Failed> {
+    if word & REPORTED == 0 {
+        return Ok(());
+    }
+    // The child has exited with 127; the reaper collects it.
+    Err(Failed {
+        stage: Stage::from_code((word >> 32) as u32 as i32 & i32::MAX),
+        error: io::Error::from_raw_os_error(word as u32 as i32),
     })
 }
 
@@ -902,17 +933,28 @@ pub struct Failed {
     pub error: io::Error,
 }
 
-/// Says where the child failed, on the report pipe, and exits with 127.
+/// Says where the child failed, on the report pipe or in the spawning thread's word, and
+/// exits with 127.
 ///
 /// # Safety
-/// In a child before exec: two async-signal-safe calls.
-unsafe fn fail(report: RawFd, e: StageError) -> ! {
-    let mut bytes = [0u8; 8];
-    bytes[..4].copy_from_slice(&(e.stage as i32).to_ne_bytes());
-    bytes[4..].copy_from_slice(&e.errno.to_ne_bytes());
-    // SAFETY: a write from a live local to the report pipe, then the exit.
+/// In a child before exec: async-signal-safe calls, and a store to the word of
+/// [`Report::Memory`], which the spawning thread keeps alive until the clone returns.
+unsafe fn fail(report: Report, e: StageError) -> ! {
+    // SAFETY: a write from a live local to the report pipe, or an atomic store to a live
+    // word, then the exit.
     unsafe {
-        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        match report {
+            Report::Pipe(fd) => {
+                let mut bytes = [0u8; 8];
+                bytes[..4].copy_from_slice(&(e.stage as i32).to_ne_bytes());
+                bytes[4..].copy_from_slice(&e.errno.to_ne_bytes());
+                libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            }
+            Report::Memory(word) => {
+                let code = (e.stage as i32 as u32 as u64) << 32 | e.errno as u32 as u64;
+                (*word).store(REPORTED | code, Ordering::Release);
+            }
+        }
         libc::_exit(127)
     }
 }
@@ -1006,15 +1048,15 @@ where
     unsafe {
         reset_signals();
         let child = &*(arg as *const Child<'_, F>);
-        let report = child.report;
+        let report = child.report.fd();
         let Some(args) = child.init else {
             fail(
-                report,
+                child.report,
                 StageError::of(Stage::Namespaces, &io::Error::other("no init")),
             )
         };
         if let Err(e) = (child.setup)(child.born, Part::Init) {
-            fail(report, e);
+            fail(child.report, e);
         }
         // The setup armed the parent-death signal; had jobsup died before, nobody would
         // send it, and `getppid` cannot tell (the parent is outside the namespace: 0).
@@ -1055,7 +1097,7 @@ where
             arg,
         );
         if worker < 0 {
-            fail(report, StageError::last(Stage::Namespaces));
+            fail(child.report, StageError::last(Stage::Namespaces));
         }
         // Every fd goes, the report pipe last.
         if close_all_but(report, args.fd_method).is_err() {

@@ -157,7 +157,8 @@ pub struct Spawned {
     pub mount_namespace: Option<OwnedFd>,
 }
 
-/// The supervisor's ends of a worker's pipes, for the mode's link to take.
+/// The supervisor's ends of a worker's pipes, for the mode's link to take; like
+/// [`Spawned::stderr`], each is non-blocking and close-on-exec.
 pub struct Pipes {
     /// The write end of its job pipe (its fd 3), in native mode.
     pub jobs: Option<File>,
@@ -326,9 +327,11 @@ type Request = (
 pub struct Spawner {
     requests: std::sync::Arc<Requests>,
     holders: std::sync::Arc<crate::holder::Holders>,
+    /// What a thread that spawns needs, to make its own [`SpawnerState`].
+    base: std::sync::Arc<SpawnerBase>,
 }
 
-/// The spawn requests waiting for a spawner thread. A request wakes one idle thread, not
+/// The requests waiting for a spawner thread. A request wakes one idle thread, not
 /// all of them (as threads taking turns at one channel's receiver behind a lock would:
 /// each request then woke the next thread in line too, a wakeup and a futex round trip
 /// per spawn for nothing).
@@ -359,7 +362,15 @@ impl Requests {
     }
 }
 
-/// What each spawner thread holds.
+/// What every spawning thread's state is made from.
+struct SpawnerBase {
+    reaper: Reaper,
+    cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
+    fallbacks: launch::Fallbacks,
+    supervisor_pid: i32,
+}
+
+/// What each spawning thread holds.
 struct SpawnerState {
     reaper: Reaper,
     cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
@@ -370,11 +381,63 @@ struct SpawnerState {
     /// This thread's own capability bounding set is empty ([`empty_own_bounding_set`]), so
     /// a child that makes no user namespace inherits it so.
     bounding_empty: bool,
-    /// The slots' namespaces ([`crate::holder`]), shared by the spawner threads.
+    /// The slots' namespaces ([`crate::holder`]), shared by the spawning threads.
     holders: std::sync::Arc<crate::holder::Holders>,
     /// This thread's own pid namespace, to come back to after starting a child in a
     /// holder's; `None` where it cannot be opened (no holder is used then).
     own_pid_ns: Option<OwnedFd>,
+    supervisor_pid: i32,
+}
+
+impl SpawnerState {
+    /// The state of the calling thread, which spawns from now on: its bounding set
+    /// emptied and its children made to start outside jobsup's scheduling class.
+    fn here(base: &SpawnerBase, holders: &std::sync::Arc<crate::holder::Holders>) -> Self {
+        SpawnerState {
+            reaper: base.reaper.clone(),
+            cgroups: base.cgroups.clone(),
+            stack: launch::Stack::default(),
+            fallbacks: base.fallbacks,
+            bounding_empty: empty_own_bounding_set(),
+            holders: std::sync::Arc::clone(holders),
+            own_pid_ns: {
+                launch::children_start_ordinary_here();
+                crate::holder::own_pid_namespace()
+                    .map_err(|e| {
+                        tracing::debug!("no holders of namespaces: {e}");
+                    })
+                    .ok()
+            },
+            supervisor_pid: base.supervisor_pid,
+        }
+    }
+
+    /// Spawns, turning a bug into that spawn's failure.
+    fn spawn(
+        &mut self,
+        spec: &SpawnSpec,
+        reuse: Option<tempfile::TempDir>,
+    ) -> Result<Spawned, SpawnError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::fault::fault("spawner");
+            spawn(self, spec, reuse)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(SpawnError::Other {
+                program: spec.program.display().to_string(),
+                source: io::Error::other(format!(
+                    "internal error while spawning: {}",
+                    crate::fault::panic_message(&*panic)
+                )),
+            })
+        })
+    }
+}
+
+thread_local! {
+    /// The calling thread's own spawning state, on a thread that spawns its own processes
+    /// ([`Spawner::spawn_here`]).
+    static HERE: std::cell::RefCell<Option<SpawnerState>> = const { std::cell::RefCell::new(None) };
 }
 
 impl Spawner {
@@ -385,72 +448,80 @@ impl Spawner {
         cgroups: Option<std::sync::Arc<crate::cgroup::Cgroups>>,
     ) -> io::Result<Spawner> {
         let requests = std::sync::Arc::new(Requests::default());
-        let supervisor_pid = std::process::id() as i32;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let fallbacks = launch::Fallbacks::from_env();
+        let base = std::sync::Arc::new(SpawnerBase {
+            reaper,
+            cgroups,
+            fallbacks: launch::Fallbacks::from_env(),
+            supervisor_pid: std::process::id() as i32,
+        });
         let holders = std::sync::Arc::new(crate::holder::Holders::default());
         for _ in 0..threads {
             let requests = std::sync::Arc::clone(&requests);
-            let mut state = SpawnerState {
-                reaper: reaper.clone(),
-                cgroups: cgroups.clone(),
-                stack: launch::Stack::default(),
-                fallbacks,
-                bounding_empty: false,
-                holders: std::sync::Arc::clone(&holders),
-                own_pid_ns: None,
-            };
+            let (base, holders) = (
+                std::sync::Arc::clone(&base),
+                std::sync::Arc::clone(&holders),
+            );
             std::thread::Builder::new()
                 .name("jobsup-spawner".into())
                 .spawn(move || {
-                    state.bounding_empty = empty_own_bounding_set();
-                    launch::children_start_ordinary_here();
-                    state.own_pid_ns = crate::holder::own_pid_namespace()
-                        .map_err(|e| {
-                            tracing::debug!("no holders of namespaces: {e}");
-                        })
-                        .ok();
+                    let mut state = SpawnerState::here(&base, &holders);
                     // Once every handle is gone, it waits here for good rather than
                     // return, so that children spawned from this thread keep their
-                    // parent-death signal armed.
+                    // parent-death signal armed. A bug while spawning fails that spawn,
+                    // not the thread.
                     loop {
                         let (spec, reuse, reply) = requests.pop();
-                        // A bug while spawning fails that spawn, not the thread: it must
-                        // live on for the parent-death signal of the children it made.
-                        let spawned =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                crate::fault::fault("spawner");
-                                spawn(&mut state, supervisor_pid, &spec, reuse)
-                            }))
-                            .unwrap_or_else(|panic| {
-                                Err(SpawnError::Other {
-                                    program: spec.program.display().to_string(),
-                                    source: io::Error::other(format!(
-                                        "internal error while spawning: {}",
-                                        crate::fault::panic_message(&*panic)
-                                    )),
-                                })
-                            });
-                        let _ = reply.send(spawned);
+                        let _ = reply.send(state.spawn(&spec, reuse));
                     }
                 })?;
         }
-        Ok(Spawner { requests, holders })
+        Ok(Spawner {
+            requests,
+            holders,
+            base,
+        })
+    }
+
+    /// From now on the calling thread spawns the processes it asks for itself, with no
+    /// hop to a spawner thread and back: for a thread that serves one worker slot and
+    /// has nothing else to do while its next process starts (an exec slot). The thread
+    /// must outlive every process it spawns, whose parent-death signal follows it.
+    pub fn spawn_here(&self) {
+        HERE.with(|here| {
+            let mut here = here.borrow_mut();
+            if here.is_none() {
+                *here = Some(SpawnerState::here(&self.base, &self.holders));
+            }
+        });
     }
 
     /// Slot `worker_id` starts no more processes: the holder of its namespaces, if it has
-    /// one, ends ([`SpawnSpec::share_namespaces`]).
+    /// one, ends ([`SpawnSpec::share_namespaces`]), and the files kept open on its cgroup
+    /// close.
     pub fn release(&self, worker_id: u64) {
         self.holders.release(worker_id);
+        if let Some(cgroups) = &self.base.cgroups {
+            cgroups.forget(worker_id);
+        }
     }
 
     /// Starts a worker process; in `reuse`'s private directory, where given (one that
-    /// [`reusable_workdir`] let through), else in a new one.
+    /// [`reusable_workdir`] let through), else in a new one. On a thread that
+    /// [`spawns_here`](Spawner::spawn_here), right there.
     pub async fn spawn(
         &self,
         spec: SpawnSpec,
-        reuse: Option<tempfile::TempDir>,
+        mut reuse: Option<tempfile::TempDir>,
     ) -> Result<Spawned, SpawnError> {
+        let here = HERE.with(|here| {
+            here.borrow_mut()
+                .as_mut()
+                .map(|state| state.spawn(&spec, reuse.take()))
+        });
+        if let Some(spawned) = here {
+            return spawned;
+        }
         let program = spec.program.clone();
         let (reply, rx) = oneshot::channel();
         let gone = || SpawnError::Other {
@@ -464,7 +535,6 @@ impl Spawner {
 
 fn spawn(
     state: &mut SpawnerState,
-    supervisor_pid: i32,
     spec: &SpawnSpec,
     reuse: Option<tempfile::TempDir>,
 ) -> Result<Spawned, SpawnError> {
@@ -491,10 +561,13 @@ fn spawn(
     // end is close-on-exec; the child's copies are placed by dup2.
     let stdin = if spec.stdin_pipe {
         let (r, w) = crate::fd::pipe().map_err(other)?;
-        (r, Some(w))
+        (Some(r), Some(w))
     } else {
-        let null = File::open("/dev/null").map_err(other)?;
-        (OwnedFd::from(null), None)
+        (None, None)
+    };
+    let stdin_fd = match &stdin.0 {
+        Some(r) => r.as_raw_fd(),
+        None => dev_null().map_err(other)?.as_raw_fd(),
     };
     let (stdout_r, stdout_w) = crate::fd::pipe().map_err(other)?;
     let (stderr_r, stderr_w) = crate::fd::pipe().map_err(other)?;
@@ -550,15 +623,7 @@ fn spawn(
     let into_cgroup = cgroup
         .as_ref()
         .filter(|_| clone_into)
-        .and_then(|c| c.v2_dir())
-        .and_then(|dir| {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(dir)
-                .ok()
-        });
+        .and_then(|c| c.v2_dir_fd());
     // The slot's namespaces, where its processes share them (see `crate::holder`); else
     // each gets its own, behind its own init. A holder that cannot be started, or
     // entered, costs only that: the spawn goes on that way.
@@ -582,11 +647,7 @@ fn spawn(
     };
     let shared = shared.filter(|_| children_in.is_some());
     let mut fds = [-1; 5];
-    fds[..3].copy_from_slice(&[
-        stdin.0.as_raw_fd(),
-        stdout_w.as_raw_fd(),
-        stderr_w.as_raw_fd(),
-    ]);
+    fds[..3].copy_from_slice(&[stdin_fd, stdout_w.as_raw_fd(), stderr_w.as_raw_fd()]);
     if let Some(((job_r, _), (_, res_w))) = &protocol {
         debug_assert_eq!((JOB_FD, RESULT_FD), (3, 4));
         fds[3] = job_r.as_raw_fd();
@@ -594,7 +655,11 @@ fn spawn(
     }
     let child = ChildPlan {
         // A child born in a holder's pid namespace sees its parent, outside, as 0.
-        parent: if shared.is_some() { 0 } else { supervisor_pid },
+        parent: if shared.is_some() {
+            0
+        } else {
+            state.supervisor_pid
+        },
         joined: shared
             .as_ref()
             .map(|ns| ns.mnt.as_ref().map(|fd| fd.as_raw_fd())),
@@ -638,7 +703,7 @@ fn spawn(
         launch::launch(
             &plan,
             &mut state.stack,
-            into_cgroup.as_ref().map(|f| f.as_fd()),
+            into_cgroup,
             state.fallbacks,
             spec.isolation
                 .as_ref()
@@ -666,6 +731,15 @@ fn spawn(
         })?;
     // The child's ends are the child's now.
     drop((stdin.0, stdout_w, stderr_w));
+    // jobsup's ends are read and written on its runtime.
+    let mut ours = vec![stdout_r.as_fd(), stderr_r.as_fd()];
+    ours.extend(stdin.1.as_ref().map(|w| w.as_fd()));
+    if let Some(((_, job_w), (res_r, _))) = &protocol {
+        ours.extend([job_w.as_fd(), res_r.as_fd()]);
+    }
+    for fd in ours {
+        crate::fd::set_nonblocking(fd).map_err(other)?;
+    }
     let stdin = stdin.1.map(File::from);
     // The child's ends are the child's now.
     let (jobs, results) = match protocol {
@@ -712,6 +786,17 @@ fn spawn(
         workdir,
         behind_init,
     })
+}
+
+/// `/dev/null` for reading, opened once: the stdin of every process without a pipe there
+/// (the child's fd 0 is its own copy, made by `dup2`).
+fn dev_null() -> io::Result<&'static OwnedFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd);
+    }
+    let fd = OwnedFd::from(File::open("/dev/null")?);
+    Ok(NULL.get_or_init(|| fd))
 }
 
 /// Starts slot `spec.worker_id`'s holder ([`crate::holder`]): a pid namespace's init that

@@ -25,9 +25,11 @@ struct PipeReader {
 }
 
 impl PipeReader {
+    /// `file` is a pipe's read end from the spawner, non-blocking already
+    /// ([`crate::sandbox::Pipes`]).
     fn new(file: File) -> io::Result<PipeReader> {
         Ok(PipeReader {
-            rx: pipe::Receiver::from_file(file)?,
+            rx: pipe::Receiver::from_file_unchecked(file)?,
             buf: BytesMut::with_capacity(READ_CHUNK),
             eof: false,
         })
@@ -282,10 +284,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Wraps the write end of a pipe. Must be called inside the runtime.
+    /// Wraps the write end of a pipe from the spawner, non-blocking already
+    /// ([`crate::sandbox::Pipes`]). Must be called inside the runtime.
     pub fn new(file: File) -> io::Result<Writer> {
         Ok(Writer {
-            tx: Some(pipe::Sender::from_file(file)?),
+            tx: Some(pipe::Sender::from_file_unchecked(file)?),
             pending: BytesMut::new(),
             close_when_flushed: false,
         })

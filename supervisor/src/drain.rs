@@ -199,9 +199,10 @@ pub struct Origin {
     pub job: Arc<AtomicU64>,
 }
 
-/// Starts draining one stream in its own task. Must be called inside the runtime.
+/// Starts draining one stream, a pipe's read end from the spawner (non-blocking already,
+/// [`crate::sandbox::Pipes`]), in its own task. Must be called inside the runtime.
 pub fn spawn(file: File, stream: &'static str, origin: Origin, tail: Option<Tail>) {
-    let rx = match pipe::Receiver::from_file(file) {
+    let rx = match pipe::Receiver::from_file_unchecked(file) {
         Ok(rx) => rx,
         Err(e) => {
             tracing::error!(worker = origin.worker, "cannot drain {stream}: {e}");

@@ -68,9 +68,10 @@ impl RetryPolicy {
     }
 }
 
-/// jobsup's own fds per worker, about (its slot's deadline timer, its pipes' ends, pidfd,
-/// cgroup files: 8 to 10 counted in `/proc/PID/fd` in exec and native mode).
-const FDS_PER_WORKER: u64 = 10;
+/// jobsup's own fds per worker, about (its slot's deadline timer, its pipes' ends, pidfds,
+/// cgroup files, its holder's namespaces, and an exec slot's own runtime: 18 counted in
+/// `/proc/PID/fd` per exec slot, 8 to 10 per native worker).
+const FDS_PER_WORKER: u64 = 20;
 
 /// How many of `workers` fit in the open-files limit jobsup has (already raised to the
 /// hard one, see `fd::raise_open_files_limit`), said at start when that is fewer: the
@@ -976,9 +977,9 @@ mod tests {
 
     #[test]
     fn workers_are_cut_to_what_the_open_files_limit_holds_but_never_to_none() {
-        assert_eq!(fitting(100, 300), 23);
+        assert_eq!(fitting(100, 300), 11);
         assert_eq!(fitting(100, 20_000), 100);
-        assert_eq!(fitting(4096, 20_000), 1993);
+        assert_eq!(fitting(4096, 20_000), 996);
         // A limit too low for even one worker still runs one (its start then says why).
         assert_eq!(fitting(8, 16), 1);
         assert_eq!(fitting(1, u64::MAX), 1);

@@ -117,8 +117,10 @@ impl WorkerHandle {
         events: mpsc::UnboundedSender<Event>,
         tasks: &mut JoinSet<()>,
     ) -> WorkerHandle {
+        let spawner_for_thread = spawner.clone();
         let (tx, mut control) = mpsc::unbounded_channel();
-        let task = tasks.spawn(async move {
+        let exec = settings.mode == Mode::Exec;
+        let serve = async move {
             let current_job = Arc::new(AtomicU64::new(0));
             // In exec mode the process comes with the job.
             let live = if settings.mode.reuses_processes() {
@@ -130,17 +132,16 @@ impl WorkerHandle {
                 };
                 match Live::start(id, &settings, &spawner, args, &current_job, None, stop).await {
                     Ok(live) => Some(live),
-                    Err(StartError::Stopped { .. }) => {
-                        let _ = events.send(Event::Exited {
-                            worker: id,
-                            start_error: None,
-                        });
-                        return;
-                    }
                     Err(e) => {
+                        // What the slot holds goes with it, as when a `Worker` drops.
+                        spawner.release(id);
+                        let start_error = match e {
+                            StartError::Stopped { .. } => None,
+                            e => Some(e),
+                        };
                         let _ = events.send(Event::Exited {
                             worker: id,
-                            start_error: Some(e),
+                            start_error,
                         });
                         return;
                     }
@@ -167,7 +168,12 @@ impl WorkerHandle {
                 deadline: crate::timer::DeadlineTimer::new(),
             };
             worker.serve().await;
-        });
+        };
+        let task = if exec {
+            on_own_thread(id, spawner_for_thread, serve, tasks)
+        } else {
+            tasks.spawn(serve)
+        };
         WorkerHandle {
             tx,
             task: task.id(),
@@ -182,6 +188,71 @@ impl WorkerHandle {
     /// Sends a control message; gives it back if the worker is gone.
     pub fn send(&self, msg: Control) -> Result<(), Control> {
         self.tx.send(msg).map_err(|e| e.0)
+    }
+}
+
+/// How long an exec slot's thread lets the drains of its last process's pipes finish.
+const LAST_DRAINS: Duration = Duration::from_millis(500);
+
+/// Runs an exec slot's task on a thread of its own (with a runtime of its own), which
+/// spawns the slot's processes itself ([`Spawner::spawn_here`]): a job's process then
+/// starts with no hop to a spawner thread and back, and its exit wakes this thread alone.
+/// The task in `tasks` ends when the thread's task does, and panics if it did. Where no
+/// thread can be made, the task runs in `tasks` as any other.
+fn on_own_thread(
+    id: u64,
+    spawner: Spawner,
+    serve: impl std::future::Future<Output = ()> + Send + 'static,
+    tasks: &mut JoinSet<()>,
+) -> tokio::task::AbortHandle {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::debug!("no runtime of its own for worker slot {id}: {e}");
+            return tasks.spawn(serve);
+        }
+    };
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let serve = std::sync::Arc::new(std::sync::Mutex::new(Some(Box::pin(serve))));
+    let ours = std::sync::Arc::clone(&serve);
+    let started = std::thread::Builder::new()
+        .name(format!("jobsup-slot-{id}"))
+        .spawn(move || {
+            let Some(serve) = ours.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return;
+            };
+            spawner.spawn_here();
+            runtime.block_on(async {
+                serve.await;
+                // The drains of the last process's pipes are on this runtime: they read
+                // to the end (the process is gone, so that is a moment), within a bound.
+                let until = tokio::time::Instant::now() + LAST_DRAINS;
+                let metrics = tokio::runtime::Handle::current().metrics();
+                while metrics.num_alive_tasks() > 0 && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            // Dropped only once the slot's task is over: a panic above drops it unsent.
+            let _ = done.send(());
+        });
+    match started {
+        Ok(_) => tasks.spawn(async move {
+            if ended.await.is_err() {
+                panic!("worker slot {id}'s thread ended abnormally");
+            }
+        }),
+        Err(e) => {
+            tracing::debug!("no thread of its own for worker slot {id}: {e}");
+            let serve = serve
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("a slot's task not taken by a thread that was not made");
+            tasks.spawn(serve)
+        }
     }
 }
 

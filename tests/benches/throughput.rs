@@ -4,7 +4,8 @@
 //! Run with `cargo bench -p jobsup-tests --bench throughput`. It prints numbers and asserts
 //! nothing about speed. `JOBSUP_BENCH_JOBSUP` names another jobsup binary to measure
 //! instead of this build's (an older build, for a before/after). `JOBSUP_BENCH_JOBS` sets the number of jobs per throughput run
-//! (default 20000), `JOBSUP_BENCH_ROUNDS` the rounds per configuration (default 5).
+//! (default 20000), `JOBSUP_BENCH_ROUNDS` the rounds per configuration (default 5),
+//! `JOBSUP_BENCH_ONLY=exec` runs the exec rows alone (sections 4, jobs/s and CPU).
 //!
 //! 1. Baseline: K `echo` processors spawned directly, one thread per processor doing
 //!    sequential round trips (`Job` frame out, `Done` frame back) over the two protocol
@@ -507,8 +508,9 @@ fn main() {
         Contender::new("jobsup", |k| through_jobsup(n, k)),
         Contender::new("raw pipe ping-pong", |k| baseline(n, k)),
     ];
+    let only_exec = std::env::var("JOBSUP_BENCH_ONLY").is_ok_and(|v| v == "exec");
     let mut at_one = None;
-    for k in [1, 2, 64] {
+    for k in [1, 2, 64].into_iter().filter(|_| !only_exec) {
         let (m, ratio) = medians(rounds, k, &native);
         let scaling = match at_one {
             None => {
@@ -558,6 +560,9 @@ fn main() {
     }
 
     exec_cpu_rows(exec_jobs, rounds);
+    if only_exec {
+        return;
+    }
 
     let small = rss_jobs / 10;
     match (peak_rss(small, 64), peak_rss(rss_jobs, 64)) {

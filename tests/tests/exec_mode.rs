@@ -7,7 +7,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use jobsup_tests::{
-    assert_killed_and_gone, jobsup, pid_alive, pids, read_pids, Jobsup, Record, Run,
+    assert_killed_and_gone, jobsup, pid_alive, pids, read_pids, wait_until, Jobsup, Record, Run,
+    WAIT,
 };
 
 /// `jobsup run --mode exec` with extra flags, before the processor is named.
@@ -287,4 +288,52 @@ fn non_executable_program_exits_126_and_names_it() {
     assert_eq!(run.code(), 126, "{run}");
     assert!(run.stderr.contains("not-executable.sh"), "{run}");
     assert!(run.records().is_empty(), "nothing ran\n{run}");
+}
+
+/// The children of one thread of `pid`'s (the kernel lists them apart from its other
+/// threads').
+fn thread_children(pid: i32, tid: &str) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` runs `sleep`.
+fn runs_sleep(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|&b| b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(b"sleep"))
+    })
+}
+
+#[test]
+fn each_exec_slot_spawns_its_jobs_from_a_thread_of_its_own() {
+    let bg = exec_mode(&["-j", "2", "--ttl", "60s"])
+        .processor("sleep", ["30"])
+        .stdin("a\nb\n")
+        .spawn();
+    let pid = bg.pid();
+    // The threads named for an exec slot that have a job's process as their own child.
+    let spawning = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| t.file_name().into_string().ok())
+                    .filter(|tid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                            .is_ok_and(|c| c.starts_with("jobsup-slot-"))
+                    })
+                    .filter(|tid| thread_children(pid, tid).into_iter().any(runs_sleep))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(WAIT, "two slot threads each run a job", || {
+        spawning().len() == 2
+    });
+    bg.kill_hard();
 }

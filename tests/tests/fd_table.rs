@@ -387,8 +387,8 @@ fn a_low_soft_open_files_limit_is_raised_for_jobsup_and_given_back_to_each_job()
 
 #[test]
 fn workers_past_the_hard_open_files_limit_are_not_started_and_every_job_runs() {
-    // 100 workers need about 1064 fds; a hard limit of 300 holds 23 of them. Started
-    // anyway, the 24th would fail with EMFILE: a native run would end there (exit 125)
+    // 100 workers need about 2064 fds; a hard limit of 300 holds 11 of them. Started
+    // anyway, the 12th would fail with EMFILE: a native run would end there (exit 125)
     // and an exec run would fail jobs. Cut to what fits, every job runs.
     for user in User::BOTH {
         for mode in ["exec", "native"] {
@@ -403,7 +403,7 @@ fn workers_past_the_hard_open_files_limit_are_not_started_and_every_job_runs() {
             let run = j.stdin(jobsup_tests::lines(200, |_| "50".into())).run();
             let case = format!("{user:?} --mode {mode}");
             assert_eq!(run.code(), 0, "{case}\n{run}");
-            assert!(run.stderr.contains("running 23 at a time"), "{case}\n{run}");
+            assert!(run.stderr.contains("running 11 at a time"), "{case}\n{run}");
             let records = run.records();
             assert_eq!(records.len(), 200, "{case}\n{run}");
             for r in &records {

@@ -158,15 +158,27 @@ impl StopCause {
 
 struct Slot {
     handle: WorkerHandle,
-    /// The job it runs (without its payload), to record it should the task fail.
-    running: Option<JobSpec>,
+    /// The job it runs, then those it was handed to run next, in order (without their
+    /// payloads), to record them should the task fail.
+    running: VecDeque<JobSpec>,
 }
 
 impl Slot {
     fn busy(&self) -> bool {
-        self.running.is_some()
+        !self.running.is_empty()
+    }
+
+    /// Forgets the job with hand-off `run_id` (ended, or given back).
+    fn done_with(&mut self, run_id: u64) {
+        self.running.retain(|job| job.run_id != run_id);
     }
 }
+
+/// How many jobs an exec slot holds at once: the running one and the next, handed over
+/// early so that the slot starts it as soon as the first is over instead of waiting for
+/// the pool after every record. Other workers hold one (a native or line worker's next
+/// job costs it no start-up).
+const EXEC_SLOT_JOBS: usize = 2;
 
 /// Runs the pool until the input is done (or the run is interrupted) and every worker is
 /// gone. Returns how the run ended and its statistics.
@@ -429,7 +441,7 @@ impl Pool {
                 id,
                 Slot {
                     handle,
-                    running: None,
+                    running: VecDeque::new(),
                 },
             );
         }
@@ -446,6 +458,7 @@ impl Pool {
                 }
                 self.idle.push_back(worker);
                 self.dispatch();
+                self.unqueue_for_an_idle_worker();
             }
             Event::Finished {
                 worker,
@@ -457,18 +470,41 @@ impl Pool {
                 if record.worker.is_some() && record.outcome != Outcome::Cancelled {
                     self.start_failures = 0;
                 }
+                let run_id = job.run_id;
                 self.record_or_retry(*record, *job);
+                let mut emptied = false;
                 if let Some(slot) = self.workers.get_mut(&worker) {
-                    slot.running = None;
-                    if !retiring {
+                    slot.done_with(run_id);
+                    emptied = slot.running.is_empty();
+                    if retiring {
+                        // What it held next comes back bounced.
+                        self.idle.retain(|w| *w != worker);
+                    } else if !self.idle.contains(&worker) {
                         self.idle.push_back(worker);
                     }
                 }
                 self.dispatch();
+                if emptied && !retiring {
+                    self.unqueue_for_an_idle_worker();
+                }
+            }
+            Event::Returned { worker, job } => {
+                if let Some(slot) = self.workers.get_mut(&worker) {
+                    slot.done_with(job.run_id);
+                    if !self.idle.contains(&worker) {
+                        self.idle.push_back(worker);
+                    }
+                }
+                if self.winding_down() {
+                    self.cancel(*job);
+                } else {
+                    self.pending.push_front(*job);
+                    self.dispatch();
+                }
             }
             Event::Bounced { worker, job } => {
                 if let Some(slot) = self.workers.get_mut(&worker) {
-                    slot.running = None;
+                    slot.done_with(job.run_id);
                 }
                 self.idle.retain(|w| *w != worker);
                 if self.winding_down() {
@@ -637,6 +673,11 @@ impl Pool {
     /// Stops reading, and records every job read but not started as cancelled.
     fn stop_reading(&mut self) {
         self.source.stop();
+        // A job handed to an exec slot to run next has not started: it comes back, to be
+        // cancelled with the rest.
+        for slot in self.workers.values().filter(|s| s.running.len() > 1) {
+            let _ = slot.handle.send(Control::Unqueue);
+        }
         while let Some(job) = self.pending.pop_front() {
             self.cancel(job);
         }
@@ -681,7 +722,14 @@ impl Pool {
 
     fn dispatch(&mut self) {
         while !self.pending.is_empty() {
-            let Some(worker) = self.idle.pop_front() else {
+            // A worker with nothing to run first: a job goes to wait behind another only
+            // when every worker has one.
+            let empty = self.idle.iter().position(|w| {
+                self.workers
+                    .get(w)
+                    .is_some_and(|slot| slot.running.is_empty())
+            });
+            let Some(worker) = self.idle.remove(empty.unwrap_or(0)) else {
                 return;
             };
             let Some(slot) = self.workers.get_mut(&worker) else {
@@ -697,7 +745,18 @@ impl Pool {
             }
             let running = job.without_payload();
             match slot.handle.send(Control::Run(Box::new(job))) {
-                Ok(()) => slot.running = Some(running),
+                Ok(()) => {
+                    slot.running.push_back(running);
+                    // Still room for the job after this one: at the back of the line,
+                    // so that every idle worker gets one before any gets two.
+                    let holds = match self.settings.mode {
+                        Mode::Exec => EXEC_SLOT_JOBS,
+                        _ => 1,
+                    };
+                    if slot.running.len() < holds {
+                        self.idle.push_back(worker);
+                    }
+                }
                 // The worker task is gone; its Exited event is on its way.
                 Err(Control::Run(job)) => self.pending.push_front(*job),
                 Err(_) => {}
@@ -705,16 +764,41 @@ impl Pool {
         }
     }
 
+    /// A worker has nothing to run and nothing waits to be run: a job waiting behind
+    /// another worker's running one comes back, to run on this one instead of after a job
+    /// that may take long.
+    fn unqueue_for_an_idle_worker(&mut self) {
+        if !self.pending.is_empty() || self.winding_down() {
+            return;
+        }
+        if let Some(slot) = self.workers.values().find(|s| s.running.len() > 1) {
+            let _ = slot.handle.send(Control::Unqueue);
+        }
+    }
+
     /// Forgets a worker whose task has ended. A job it was running and never reported (its
-    /// report was lost to an internal error) still gets a record.
+    /// report was lost to an internal error) still gets a record; those it held to run
+    /// next, which it never started, run elsewhere.
     fn worker_gone(&mut self, worker: u64) {
         self.idle.retain(|w| *w != worker);
-        if let Some(job) = self.workers.remove(&worker).and_then(|slot| slot.running) {
+        let mut held = self
+            .workers
+            .remove(&worker)
+            .map(|slot| slot.running)
+            .unwrap_or_default();
+        if let Some(job) = held.pop_front() {
             let mut record = Record::new(&job, Outcome::Crashed);
             record.worker = Some(worker);
             record.error =
                 Some("jobsup lost track of this job (internal error); its worker is gone".into());
             self.record(record);
+        }
+        for job in held.into_iter().rev() {
+            if self.winding_down() {
+                self.cancel(job);
+            } else {
+                self.pending.push_front(job);
+            }
         }
     }
 
@@ -734,7 +818,11 @@ impl Pool {
             Err(e) => e.to_string(),
         };
         let what = format!("internal error in the task of worker {worker}: {what}");
-        if let Some(job) = self.workers.get_mut(&worker).and_then(|s| s.running.take()) {
+        if let Some(job) = self
+            .workers
+            .get_mut(&worker)
+            .and_then(|s| s.running.pop_front())
+        {
             let mut record = Record::new(&job, Outcome::Crashed);
             record.worker = Some(worker);
             record.error = Some(format!(
@@ -881,7 +969,7 @@ impl Pool {
                 Some(event) = self.events.recv() => match event {
                     Event::Exited { worker, .. } => self.worker_gone(worker),
                     Event::Finished { record, .. } => self.record(*record),
-                    Event::Bounced { job, .. } => self.cancel(*job),
+                    Event::Bounced { job, .. } | Event::Returned { job, .. } => self.cancel(*job),
                     Event::Ready { worker } => {
                         if let Some(slot) = self.workers.get(&worker) {
                             let _ = slot.handle.send(Control::Shutdown);

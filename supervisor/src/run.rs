@@ -19,7 +19,7 @@ use crate::link::{substitute, LinkError, Mode};
 use crate::live::Live;
 use crate::reaper::{signal_name, Exit};
 use crate::record::{JobSpec, Outcome, Record};
-use crate::worker::{Control, Event, Worker};
+use crate::worker::{Control, Worker};
 
 /// Messages taken from the pipe at once when a deadline passes or the worker exits.
 const READY_BUDGET: usize = 1024;
@@ -225,6 +225,8 @@ impl Worker {
             };
             let input = match heard {
                 Heard::Control(Some(Control::Stop { reason, grace })) => {
+                    // What waits behind the job never starts here.
+                    self.return_queued();
                     // A result already in the pipe was sent before the stop: the job
                     // finished, and is not cancelled.
                     if let Some(done) = self.feed_ready(job, run) {
@@ -232,14 +234,13 @@ impl Worker {
                     }
                     Input::Stop { reason, grace }
                 }
-                Heard::Control(Some(Control::Run(other))) => {
-                    // The pool only hands jobs to idle workers; never lose one anyway.
-                    tracing::error!(pool = %self.settings.pool, worker = self.id,
-                        "job handed to a busy worker; bouncing it");
-                    let _ = self.events.send(Event::Bounced {
-                        worker: self.id,
-                        job: other,
-                    });
+                // The next job, handed over early: it starts once this one is over.
+                Heard::Control(Some(Control::Run(next))) => {
+                    self.queued.push_back(next);
+                    continue;
+                }
+                Heard::Control(Some(Control::Unqueue)) => {
+                    self.return_queued();
                     continue;
                 }
                 // Shutdown waits for the job.

@@ -794,7 +794,9 @@ impl Serve<'_> {
                 self.on_finished(*record, *job);
                 self.dispatch();
             }
-            Event::Bounced { worker, job } => {
+            // `serve` hands a worker one job at a time, so nothing is ever returned; were it,
+            // it is run elsewhere as a bounced one is.
+            Event::Bounced { worker, job } | Event::Returned { worker, job } => {
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     slot.running = None;
                 }
@@ -1043,7 +1045,7 @@ impl Serve<'_> {
                         }
                     }
                     // Nothing runs by now: every job was finished or released.
-                    Event::Finished { .. } | Event::Bounced { .. } => {}
+                    Event::Finished { .. } | Event::Bounced { .. } | Event::Returned { .. } => {}
                 },
             }
         }

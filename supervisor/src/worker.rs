@@ -52,8 +52,13 @@ pub struct WorkerSettings {
 /// Pool → worker.
 #[derive(Debug)]
 pub enum Control {
-    /// Run this job (the worker is idle).
+    /// Run this job: now if the worker is idle, else once its running job is over (an exec
+    /// slot is handed its next job while it runs one, so that it starts the next at once
+    /// rather than wait for the pool after each record).
     Run(Box<JobSpec>),
+    /// Give back the jobs waiting behind the running one ([`Event::Returned`]): another
+    /// worker has nothing to do.
+    Unqueue,
     /// The run is stopping: ask the running job to clean up now, kill it after `grace`,
     /// and record it `cancelled` with `reason`.
     Stop {
@@ -84,6 +89,14 @@ pub enum Event {
         job: Box<JobSpec>,
         /// Whether the worker is going away.
         retiring: bool,
+    },
+    /// A job that waited behind the running one, given back untouched (at
+    /// [`Control::Unqueue`], or at a stop): run it elsewhere.
+    Returned {
+        /// Which worker.
+        worker: u64,
+        /// The job.
+        job: Box<JobSpec>,
     },
     /// A job was handed to a worker that had already died: run it elsewhere.
     Bounced {
@@ -163,6 +176,7 @@ impl WorkerHandle {
                 events,
                 current_job,
                 jobs_done: 0,
+                queued: std::collections::VecDeque::new(),
                 last_job: None,
                 spare_workdir: None,
                 deadline: crate::timer::DeadlineTimer::new(),
@@ -268,6 +282,8 @@ pub(crate) struct Worker {
     /// The seq of the running job (0 when idle), for the log lines of its output.
     pub(crate) current_job: Arc<AtomicU64>,
     pub(crate) jobs_done: u64,
+    /// Jobs handed to it while it ran one, in order, not started.
+    pub(crate) queued: std::collections::VecDeque<Box<JobSpec>>,
     /// Retire after this many jobs (the pool's setting plus jitter).
     pub(crate) max_jobs: Option<u64>,
     /// The job this worker finished last: a late duplicate about it is ignored, not blamed
@@ -326,13 +342,16 @@ impl Worker {
     async fn serve(mut self) {
         let _ = self.events.send(Event::Ready { worker: self.id });
         let leaving = loop {
-            let heard = {
-                let control = &mut self.control;
-                let live = self.live.as_mut();
-                tokio::select! {
-                    biased;
-                    ctl = control.recv() => Idle::Control(ctl),
-                    heard = watch_idle(live) => heard,
+            let heard = match self.queued.pop_front() {
+                Some(job) => Idle::Control(Some(Control::Run(job))),
+                None => {
+                    let control = &mut self.control;
+                    let live = self.live.as_mut();
+                    tokio::select! {
+                        biased;
+                        ctl = control.recv() => Idle::Control(ctl),
+                        heard = watch_idle(live) => heard,
+                    }
                 }
             };
             match heard {
@@ -369,7 +388,8 @@ impl Worker {
                         break Leaving::Retired;
                     }
                 }
-                Idle::Control(Some(Control::Stop { .. })) => {}
+                // Nothing waits behind a job that is not running.
+                Idle::Control(Some(Control::Stop { .. } | Control::Unqueue)) => {}
                 Idle::Control(Some(Control::Shutdown) | None) => break Leaving::Retired,
                 Idle::Said(msg) => {
                     if self.idle_message_is_fatal(msg) {
@@ -380,6 +400,16 @@ impl Worker {
             }
         };
         self.retire(leaving).await;
+    }
+
+    /// Gives the pool back every job waiting behind the running one.
+    pub(crate) fn return_queued(&mut self) {
+        for job in self.queued.drain(..) {
+            let _ = self.events.send(Event::Returned {
+                worker: self.id,
+                job,
+            });
+        }
     }
 
     /// Whether `msg` is about the job this worker finished before (a duplicate result, a
@@ -470,6 +500,14 @@ impl Worker {
                     "worker lost between jobs ({exit}); replacing it"
                 );
             }
+        }
+        // What waited behind its last job runs elsewhere, as what arrives from now on.
+        let queued: Vec<_> = self.queued.drain(..).collect();
+        for job in queued {
+            let _ = self.events.send(Event::Bounced {
+                worker: self.id,
+                job,
+            });
         }
         self.control.close();
         while let Some(ctl) = self.control.recv().await {

@@ -337,3 +337,29 @@ fn each_exec_slot_spawns_its_jobs_from_a_thread_of_its_own() {
     });
     bg.kill_hard();
 }
+
+#[test]
+fn a_job_waiting_behind_a_long_one_runs_on_a_worker_that_is_free() {
+    // `-j 2`: `wait` runs until `b` has run, and `b` is read while both workers are busy,
+    // so it is handed to the one running `wait` to run next. When the other finishes
+    // `a` with nothing left to read, `b` comes back and runs there: `wait` ends `ok`.
+    // Were `b` left behind `wait`, `wait` would only end at its ttl, `killed`.
+    let script = r#"case "$1" in
+        wait) while [ ! -e b ]; do sleep 0.01; done ;;
+        a) sleep 0.3 ;;
+        *) touch "$1" ;;
+    esac"#;
+    let j = exec_mode(&["-j", "2", "--ttl", "20s", "--cleanup", "0"]);
+    let dir = j.dir().to_path_buf();
+    let run = j
+        .args(["--cwd", dir.to_str().expect("a UTF-8 path")])
+        .processor("sh", ["-c", script, "sh", "{}"])
+        .stdin("wait\na\nb\n")
+        .run();
+    assert_eq!(run.code(), 0, "{run}");
+    let recs = run.by_seq();
+    assert_eq!(recs.len(), 3, "{run}");
+    for r in recs.values() {
+        assert_eq!(r.outcome(), "ok", "{r}");
+    }
+}

@@ -431,6 +431,7 @@ impl Pool {
             self.next_worker += 1;
             let handle = WorkerHandle::start(
                 id,
+                self.size,
                 Arc::clone(&self.settings),
                 self.spawner.clone(),
                 self.events_tx.clone(),

@@ -978,6 +978,7 @@ impl Serve<'_> {
             self.next_worker += 1;
             let handle = WorkerHandle::start(
                 id,
+                self.size,
                 Arc::clone(&self.settings),
                 self.spawner.clone(),
                 self.events_tx.clone(),

@@ -386,6 +386,8 @@ struct SpawnerState {
     /// This thread's own pid namespace, to come back to after starting a child in a
     /// holder's; `None` where it cannot be opened (no holder is used then).
     own_pid_ns: Option<OwnedFd>,
+    /// jobsup's pid, what a child's `getppid` must say (unless born in a holder's pid
+    /// namespace).
     supervisor_pid: i32,
 }
 
@@ -393,21 +395,21 @@ impl SpawnerState {
     /// The state of the calling thread, which spawns from now on: its bounding set
     /// emptied and its children made to start outside jobsup's scheduling class.
     fn here(base: &SpawnerBase, holders: &std::sync::Arc<crate::holder::Holders>) -> Self {
+        let bounding_empty = empty_own_bounding_set();
+        launch::children_start_ordinary_here();
+        let own_pid_ns = crate::holder::own_pid_namespace()
+            .map_err(|e| {
+                tracing::debug!("no holders of namespaces: {e}");
+            })
+            .ok();
         SpawnerState {
             reaper: base.reaper.clone(),
             cgroups: base.cgroups.clone(),
             stack: launch::Stack::default(),
             fallbacks: base.fallbacks,
-            bounding_empty: empty_own_bounding_set(),
+            bounding_empty,
             holders: std::sync::Arc::clone(holders),
-            own_pid_ns: {
-                launch::children_start_ordinary_here();
-                crate::holder::own_pid_namespace()
-                    .map_err(|e| {
-                        tracing::debug!("no holders of namespaces: {e}");
-                    })
-                    .ok()
-            },
+            own_pid_ns,
             supervisor_pid: base.supervisor_pid,
         }
     }

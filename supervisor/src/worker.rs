@@ -236,12 +236,13 @@ fn on_own_thread(
         }
     };
     let (done, ended) = tokio::sync::oneshot::channel::<()>();
-    let serve = std::sync::Arc::new(std::sync::Mutex::new(Some(Box::pin(serve))));
-    let ours = std::sync::Arc::clone(&serve);
+    // The task goes to the thread once the thread exists, so that it is still here to run
+    // on the shared runtime where no thread could be made.
+    let (give, take) = std::sync::mpsc::channel();
     let started = std::thread::Builder::new()
         .name(format!("jobsup-slot-{id}"))
         .spawn(move || {
-            let Some(serve) = ours.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            let Ok(serve) = take.recv() else {
                 return;
             };
             spawner.spawn_here();
@@ -259,18 +260,17 @@ fn on_own_thread(
             let _ = done.send(());
         });
     match started {
-        Ok(_) => tasks.spawn(async move {
-            if ended.await.is_err() {
-                panic!("worker slot {id}'s thread ended abnormally");
-            }
-        }),
+        Ok(_) => {
+            // The thread waits for it, so it is there to take it.
+            let _ = give.send(serve);
+            tasks.spawn(async move {
+                if ended.await.is_err() {
+                    panic!("worker slot {id}'s thread ended abnormally");
+                }
+            })
+        }
         Err(e) => {
             tracing::debug!("no thread of its own for worker slot {id}: {e}");
-            let serve = serve
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .expect("a slot's task not taken by a thread that was not made");
             tasks.spawn(serve)
         }
     }
@@ -508,8 +508,7 @@ impl Worker {
             }
         }
         // What waited behind its last job runs elsewhere, as what arrives from now on.
-        let queued: Vec<_> = self.queued.drain(..).collect();
-        for job in queued {
+        for job in self.queued.drain(..) {
             let _ = self.events.send(Event::Bounced {
                 worker: self.id,
                 job,

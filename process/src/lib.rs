@@ -50,6 +50,7 @@ pub(crate) mod holder;
 pub mod isolate;
 pub(crate) mod launch;
 pub mod mounts;
+pub mod offload;
 pub mod priority;
 pub mod process;
 pub mod reaper;

@@ -31,6 +31,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::cgroup::{Hits, WorkerCgroup};
+use crate::offload::{offload, Offloaded};
 use crate::reaper::{Exit, Registration, Unreaped};
 
 /// How workers are named when they are signalled, on this machine (see the module's
@@ -159,6 +160,8 @@ pub struct Process {
     /// When a process [`Process::end`] killed was seen to exit, through its pidfd: before
     /// the reaper gets to it, which may be busy reaping others.
     exited_at: Option<std::time::Instant>,
+    /// The hard kill's `cgroup.kill`, made off the runtime (see [`crate::offload`]).
+    cgroup_kill: Option<Offloaded>,
 }
 
 impl Process {
@@ -223,6 +226,7 @@ impl Process {
             shim: false,
             processor: 0,
             exited_at: None,
+            cgroup_kill: None,
         }
     }
 
@@ -290,7 +294,7 @@ impl Process {
     /// group (a `setsid` daemon, say): found by walking the process tree while the worker
     /// is certainly still there, unreaped. Once it has been reaped, the reaper has already
     /// killed its group and cgroup, and the tree under its old pid is someone else's.
-    pub fn kill(&self) {
+    pub fn kill(&mut self) {
         // Where the cgroup holds the worker and `cgroup.kill` kills it, that reaches its
         // whole tree at once and names nobody else, reaped or not, and so does the pidfd
         // its group: no need to wait for the reaper's hold, which a reap in progress keeps
@@ -301,10 +305,18 @@ impl Process {
                 if let Some(threads) = cgroup.atomic_kill_threads() {
                     crate::priority::hasten_threads(&threads);
                 }
-                cgroup.kill();
             }
+            // The group at once, through the pidfd, which takes no lock that anyone can
+            // hold for long; the rest of the tree by `cgroup.kill`, which waits for the
+            // cgroup lock, off this thread: `end` awaits it before it looks at the cgroup.
             if matches!(self.handle, Handle::Pidfd(_)) {
                 let _ = self.send(Signal::SIGKILL, None);
+            }
+            if let Some(cgroup) = &self.cgroup {
+                let cgroup = Arc::clone(cgroup);
+                self.cgroup_kill = Some(offload(move || {
+                    cgroup.kill();
+                }));
             }
             return;
         }
@@ -461,9 +473,17 @@ impl Process {
                 crate::reaper::kill_all(&crate::reaper::adopted_from(strays, worker));
             });
         }
+        if let Some(kill) = self.cgroup_kill.take() {
+            kill.done().await;
+        }
         if let Some(cgroup) = &self.cgroup {
             if !reaped.cgroup_killed {
-                cgroup.kill();
+                let cgroup = Arc::clone(cgroup);
+                offload(move || {
+                    cgroup.kill();
+                })
+                .done()
+                .await;
             }
             // What the tree left behind dies before the job is over, as it would have
             // with its own pid namespace: the slot's next process must not meet it (an
@@ -475,9 +495,11 @@ impl Process {
                 );
             }
             self.limits_hit = cgroup.limits_hit();
-            // Kept ones go at the end of the run.
+            // Kept ones go at the end of the run. Nothing waits for the removal: the
+            // directory is this worker's alone, and the run's end removes what is left.
             if !self.keep_cgroup {
-                cgroup.remove();
+                let cgroup = Arc::clone(cgroup);
+                drop(offload(move || cgroup.remove()));
             }
         }
         (reaped.exit, killed)
@@ -674,7 +696,7 @@ mod tests {
             if kind == "pid" {
                 registry.reaped(successor.pid());
             }
-            let p = Process::with_handle(registration, handle, 0, None, false, false);
+            let mut p = Process::with_handle(registration, handle, 0, None, false, false);
             assert_eq!(p.ask(Some(Signal::SIGTERM)), Err(Errno::ESRCH), "{kind}");
             p.kill();
             drop(p);

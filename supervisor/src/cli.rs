@@ -705,6 +705,9 @@ pub(crate) fn run_pool(
     }
     let spawner = Spawner::start(reaper.clone(), cgroups.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the spawner: {e}"))?;
+    // Before any worker: see `offload` and `janitor::start`.
+    jobsup_process::offload::start();
+    crate::janitor::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

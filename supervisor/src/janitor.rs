@@ -65,6 +65,14 @@ fn queue() -> Option<&'static Mutex<mpsc::Sender<Leftover>>> {
         .as_ref()
 }
 
+/// Starts the threads now, from the thread that should make them (once jobsup's priority
+/// is set; they leave the real-time class themselves): a thread's stack is a new mapping,
+/// which is best made before any worker shares jobsup's memory (see
+/// `fd::keep_freed_memory`). [`dispose`] starts them if this was not called.
+pub fn start() {
+    let _ = queue();
+}
+
 /// Drops `item` soon, on a janitor thread (or now, should there be none): a worker's
 /// private directory (a `TempDir` removes itself), its mount namespace's fd.
 pub fn dispose<T: Send + 'static>(item: T) {

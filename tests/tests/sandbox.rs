@@ -568,6 +568,35 @@ fn processors_start_with_default_signal_dispositions_and_nothing_blocked() {
 }
 
 #[test]
+fn signals_jobsup_was_started_ignoring_are_not_ignored_by_processors() {
+    // A `nohup` or a shell's `trap ''` hands jobsup ignored signals, a real-time one among
+    // them; a processor starts with none ignored, whichever way its clone reset them.
+    for flags in [
+        &[][..],
+        &["--isolate", "pid"][..],
+        &["--isolate", "none"][..],
+    ] {
+        let run = jobsup_tests::Jobsup::new("sh")
+            .args(["-c", "trap '' QUIT 34 64; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_jobsup-shim"))
+            .args(["run", "--mode", "exec"])
+            .args(flags)
+            .processor("grep", ["-E", "^SigIgn", "/proc/self/status"])
+            .stdin("x\ny\n")
+            .run();
+        let records = run.records();
+        assert_eq!(records.len(), 2, "{flags:?}\n{run}");
+        for r in &records {
+            assert_eq!(
+                r.output(),
+                Some("SigIgn:\t0000000000000000\n"),
+                "{flags:?}: {r}\n{run}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_variable_set_on_purpose_replaces_the_passed_through_one() {
     let run = jobsup!()
         .env("LANG", "C")

@@ -46,6 +46,7 @@ pub mod cgroup;
 pub mod fault;
 pub mod fd;
 pub mod guard;
+pub mod helpers;
 pub(crate) mod holder;
 pub mod isolate;
 pub(crate) mod launch;

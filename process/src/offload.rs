@@ -18,42 +18,21 @@
 //! to the memory map waits, like a `brk`, for the processes that share jobsup's memory
 //! until their exec (see `fd::keep_freed_memory`).
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use tokio::sync::oneshot;
 
-/// A write handed over, and the word that it has been made.
-type Write = Box<dyn FnOnce() + Send>;
+use crate::helpers::{Helpers, Work};
 
 /// The threads that make the writes: more than one, so that a removal nothing waits for
 /// does not hold up a kill behind it while the lock is free.
 const THREADS: usize = 2;
 
-static WRITERS: OnceLock<Option<mpsc::Sender<Write>>> = OnceLock::new();
+static WRITERS: OnceLock<Option<Helpers>> = OnceLock::new();
 
-fn writers() -> Option<&'static mpsc::Sender<Write>> {
+fn writers() -> Option<&'static Helpers> {
     WRITERS
-        .get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Write>();
-            let rx = Arc::new(Mutex::new(rx));
-            let started = (0..THREADS)
-                .filter(|_| {
-                    let rx = Arc::clone(&rx);
-                    std::thread::Builder::new()
-                        .name("jobsup-cgroups".into())
-                        .spawn(move || loop {
-                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                            let Ok(write) = next else { return };
-                            // A panic is reported by the panic hook, and its waiter told
-                            // (its sender is dropped); the thread serves the next write.
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write));
-                        })
-                        .is_ok()
-                })
-                .count();
-            (started > 0).then_some(tx)
-        })
+        .get_or_init(|| Helpers::start("jobsup-cgroups", THREADS, || {}))
         .as_ref()
 }
 
@@ -71,13 +50,13 @@ pub struct Offloaded(oneshot::Receiver<()>);
 /// and now. It is never skipped.
 pub fn offload(write: impl FnOnce() + Send + 'static) -> Offloaded {
     let (made, seen) = oneshot::channel();
-    let write: Write = Box::new(move || {
+    let write: Work = Box::new(move || {
         write();
         let _ = made.send(());
     });
     match writers() {
-        Some(queue) => {
-            if let Err(mpsc::SendError(write)) = queue.send(write) {
+        Some(helpers) => {
+            if let Err(write) = helpers.hand(write) {
                 write();
             }
         }
@@ -97,6 +76,7 @@ impl Offloaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn the_write_is_made_on_another_thread_and_awaited() {

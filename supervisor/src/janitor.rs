@@ -10,9 +10,10 @@
 //! be killed first, the guard removes what is left, as it does for a killed run's workers
 //! (and the kernel closes the namespaces' fds).
 
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use jobsup_process::helpers::Helpers;
 
 /// Items handed over and not yet dropped.
 struct Pending {
@@ -25,42 +26,29 @@ static PENDING: Pending = Pending {
     done: Condvar::new(),
 };
 
-/// Something whose drop is slow and that nothing waits for.
-type Leftover = Box<dyn Send>;
+/// One item fewer pending, when dropped: after its item's drop, even one that panicked.
+struct Dropped;
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        PENDING.done.notify_all();
+    }
+}
 
 /// The threads that drop leftovers: several, because a namespace's drop sleeps in the
 /// kernel for a grace period, and grace periods asked for at once are shared.
 const THREADS: usize = 4;
 
-static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<Leftover>>>> = OnceLock::new();
+static QUEUE: OnceLock<Option<Helpers>> = OnceLock::new();
 
-fn queue() -> Option<&'static Mutex<mpsc::Sender<Leftover>>> {
+fn queue() -> Option<&'static Helpers> {
     QUEUE
         .get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Leftover>();
-            let rx = Arc::new(Mutex::new(rx));
-            let started = (0..THREADS)
-                .filter(|_| {
-                    let rx = Arc::clone(&rx);
-                    std::thread::Builder::new()
-                        .name("jobsup-janitor".into())
-                        .spawn(move || {
-                            // Nothing waits for it: it must not compete with the threads
-                            // that keep the deadlines.
-                            crate::priority::leave_real_time();
-                            loop {
-                                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                                let Ok(item) = next else { return };
-                                drop(item);
-                                let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
-                                *n = n.saturating_sub(1);
-                                PENDING.done.notify_all();
-                            }
-                        })
-                        .is_ok()
-                })
-                .count();
-            (started > 0).then(|| Mutex::new(tx))
+            // Nothing waits for them: they must not compete with the threads that keep the
+            // deadlines.
+            Helpers::start("jobsup-janitor", THREADS, crate::priority::leave_real_time)
         })
         .as_ref()
 }
@@ -81,14 +69,12 @@ pub fn dispose<T: Send + 'static>(item: T) {
         return;
     };
     *PENDING.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-    let sent = queue
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(Box::new(item));
-    if let Err(mpsc::SendError(item)) = sent {
+    let work = Box::new(move || {
+        let _counted = Dropped;
         drop(item);
-        let mut n = PENDING.count.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
+    });
+    if let Err(work) = queue.hand(work) {
+        work();
     }
 }
 

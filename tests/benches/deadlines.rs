@@ -166,7 +166,7 @@ fn row(what: &str, sup: &Result<Vec<f64>, Error>, base: Option<&Result<Vec<f64>,
         Some(b) => {
             let ratio = match (sup, b) {
                 (Ok(s), Ok(b)) => format!(
-                    "p99 {:.2}x the baseline's",
+                    "p99 {:.3}x the baseline's",
                     percentile(s, 99.0) / percentile(b, 99.0)
                 ),
                 _ => "-".into(),

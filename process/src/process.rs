@@ -312,12 +312,7 @@ impl Process {
             if matches!(self.handle, Handle::Pidfd(_)) {
                 let _ = self.send(Signal::SIGKILL, None);
             }
-            if let Some(cgroup) = &self.cgroup {
-                let cgroup = Arc::clone(cgroup);
-                self.cgroup_kill = Some(offload(move || {
-                    cgroup.kill();
-                }));
-            }
+            self.cgroup_kill = self.cgroup.as_ref().map(kill_off_thread);
             return;
         }
         let walked = self.exit.while_unreaped(|unreaped| {
@@ -478,12 +473,7 @@ impl Process {
         }
         if let Some(cgroup) = &self.cgroup {
             if !reaped.cgroup_killed {
-                let cgroup = Arc::clone(cgroup);
-                offload(move || {
-                    cgroup.kill();
-                })
-                .done()
-                .await;
+                kill_off_thread(cgroup).done().await;
             }
             // What the tree left behind dies before the job is over, as it would have
             // with its own pid namespace: the slot's next process must not meet it (an
@@ -580,6 +570,15 @@ impl Drop for Process {
             self.kill();
         }
     }
+}
+
+/// `cgroup.kill` for `cgroup`, made on an offload thread: the write waits for the kernel's
+/// cgroup mutex (see [`crate::offload`]).
+fn kill_off_thread(cgroup: &Arc<WorkerCgroup>) -> Offloaded {
+    let cgroup = Arc::clone(cgroup);
+    offload(move || {
+        cgroup.kill();
+    })
 }
 
 /// Whether the process `pidfd` names has exited: its pidfd polls readable.

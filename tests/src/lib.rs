@@ -580,8 +580,13 @@ impl Background {
             .into_iter()
             // A zombie (a probe's child, say, until the reaper's next sweep) runs no more.
             .filter(|&pid| pid_alive(pid))
+            // The init's first child is the worker, pid 2 of the namespace: not the lowest
+            // host pid (pids wrap, and orphans of the namespace become the init's children).
             .map(|pid| match is_namespace_init(pid) {
-                true => children_of(pid).first().copied().unwrap_or(pid),
+                true => children_of(pid)
+                    .into_iter()
+                    .find(|&child| innermost_pid(child) == Some(2))
+                    .unwrap_or(pid),
                 false => pid,
             })
             .collect()
@@ -923,6 +928,18 @@ pub fn proc_ppid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The process's pid in its innermost pid namespace (the last of `NSpid`).
+pub fn innermost_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// Whether a process with this pid exists and is not a zombie.
